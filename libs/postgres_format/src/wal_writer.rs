@@ -111,6 +111,35 @@ impl SegmentWriter {
         }
     }
 
+    /// Mark everything from the start of `lsn`'s segment up to `lsn` as the
+    /// tail of an earlier record: every page says `XLP_FIRST_IS_CONTRECORD`
+    /// with the bytes left until `lsn`. A reader that starts at the segment
+    /// or at any page before `lsn` then skips straight to the record at
+    /// `lsn`, as PostgreSQL's `XLogFindNextRecord` and pg_waldump do.
+    pub fn write_continuation_before(&mut self, lsn: Lsn) {
+        let segment_start = lsn - lsn.segment_offset(self.segment_size as u64);
+        let mut page = lsn - lsn.block_offset(XLOG_BLCKSZ as u64);
+        let mut remaining = 0u64;
+        loop {
+            let header_size = if page == segment_start {
+                SIZE_OF_XLOG_LONG_PHD
+            } else {
+                SIZE_OF_XLOG_SHORT_PHD
+            } as u64;
+            let data_end = if page + XLOG_BLCKSZ as u64 > lsn { lsn } else { page + XLOG_BLCKSZ as u64 };
+            remaining += data_end.0.saturating_sub(page.0 + header_size);
+            if remaining > 0 {
+                self.write_page_header(page, XLP_FIRST_IS_CONTRECORD, remaining as u32);
+            } else {
+                self.write_page_header(page, 0, 0);
+            }
+            if page == segment_start {
+                break;
+            }
+            page = page - XLOG_BLCKSZ as u64;
+        }
+    }
+
     fn segment(&mut self, lsn: Lsn) -> &mut Vec<u8> {
         let size = self.segment_size;
         self.segments
@@ -201,6 +230,7 @@ pub fn fabricate_start(
     };
     let record = encode_checkpoint_record(&checkpoint, prev_record);
     let mut writer = SegmentWriter::new(version, segment_size, control.system_identifier, timeline);
+    writer.write_continuation_before(checkpoint_lsn);
     writer.write_record(checkpoint_lsn, &record);
     let end_lsn = record_end(checkpoint_lsn, record.len(), segment_size);
     let control = ControlFile {
@@ -220,5 +250,127 @@ pub fn fabricate_start(
         end_lsn,
         wal_segments: writer.into_files(),
         control_file: control.encode(),
+    }
+}
+
+/// A block reference for [`RecordBuilder`].
+#[derive(Clone, Debug)]
+pub struct BuiltBlock {
+    pub id: u8,
+    pub rel: crate::relfile::RelFileNode,
+    pub fork: crate::relfile::ForkNumber,
+    pub block: u32,
+    pub will_init: bool,
+    /// A full page to attach as an image, and whether redo applies it.
+    pub image: Option<(Vec<u8>, bool)>,
+    pub data: Vec<u8>,
+}
+
+/// Assembles WAL records the way `XLogRecordAssemble` lays them out, for
+/// tests and tools: block headers (with `SAME_REL` where it applies),
+/// images with their hole removed and optionally LZ4-compressed, block
+/// data, then main data.
+#[derive(Clone, Debug, Default)]
+pub struct RecordBuilder {
+    pub rmid: u8,
+    pub info: u8,
+    pub xid: u32,
+    pub blocks: Vec<BuiltBlock>,
+    pub main_data: Vec<u8>,
+    pub compress_images: bool,
+}
+
+impl RecordBuilder {
+    pub fn encode(&self, prev: Lsn) -> Vec<u8> {
+        let mut headers = Writer::default();
+        let mut payload = Vec::new();
+        let mut last_rel = None;
+        for block in &self.blocks {
+            let mut flags = block.fork as u8;
+            if block.will_init {
+                flags |= BKPBLOCK_WILL_INIT;
+            }
+            if !block.data.is_empty() {
+                flags |= BKPBLOCK_HAS_DATA;
+            }
+            let image = block.image.as_ref().map(|(page, apply)| self.encode_image(page, *apply));
+            if image.is_some() {
+                flags |= BKPBLOCK_HAS_IMAGE;
+            }
+            if last_rel == Some(block.rel) {
+                flags |= BKPBLOCK_SAME_REL;
+            }
+            headers.u8(block.id);
+            headers.u8(flags);
+            headers.u16(block.data.len() as u16);
+            if let Some((stored, hole_offset, hole_length, info)) = &image {
+                headers.u16(stored.len() as u16);
+                headers.u16(*hole_offset);
+                headers.u8(*info);
+                let compressed = info & BKPIMAGE_COMPRESS_LZ4 != 0;
+                if compressed && info & BKPIMAGE_HAS_HOLE != 0 {
+                    headers.u16(*hole_length);
+                }
+                payload.extend_from_slice(stored);
+            }
+            if last_rel != Some(block.rel) {
+                headers.u32(block.rel.spc_oid);
+                headers.u32(block.rel.db_oid);
+                headers.u32(block.rel.rel_node);
+                last_rel = Some(block.rel);
+            }
+            headers.u32(block.block);
+            payload.extend_from_slice(&block.data);
+        }
+        if !self.main_data.is_empty() {
+            if self.main_data.len() < 256 {
+                headers.u8(XLR_BLOCK_ID_DATA_SHORT);
+                headers.u8(self.main_data.len() as u8);
+            } else {
+                headers.u8(XLR_BLOCK_ID_DATA_LONG);
+                headers.u32(self.main_data.len() as u32);
+            }
+            payload.extend_from_slice(&self.main_data);
+        }
+        let total = SIZE_OF_XLOG_RECORD + headers.0.len() + payload.len();
+        let mut w = Writer::default();
+        w.u32(total as u32);
+        w.u32(self.xid);
+        w.u64(prev.0);
+        w.u8(self.info);
+        w.u8(self.rmid);
+        w.u16(0);
+        w.u32(0);
+        w.0.extend_from_slice(&headers.0);
+        w.0.extend_from_slice(&payload);
+        let crc = record_crc(&w.0);
+        w.0[XLOG_RECORD_CRC_OFFSET..XLOG_RECORD_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+        w.0
+    }
+
+    /// `(stored bytes, hole offset, hole length, bimg_info)` of a page image.
+    fn encode_image(&self, page: &[u8], apply: bool) -> (Vec<u8>, u16, u16, u8) {
+        assert_eq!(page.len(), BLCKSZ, "an image is a whole page");
+        let lower = u16::from_le_bytes([page[12], page[13]]) as usize;
+        let upper = u16::from_le_bytes([page[14], page[15]]) as usize;
+        let (hole_offset, hole_length) =
+            if SIZE_OF_PAGE_HEADER_DATA <= lower && lower < upper && upper <= BLCKSZ {
+                (lower, upper - lower)
+            } else {
+                (0, 0)
+            };
+        let mut stored = page[..hole_offset].to_vec();
+        stored.extend_from_slice(&page[hole_offset + hole_length..]);
+        let mut info = if apply { BKPIMAGE_APPLY } else { 0 };
+        if hole_length > 0 {
+            info |= BKPIMAGE_HAS_HOLE;
+        }
+        if self.compress_images {
+            let compressed = lz4_flex::block::compress(&stored);
+            if compressed.len() < stored.len() {
+                return (compressed, hole_offset as u16, hole_length as u16, info | BKPIMAGE_COMPRESS_LZ4);
+            }
+        }
+        (stored, hole_offset as u16, hole_length as u16, info)
     }
 }

@@ -55,6 +55,10 @@ enum Command {
     FabricateStart {
         #[arg(short = 'D', long)]
         pgdata: PathBuf,
+        /// Place the checkpoint after this LSN instead of right after the
+        /// last record (it must not be before the end of the last record).
+        #[arg(long)]
+        after: Option<Lsn>,
     },
 }
 
@@ -65,7 +69,7 @@ fn main() {
             dump(&wal_dir, start, chunk_size, summary_only)
         }
         Command::Control { file } => show_control(&file),
-        Command::FabricateStart { pgdata } => fabricate(&pgdata),
+        Command::FabricateStart { pgdata, after } => fabricate(&pgdata, after),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
@@ -206,7 +210,7 @@ fn hex_string(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn fabricate(pgdata: &Path) -> anyhow::Result<()> {
+fn fabricate(pgdata: &Path, after: Option<Lsn>) -> anyhow::Result<()> {
     let control_path = pgdata.join("global/pg_control");
     let bytes = fs::read(&control_path).with_context(|| format!("reading {}", control_path.display()))?;
     let control = ControlFile::decode(&bytes, VERSION)
@@ -227,6 +231,13 @@ fn fabricate(pgdata: &Path) -> anyhow::Result<()> {
     })?;
     let Some((prev_record, prev_end)) = last else {
         bail!("no record at the checkpoint location {}", control.checkpoint);
+    };
+    let prev_end = match after {
+        Some(after) if after < prev_end => {
+            bail!("--after {after} is before the end of the last record, {prev_end}")
+        }
+        Some(after) => after,
+        None => prev_end,
     };
     let start = fabricate_start(&control, VERSION, prev_record, prev_end);
 
