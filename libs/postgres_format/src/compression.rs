@@ -44,13 +44,16 @@ pub fn decompress(
         ImageCompression::Lz4 => {
             let n = lz4_flex::block::decompress_into(src, dst).map_err(|e| err(e.to_string()))?;
             if n != dst.len() {
-                return Err(err(format!("{n} bytes decompressed, {} expected", dst.len())));
+                return Err(err(format!(
+                    "{n} bytes decompressed, {} expected",
+                    dst.len()
+                )));
             }
             Ok(())
         }
         ImageCompression::Zstd => {
-            let mut decoder = ruzstd::decoding::StreamingDecoder::new(src)
-                .map_err(|e| err(e.to_string()))?;
+            let mut decoder =
+                ruzstd::decoding::StreamingDecoder::new(src).map_err(|e| err(e.to_string()))?;
             let mut filled = 0;
             while filled < dst.len() {
                 match decoder.read(&mut dst[filled..]) {
@@ -60,7 +63,10 @@ pub fn decompress(
                 }
             }
             if filled != dst.len() {
-                return Err(err(format!("{filled} bytes decompressed, {} expected", dst.len())));
+                return Err(err(format!(
+                    "{filled} bytes decompressed, {} expected",
+                    dst.len()
+                )));
             }
             let mut extra = [0u8; 1];
             match decoder.read(&mut extra) {

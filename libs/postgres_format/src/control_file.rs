@@ -30,9 +30,17 @@ pub enum DbState {
 impl DbState {
     fn from_u32(value: u32) -> Option<DbState> {
         use DbState::*;
-        [Startup, Shutdowned, ShutdownedInRecovery, Shutdowning, InCrashRecovery, InArchiveRecovery, InProduction]
-            .get(value as usize)
-            .copied()
+        [
+            Startup,
+            Shutdowned,
+            ShutdownedInRecovery,
+            Shutdowning,
+            InCrashRecovery,
+            InArchiveRecovery,
+            InProduction,
+        ]
+        .get(value as usize)
+        .copied()
     }
 }
 
@@ -177,10 +185,16 @@ pub struct ControlFile {
 pub enum ControlFileError {
     #[error("control file is truncated: {0}")]
     Short(#[from] ShortInput),
-    #[error("incorrect checksum in control file: stored {stored:#010x}, computed {computed:#010x}")]
+    #[error(
+        "incorrect checksum in control file: stored {stored:#010x}, computed {computed:#010x}"
+    )]
     BadChecksum { stored: u32, computed: u32 },
     #[error("control file has version {found}, expected {expected} (PostgreSQL {version})")]
-    WrongVersion { found: u32, expected: u32, version: PgMajorVersion },
+    WrongVersion {
+        found: u32,
+        expected: u32,
+        version: PgMajorVersion,
+    },
     #[error("control file has invalid database state {0}")]
     BadState(u32),
     #[error("control file was written by an incompatible build: {0}")]
@@ -200,7 +214,9 @@ impl ControlFile {
             .into());
         }
         let stored = u32::from_le_bytes(
-            bytes[CONTROL_CRC_OFFSET..CONTROL_CRC_OFFSET + 4].try_into().expect("4 bytes"),
+            bytes[CONTROL_CRC_OFFSET..CONTROL_CRC_OFFSET + 4]
+                .try_into()
+                .expect("4 bytes"),
         );
         let computed = crc32c::crc32c(&bytes[..CONTROL_CRC_OFFSET]);
         if stored != computed {
@@ -290,7 +306,10 @@ impl ControlFile {
             return fail(format!("MAXALIGN {}", self.max_align));
         }
         if self.blcksz as usize != BLCKSZ || self.xlog_blcksz as usize != XLOG_BLCKSZ {
-            return fail(format!("BLCKSZ {}, XLOG_BLCKSZ {}", self.blcksz, self.xlog_blcksz));
+            return fail(format!(
+                "BLCKSZ {}, XLOG_BLCKSZ {}",
+                self.blcksz, self.xlog_blcksz
+            ));
         }
         if !crate::wal_names::is_valid_segment_size(self.xlog_seg_size as usize) {
             return fail(format!("WAL segment size {}", self.xlog_seg_size));

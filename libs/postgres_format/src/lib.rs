@@ -9,7 +9,7 @@
 //!   decoding with block references and full-page images.
 //! * [`records`]: the rmgr-specific records the pageserver applies itself.
 //! * [`wal_writer`]: a WAL segment holding one shutdown checkpoint.
-//! * [`control_file`]: `global/pg_control`.
+//! * [`control_file`]: the `global/pg_control` file.
 //! * [`page`], [`relfile`], [`wal_names`]: pages, relation files, WAL file names.
 
 pub mod compression;

@@ -59,20 +59,28 @@ impl PageHeader {
     pub fn check_sane(&self) -> Result<(), PageError> {
         let fail = |why: String| Err(PageError::InsaneHeader(why));
         if self.page_size() != BLCKSZ || self.layout_version() != PG_PAGE_LAYOUT_VERSION {
-            return fail(format!("pd_pagesize_version is {:#06x}", self.pagesize_version));
+            return fail(format!(
+                "pd_pagesize_version is {:#06x}",
+                self.pagesize_version
+            ));
         }
         if self.flags & !0x0007 != 0 {
             return fail(format!("unknown pd_flags {:#06x}", self.flags));
         }
-        let (lower, upper, special) =
-            (self.lower as usize, self.upper as usize, self.special as usize);
+        let (lower, upper, special) = (
+            self.lower as usize,
+            self.upper as usize,
+            self.special as usize,
+        );
         if !(SIZE_OF_PAGE_HEADER_DATA <= lower && lower <= upper && upper <= special) {
             return fail(format!(
                 "pd_lower {lower}, pd_upper {upper}, pd_special {special} out of order"
             ));
         }
-        if special > BLCKSZ || special % 8 != 0 {
-            return fail(format!("pd_special {special} is not a MAXALIGNed offset in the page"));
+        if special > BLCKSZ || !special.is_multiple_of(8) {
+            return fail(format!(
+                "pd_special {special} is not a MAXALIGNed offset in the page"
+            ));
         }
         Ok(())
     }

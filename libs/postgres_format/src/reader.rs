@@ -53,7 +53,6 @@ impl<'a> Reader<'a> {
         self.bytes(n).map(|_| ())
     }
 
-
     pub fn array<const N: usize>(&mut self) -> Result<[u8; N], ShortInput> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.bytes(N)?);
@@ -94,7 +93,7 @@ impl<'a> Reader<'a> {
 
     /// `count` little-endian u32 values.
     pub fn u32_vec(&mut self, count: usize) -> Result<Vec<u32>, ShortInput> {
-        let raw = self.bytes(count.checked_mul(4).unwrap_or(usize::MAX))?;
+        let raw = self.bytes(count.saturating_mul(4))?;
         Ok(raw
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))

@@ -101,7 +101,8 @@ pub fn parse_relation_file_name(name: &str) -> Option<(u32, ForkNumber, u32)> {
 }
 
 fn parse_decimal(s: &str) -> Option<u32> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
+    {
         return None;
     }
     s.parse().ok()
@@ -113,32 +114,67 @@ mod tests {
 
     #[test]
     fn paths() {
-        let node = RelFileNode { spc_oid: 1663, db_oid: 5, rel_node: 16384 };
-        let main = RelTag { node, fork: ForkNumber::Main };
+        let node = RelFileNode {
+            spc_oid: 1663,
+            db_oid: 5,
+            rel_node: 16384,
+        };
+        let main = RelTag {
+            node,
+            fork: ForkNumber::Main,
+        };
         assert_eq!(main.segment_path(0, ""), "base/5/16384");
-        let vm = RelTag { node, fork: ForkNumber::VisibilityMap };
+        let vm = RelTag {
+            node,
+            fork: ForkNumber::VisibilityMap,
+        };
         assert_eq!(vm.segment_path(2, ""), "base/5/16384_vm.2");
         let global = RelTag {
-            node: RelFileNode { spc_oid: 1664, db_oid: 0, rel_node: 1262 },
+            node: RelFileNode {
+                spc_oid: 1664,
+                db_oid: 0,
+                rel_node: 1262,
+            },
             fork: ForkNumber::Main,
         };
         assert_eq!(global.segment_path(0, ""), "global/1262");
         let spc = RelTag {
-            node: RelFileNode { spc_oid: 16500, db_oid: 5, rel_node: 7 },
+            node: RelFileNode {
+                spc_oid: 16500,
+                db_oid: 5,
+                rel_node: 7,
+            },
             fork: ForkNumber::Init,
         };
-        assert_eq!(spc.segment_path(0, "PG_15_202209061"), "pg_tblspc/16500/PG_15_202209061/5/7_init");
+        assert_eq!(
+            spc.segment_path(0, "PG_15_202209061"),
+            "pg_tblspc/16500/PG_15_202209061/5/7_init"
+        );
     }
 
     #[test]
     fn file_names() {
-        assert_eq!(parse_relation_file_name("16384"), Some((16384, ForkNumber::Main, 0)));
-        assert_eq!(parse_relation_file_name("16384_fsm"), Some((16384, ForkNumber::Fsm, 0)));
+        assert_eq!(
+            parse_relation_file_name("16384"),
+            Some((16384, ForkNumber::Main, 0))
+        );
+        assert_eq!(
+            parse_relation_file_name("16384_fsm"),
+            Some((16384, ForkNumber::Fsm, 0))
+        );
         assert_eq!(
             parse_relation_file_name("16384_vm.3"),
             Some((16384, ForkNumber::VisibilityMap, 3))
         );
-        for bad in ["", "x", "16384_foo", "16384.", "16384.x", "016384", "pg_filenode.map"] {
+        for bad in [
+            "",
+            "x",
+            "16384_foo",
+            "16384.",
+            "16384.x",
+            "016384",
+            "pg_filenode.map",
+        ] {
             assert_eq!(parse_relation_file_name(bad), None, "{bad}");
         }
     }

@@ -9,7 +9,11 @@ pub type PgTimeLineId = u32;
 /// names it: 24 hex digits (`000000010000000000000001`).
 pub fn wal_file_name(tli: PgTimeLineId, segno: u64, segment_size: usize) -> String {
     let per_xlogid = segments_per_xlog_id(segment_size);
-    format!("{tli:08X}{:08X}{:08X}", segno / per_xlogid, segno % per_xlogid)
+    format!(
+        "{tli:08X}{:08X}{:08X}",
+        segno / per_xlogid,
+        segno % per_xlogid
+    )
 }
 
 /// Parse a WAL segment file name into timeline and segment number.
@@ -52,7 +56,10 @@ mod tests {
     fn names_round_trip() {
         assert_eq!(wal_file_name(1, 1, SEG), "000000010000000000000001");
         assert_eq!(wal_file_name(1, 0x100, SEG), "000000010000000100000000");
-        assert_eq!(parse_wal_file_name("000000010000000100000000", SEG), Some((1, 0x100)));
+        assert_eq!(
+            parse_wal_file_name("000000010000000100000000", SEG),
+            Some((1, 0x100))
+        );
         assert_eq!(
             parse_wal_file_name("000000010000000000000003.partial", SEG),
             Some((1, 3))

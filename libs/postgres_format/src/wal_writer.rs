@@ -81,7 +81,13 @@ impl SegmentWriter {
         system_id: u64,
         timeline: PgTimeLineId,
     ) -> Self {
-        SegmentWriter { version, segment_size, system_id, timeline, segments: BTreeMap::new() }
+        SegmentWriter {
+            version,
+            segment_size,
+            system_id,
+            timeline,
+            segments: BTreeMap::new(),
+        }
     }
 
     /// Write a record at `lsn` (a position [`next_record_lsn`] could give),
@@ -126,7 +132,11 @@ impl SegmentWriter {
             } else {
                 SIZE_OF_XLOG_SHORT_PHD
             } as u64;
-            let data_end = if page + XLOG_BLCKSZ as u64 > lsn { lsn } else { page + XLOG_BLCKSZ as u64 };
+            let data_end = if page + XLOG_BLCKSZ as u64 > lsn {
+                lsn
+            } else {
+                page + XLOG_BLCKSZ as u64
+            };
             remaining += data_end.0.saturating_sub(page.0 + header_size);
             if remaining > 0 {
                 self.write_page_header(page, XLP_FIRST_IS_CONTRECORD, remaining as u32);
@@ -148,8 +158,7 @@ impl SegmentWriter {
     }
 
     fn header_missing(&mut self, lsn: Lsn) -> bool {
-        let page_start = lsn.segment_offset(self.segment_size as u64) as usize
-            & !(XLOG_BLCKSZ - 1);
+        let page_start = lsn.segment_offset(self.segment_size as u64) as usize & !(XLOG_BLCKSZ - 1);
         self.segment(lsn)[page_start..page_start + 2] == [0, 0]
     }
 
@@ -161,7 +170,11 @@ impl SegmentWriter {
             info: flags | if first_in_segment { XLP_LONG_HEADER } else { 0 },
             timeline: self.timeline,
             page_address: page,
-            remaining_length: if flags & XLP_FIRST_IS_CONTRECORD != 0 { remaining_length } else { 0 },
+            remaining_length: if flags & XLP_FIRST_IS_CONTRECORD != 0 {
+                remaining_length
+            } else {
+                0
+            },
             long: first_in_segment.then_some((
                 self.system_id,
                 self.segment_size as u32,
@@ -293,7 +306,10 @@ impl RecordBuilder {
             if !block.data.is_empty() {
                 flags |= BKPBLOCK_HAS_DATA;
             }
-            let image = block.image.as_ref().map(|(page, apply)| self.encode_image(page, *apply));
+            let image = block
+                .image
+                .as_ref()
+                .map(|(page, apply)| self.encode_image(page, *apply));
             if image.is_some() {
                 flags |= BKPBLOCK_HAS_IMAGE;
             }
@@ -368,7 +384,12 @@ impl RecordBuilder {
         if self.compress_images {
             let compressed = lz4_flex::block::compress(&stored);
             if compressed.len() < stored.len() {
-                return (compressed, hole_offset as u16, hole_length as u16, info | BKPIMAGE_COMPRESS_LZ4);
+                return (
+                    compressed,
+                    hole_offset as u16,
+                    hole_length as u16,
+                    info | BKPIMAGE_COMPRESS_LZ4,
+                );
             }
         }
         (stored, hole_offset as u16, hole_length as u16, info)

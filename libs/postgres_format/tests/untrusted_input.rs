@@ -10,7 +10,9 @@ use postgres_format::control_file::{CheckPoint, ControlFile, DbState};
 use postgres_format::records::parse_record;
 use postgres_format::relfile::{ForkNumber, RelFileNode};
 use postgres_format::wal::{DecodedRecord, WalPageHeader, WalStreamDecoder};
-use postgres_format::wal_writer::{next_record_lsn, record_end, BuiltBlock, RecordBuilder, SegmentWriter};
+use postgres_format::wal_writer::{
+    next_record_lsn, record_end, BuiltBlock, RecordBuilder, SegmentWriter,
+};
 use postgres_format::PgMajorVersion;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -20,7 +22,10 @@ const V15: PgMajorVersion = PgMajorVersion::V15;
 const SEGMENT: usize = 1 << 20;
 
 fn iterations(default: u64) -> u64 {
-    std::env::var("FUZZ_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Run `case` for each seed; report the failing seed.
@@ -42,7 +47,11 @@ fn mutate(rng: &mut StdRng, bytes: &mut Vec<u8>) {
         match rng.random_range(0..4) {
             0 => bytes[at] ^= 1 << rng.random_range(0..8),
             1 => bytes[at] = rng.random(),
-            2 => bytes[at] = *[0x00, 0xFF, 0x7F, 0x80, 0x20, 0x10].get(rng.random_range(0..6)).unwrap_or(&0),
+            2 => {
+                bytes[at] = *[0x00, 0xFF, 0x7F, 0x80, 0x20, 0x10]
+                    .get(rng.random_range(0..6))
+                    .unwrap_or(&0)
+            }
             _ => bytes.truncate(at),
         }
     }
@@ -54,10 +63,24 @@ fn sample_record(rng: &mut StdRng) -> RecordBuilder {
     page[14..16].copy_from_slice(&3000u16.to_le_bytes());
     page[16..18].copy_from_slice(&8192u16.to_le_bytes());
     page[18..20].copy_from_slice(&(8192u16 | 4).to_le_bytes());
-    let rel = RelFileNode { spc_oid: 1663, db_oid: 5, rel_node: 16384 };
+    let rel = RelFileNode {
+        spc_oid: 1663,
+        db_oid: 5,
+        rel_node: 16384,
+    };
     RecordBuilder {
-        rmid: [RM_HEAP_ID, RM_HEAP2_ID, RM_XACT_ID, RM_SMGR_ID, RM_DBASE_ID, RM_XLOG_ID,
-               RM_CLOG_ID, RM_MULTIXACT_ID, RM_RELMAP_ID, RM_STANDBY_ID][rng.random_range(0..10)],
+        rmid: [
+            RM_HEAP_ID,
+            RM_HEAP2_ID,
+            RM_XACT_ID,
+            RM_SMGR_ID,
+            RM_DBASE_ID,
+            RM_XLOG_ID,
+            RM_CLOG_ID,
+            RM_MULTIXACT_ID,
+            RM_RELMAP_ID,
+            RM_STANDBY_ID,
+        ][rng.random_range(0..10)],
         info: rng.random::<u8>() & 0xF0,
         xid: rng.random(),
         blocks: (0..rng.random_range(0..3u8))
@@ -71,7 +94,9 @@ fn sample_record(rng: &mut StdRng) -> RecordBuilder {
                 data: vec![1; rng.random_range(0..40)],
             })
             .collect(),
-        main_data: (0..rng.random_range(0..120)).map(|_| rng.random()).collect(),
+        main_data: (0..rng.random_range(0..120))
+            .map(|_| rng.random())
+            .collect(),
         compress_images: rng.random_bool(0.5),
     }
 }
@@ -126,7 +151,11 @@ fn valid_stream(rng: &mut StdRng) -> (Lsn, Vec<u8>) {
         prev = lsn;
         lsn = next_record_lsn(record_end(lsn, bytes.len(), SEGMENT), SEGMENT);
     }
-    let mut stream: Vec<u8> = writer.into_files().into_iter().flat_map(|(_, b)| b).collect();
+    let mut stream: Vec<u8> = writer
+        .into_files()
+        .into_iter()
+        .flat_map(|(_, b)| b)
+        .collect();
     stream.truncate((lsn.0 - SEGMENT as u64) as usize + 64);
     (Lsn(SEGMENT as u64), stream)
 }
@@ -170,7 +199,9 @@ fn stream_decoder_survives_mutations() {
 #[test]
 fn stream_decoder_survives_random_bytes() {
     for_seeds("random stream", 300, |rng| {
-        let mut stream: Vec<u8> = (0..rng.random_range(0..40000)).map(|_| rng.random()).collect();
+        let mut stream: Vec<u8> = (0..rng.random_range(0..40000))
+            .map(|_| rng.random())
+            .collect();
         // A valid-looking first page header makes the decoder go further.
         if rng.random_bool(0.7) && stream.len() >= 40 {
             let header = WalPageHeader {
@@ -259,7 +290,10 @@ fn control_file_round_trips_and_survives_mutations() {
         }
         if let Ok(decoded) = ControlFile::decode(&bytes, V15) {
             // Whatever decodes, encodes back to the same struct.
-            assert_eq!(ControlFile::decode(&decoded.encode(), V15).unwrap(), decoded);
+            assert_eq!(
+                ControlFile::decode(&decoded.encode(), V15).unwrap(),
+                decoded
+            );
         }
         let _ = CheckPoint::decode(&bytes[..bytes.len().min(88)]);
     });

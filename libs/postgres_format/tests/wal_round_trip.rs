@@ -5,7 +5,9 @@ use bytes::Bytes;
 use postgres_format::constants::*;
 use postgres_format::relfile::{ForkNumber, RelFileNode};
 use postgres_format::wal::{DecodedRecord, WalDecodeError, WalStreamDecoder};
-use postgres_format::wal_writer::{next_record_lsn, record_end, BuiltBlock, RecordBuilder, SegmentWriter};
+use postgres_format::wal_writer::{
+    next_record_lsn, record_end, BuiltBlock, RecordBuilder, SegmentWriter,
+};
 use postgres_format::PgMajorVersion;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -26,20 +28,36 @@ fn page(fill: u8) -> Vec<u8> {
 }
 
 fn random_record(rng: &mut StdRng) -> RecordBuilder {
-    let rel = RelFileNode { spc_oid: 1663, db_oid: 5, rel_node: rng.random_range(16384..16400) };
+    let rel = RelFileNode {
+        spc_oid: 1663,
+        db_oid: 5,
+        rel_node: rng.random_range(16384..16400),
+    };
     let nblocks = rng.random_range(0..4u8);
     let blocks = (0..nblocks)
         .map(|i| BuiltBlock {
             id: i * 2,
             rel,
-            fork: if i == 2 { ForkNumber::VisibilityMap } else { ForkNumber::Main },
+            fork: if i == 2 {
+                ForkNumber::VisibilityMap
+            } else {
+                ForkNumber::Main
+            },
             block: rng.random_range(0..1000),
             will_init: rng.random_bool(0.2),
-            image: rng.random_bool(0.5).then(|| (page(rng.random()), rng.random_bool(0.5))),
-            data: (0..rng.random_range(0..300)).map(|_| rng.random()).collect(),
+            image: rng
+                .random_bool(0.5)
+                .then(|| (page(rng.random()), rng.random_bool(0.5))),
+            data: (0..rng.random_range(0..300))
+                .map(|_| rng.random())
+                .collect(),
         })
         .collect();
-    let main_len = if rng.random_bool(0.1) { rng.random_range(256..20000) } else { rng.random_range(0..100) };
+    let main_len = if rng.random_bool(0.1) {
+        rng.random_range(256..20000)
+    } else {
+        rng.random_range(0..100)
+    };
     RecordBuilder {
         rmid: RM_HEAP_ID,
         info: 0,
@@ -50,8 +68,12 @@ fn random_record(rng: &mut StdRng) -> RecordBuilder {
     }
 }
 
-/// Write `count` records from `start`; returns the segments and each record's (start, end, bytes).
-fn write_wal(rng: &mut StdRng, start: Lsn, count: usize) -> (Vec<u8>, Lsn, Vec<(Lsn, Lsn, Vec<u8>)>) {
+/// A record as written: start, end and bytes.
+type Written = (Lsn, Lsn, Vec<u8>);
+
+/// Write `count` records from `start`; returns the WAL from `start`, `start`
+/// and each record as written.
+fn write_wal(rng: &mut StdRng, start: Lsn, count: usize) -> (Vec<u8>, Lsn, Vec<Written>) {
     let mut writer = SegmentWriter::new(V15, SEGMENT, 42, 1);
     let mut lsn = start;
     let mut prev = Lsn(0);
@@ -72,10 +94,18 @@ fn write_wal(rng: &mut StdRng, start: Lsn, count: usize) -> (Vec<u8>, Lsn, Vec<(
         stream.extend_from_slice(contents);
     }
     let stream_start = Lsn(first_segment * SEGMENT as u64);
-    (stream[(start - stream_start) as usize..].to_vec(), start, written)
+    (
+        stream[(start - stream_start) as usize..].to_vec(),
+        start,
+        written,
+    )
 }
 
-fn decode_all(stream: &[u8], start: Lsn, rng: &mut StdRng) -> (Vec<(Lsn, Lsn, Bytes)>, WalDecodeError) {
+fn decode_all(
+    stream: &[u8],
+    start: Lsn,
+    rng: &mut StdRng,
+) -> (Vec<(Lsn, Lsn, Bytes)>, WalDecodeError) {
     let mut decoder = WalStreamDecoder::new(start, V15, SEGMENT).unwrap();
     let mut out = Vec::new();
     let mut offset = 0;
@@ -92,7 +122,10 @@ fn decode_all(stream: &[u8], start: Lsn, rng: &mut StdRng) -> (Vec<(Lsn, Lsn, By
                 Err(e) => return (out, e),
             }
         }
-        assert!(offset < stream.len(), "decoder wants more bytes after the end of the stream");
+        assert!(
+            offset < stream.len(),
+            "decoder wants more bytes after the end of the stream"
+        );
     }
 }
 
@@ -117,7 +150,10 @@ fn records_round_trip_with_random_chunking() {
             }
         }
         // The records span pages and segments.
-        assert!(written.last().unwrap().1.segment_number(SEGMENT as u64) > start.segment_number(SEGMENT as u64));
+        assert!(
+            written.last().unwrap().1.segment_number(SEGMENT as u64)
+                > start.segment_number(SEGMENT as u64)
+        );
     }
 }
 
@@ -132,7 +168,10 @@ fn block_references_and_images_decode_exactly() {
         assert_eq!(record.blocks.len(), builder.blocks.len());
         assert_eq!(&record.main_data[..], &builder.main_data[..]);
         for (built, decoded) in builder.blocks.iter().zip(&record.blocks) {
-            assert_eq!((built.id, built.rel, built.fork, built.block), (decoded.id, decoded.rel, decoded.fork, decoded.block));
+            assert_eq!(
+                (built.id, built.rel, built.fork, built.block),
+                (decoded.id, decoded.rel, decoded.fork, decoded.block)
+            );
             assert_eq!(built.will_init, decoded.will_init());
             assert_eq!(&built.data[..], decoded.data.as_deref().unwrap_or(&[]));
             match (&built.image, &decoded.image) {
@@ -158,7 +197,10 @@ fn corruption_is_detected() {
     bad[(victim - start) as usize + 30] ^= 0xFF;
     let (decoded, err) = decode_all(&bad, start, &mut rng);
     assert_eq!(decoded.len(), 5);
-    assert!(matches!(err, WalDecodeError::BadChecksum { lsn, .. } if lsn == victim), "{err}");
+    assert!(
+        matches!(err, WalDecodeError::BadChecksum { lsn, .. } if lsn == victim),
+        "{err}"
+    );
     assert!(!err.is_end_of_wal());
 
     // A wrong page address (a recycled segment) ends the WAL.
@@ -173,7 +215,10 @@ fn corruption_is_detected() {
     let mut decoder = WalStreamDecoder::new(start, V15, SEGMENT).unwrap();
     decoder.set_prev_record(Lsn(0x1234));
     decoder.feed_bytes(&stream);
-    assert!(matches!(decoder.poll_decode(), Err(WalDecodeError::WrongPrevLink { .. })));
+    assert!(matches!(
+        decoder.poll_decode(),
+        Err(WalDecodeError::WrongPrevLink { .. })
+    ));
     // The decoder stays failed.
     assert!(decoder.poll_decode().is_err());
 }
@@ -187,7 +232,8 @@ fn starting_mid_page_or_on_continuation() {
     // Starting at a page boundary inside a record skips to the next record.
     let mut rng = StdRng::seed_from_u64(3);
     let seg_start = Lsn(SEGMENT as u64);
-    let (stream, start, written) = write_wal(&mut rng, seg_start + SIZE_OF_XLOG_LONG_PHD as u64, 100);
+    let (stream, start, written) =
+        write_wal(&mut rng, seg_start + SIZE_OF_XLOG_LONG_PHD as u64, 100);
     let crossing = written
         .iter()
         .position(|(s, e, _)| s.0 / 8192 != (e.0 - 1) / 8192 && s.0 / 8192 > start.0 / 8192)

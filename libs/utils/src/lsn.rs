@@ -115,7 +115,9 @@ impl AddAssign<u64> for Lsn {
 impl Sub<Lsn> for Lsn {
     type Output = u64;
     fn sub(self, rhs: Lsn) -> u64 {
-        self.0.checked_sub(rhs.0).expect("LSN subtraction underflow")
+        self.0
+            .checked_sub(rhs.0)
+            .expect("LSN subtraction underflow")
     }
 }
 

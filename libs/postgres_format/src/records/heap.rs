@@ -60,7 +60,11 @@ pub(super) fn parse(
         }
         (RM_HEAP_ID, XLOG_HEAP_UPDATE | XLOG_HEAP_HOT_UPDATE) => {
             r.skip(4 + 2 + 1)?; // old_xmax, old_offnum, old_infobits_set
-            let name = if op == XLOG_HEAP_UPDATE { "update" } else { "hot_update" };
+            let name = if op == XLOG_HEAP_UPDATE {
+                "update"
+            } else {
+                "hot_update"
+            };
             (name, r.u8()?)
         }
         (RM_HEAP_ID, XLOG_HEAP_LOCK) => {
@@ -96,5 +100,9 @@ pub(super) fn parse(
         }
         _ => clear(0, CLEARED_OLD),
     }
-    Ok(Some(HeapRecord { operation, flags, clears }))
+    Ok(Some(HeapRecord {
+        operation,
+        flags,
+        clears,
+    }))
 }

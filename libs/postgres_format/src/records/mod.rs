@@ -24,9 +24,17 @@ use utils::Lsn;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordParseError {
     #[error("{rmgr} record at {lsn} is malformed: {source}")]
-    Short { lsn: Lsn, rmgr: &'static str, source: ShortInput },
+    Short {
+        lsn: Lsn,
+        rmgr: &'static str,
+        source: ShortInput,
+    },
     #[error("{rmgr} record at {lsn} is malformed: {reason}")]
-    Invalid { lsn: Lsn, rmgr: &'static str, reason: String },
+    Invalid {
+        lsn: Lsn,
+        rmgr: &'static str,
+        reason: String,
+    },
 }
 
 /// What a record means to the pageserver, beyond its page images.
@@ -34,11 +42,25 @@ pub enum RecordParseError {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ParsedRecord {
     Transaction(TransactionRecord),
-    ClogZeroPage { page: u32 },
-    ClogTruncate { page: u32, oldest_xid: u32, oldest_xid_db: u32 },
-    MultiXactZeroOffsetPage { page: u32 },
-    MultiXactZeroMemberPage { page: u32 },
-    MultiXactCreate { multi: u32, offset: u32, members: Vec<(u32, u32)> },
+    ClogZeroPage {
+        page: u32,
+    },
+    ClogTruncate {
+        page: u32,
+        oldest_xid: u32,
+        oldest_xid_db: u32,
+    },
+    MultiXactZeroOffsetPage {
+        page: u32,
+    },
+    MultiXactZeroMemberPage {
+        page: u32,
+    },
+    MultiXactCreate {
+        multi: u32,
+        offset: u32,
+        members: Vec<(u32, u32)>,
+    },
     MultiXactTruncate {
         oldest_multi_db: u32,
         start_offset: u32,
@@ -46,16 +68,45 @@ pub enum ParsedRecord {
         start_member: u32,
         end_member: u32,
     },
-    RelmapUpdate { db_oid: u32, spc_oid: u32, data: Vec<u8> },
-    SmgrCreate { rel: RelFileNode, fork: ForkNumber },
-    SmgrTruncate { rel: RelFileNode, blocks: u32, heap: bool, visibility_map: bool, fsm: bool },
+    RelmapUpdate {
+        db_oid: u32,
+        spc_oid: u32,
+        data: Vec<u8>,
+    },
+    SmgrCreate {
+        rel: RelFileNode,
+        fork: ForkNumber,
+    },
+    SmgrTruncate {
+        rel: RelFileNode,
+        blocks: u32,
+        heap: bool,
+        visibility_map: bool,
+        fsm: bool,
+    },
     /// CREATE DATABASE with the `file_copy` strategy: copy every relation.
-    DatabaseCreateFileCopy { db_oid: u32, spc_oid: u32, src_db_oid: u32, src_spc_oid: u32 },
+    DatabaseCreateFileCopy {
+        db_oid: u32,
+        spc_oid: u32,
+        src_db_oid: u32,
+        src_spc_oid: u32,
+    },
     /// CREATE DATABASE with the `wal_log` strategy: pages follow as records.
-    DatabaseCreateWalLog { db_oid: u32, spc_oid: u32 },
-    DatabaseDrop { db_oid: u32, spc_oids: Vec<u32> },
-    Checkpoint { shutdown: bool, checkpoint: CheckPointSummary },
-    NextOid { oid: u32 },
+    DatabaseCreateWalLog {
+        db_oid: u32,
+        spc_oid: u32,
+    },
+    DatabaseDrop {
+        db_oid: u32,
+        spc_oids: Vec<u32>,
+    },
+    Checkpoint {
+        shutdown: bool,
+        checkpoint: CheckPointSummary,
+    },
+    NextOid {
+        oid: u32,
+    },
     RunningXacts {
         next_xid: u32,
         oldest_running_xid: u32,
@@ -108,14 +159,20 @@ pub fn parse_record(record: &DecodedRecord) -> Result<ParsedRecord, RecordParseE
     let mut r = Reader::new(&record.main_data, rmgr);
     let info = record.header.rmgr_info();
     let rel = |r: &mut Reader<'_>| -> Result<RelFileNode, ShortInput> {
-        Ok(RelFileNode { spc_oid: r.u32()?, db_oid: r.u32()?, rel_node: r.u32()? })
+        Ok(RelFileNode {
+            spc_oid: r.u32()?,
+            db_oid: r.u32()?,
+            rel_node: r.u32()?,
+        })
     };
     let parsed = match rmid {
         RM_XACT_ID => ParsedRecord::Transaction(
             xact::parse(record, &mut r).map_err(|e| e.into_parse_error(lsn, rmgr))?,
         ),
         RM_CLOG_ID => match info {
-            0x00 => ParsedRecord::ClogZeroPage { page: r.u32().map_err(short)? },
+            0x00 => ParsedRecord::ClogZeroPage {
+                page: r.u32().map_err(short)?,
+            },
             0x10 => ParsedRecord::ClogTruncate {
                 page: r.u32().map_err(short)?,
                 oldest_xid: r.u32().map_err(short)?,
@@ -124,8 +181,12 @@ pub fn parse_record(record: &DecodedRecord) -> Result<ParsedRecord, RecordParseE
             _ => ParsedRecord::Other,
         },
         RM_MULTIXACT_ID => match info {
-            0x00 => ParsedRecord::MultiXactZeroOffsetPage { page: r.u32().map_err(short)? },
-            0x10 => ParsedRecord::MultiXactZeroMemberPage { page: r.u32().map_err(short)? },
+            0x00 => ParsedRecord::MultiXactZeroOffsetPage {
+                page: r.u32().map_err(short)?,
+            },
+            0x10 => ParsedRecord::MultiXactZeroMemberPage {
+                page: r.u32().map_err(short)?,
+            },
             0x20 => {
                 let multi = r.u32().map_err(short)?;
                 let offset = r.u32().map_err(short)?;
@@ -137,7 +198,11 @@ pub fn parse_record(record: &DecodedRecord) -> Result<ParsedRecord, RecordParseE
                 })?;
                 let raw = r.u32_vec(count.saturating_mul(2)).map_err(short)?;
                 let members = raw.chunks_exact(2).map(|m| (m[0], m[1])).collect();
-                ParsedRecord::MultiXactCreate { multi, offset, members }
+                ParsedRecord::MultiXactCreate {
+                    multi,
+                    offset,
+                    members,
+                }
             }
             0x30 => ParsedRecord::MultiXactTruncate {
                 oldest_multi_db: r.u32().map_err(short)?,
@@ -158,7 +223,11 @@ pub fn parse_record(record: &DecodedRecord) -> Result<ParsedRecord, RecordParseE
                 reason: format!("negative map size {nbytes}"),
             })?;
             let data = r.bytes(nbytes).map_err(short)?.to_vec();
-            ParsedRecord::RelmapUpdate { db_oid, spc_oid, data }
+            ParsedRecord::RelmapUpdate {
+                db_oid,
+                spc_oid,
+                data,
+            }
         }
         RM_SMGR_ID => match info {
             0x10 => {
@@ -207,7 +276,10 @@ pub fn parse_record(record: &DecodedRecord) -> Result<ParsedRecord, RecordParseE
                     rmgr,
                     reason: format!("negative tablespace count {count}"),
                 })?;
-                ParsedRecord::DatabaseDrop { db_oid, spc_oids: r.u32_vec(count).map_err(short)? }
+                ParsedRecord::DatabaseDrop {
+                    db_oid,
+                    spc_oids: r.u32_vec(count).map_err(short)?,
+                }
             }
             _ => ParsedRecord::Other,
         },
@@ -219,7 +291,9 @@ pub fn parse_record(record: &DecodedRecord) -> Result<ParsedRecord, RecordParseE
                     checkpoint: (&checkpoint).into(),
                 }
             }
-            XLOG_NEXTOID => ParsedRecord::NextOid { oid: r.u32().map_err(short)? },
+            XLOG_NEXTOID => ParsedRecord::NextOid {
+                oid: r.u32().map_err(short)?,
+            },
             _ => ParsedRecord::Other,
         },
         RM_STANDBY_ID if info == 0x10 => {

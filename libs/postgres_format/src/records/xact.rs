@@ -121,7 +121,11 @@ pub(super) fn parse(
         _ => return Ok(TransactionRecord::Other),
     };
     let xact_time = r.i64()?;
-    let xinfo = if info & XLOG_XACT_HAS_INFO != 0 { r.u32()? } else { 0 };
+    let xinfo = if info & XLOG_XACT_HAS_INFO != 0 {
+        r.u32()?
+    } else {
+        0
+    };
     let (mut db_oid, mut spc_oid) = (None, None);
     if xinfo & XACT_XINFO_HAS_DBINFO != 0 {
         db_oid = Some(r.u32()?);
@@ -138,7 +142,11 @@ pub(super) fn parse(
         let raw = r.u32_vec(n.saturating_mul(3))?;
         dropped_rels = raw
             .chunks_exact(3)
-            .map(|c| RelFileNode { spc_oid: c[0], db_oid: c[1], rel_node: c[2] })
+            .map(|c| RelFileNode {
+                spc_oid: c[0],
+                db_oid: c[1],
+                rel_node: c[2],
+            })
             .collect();
     }
     if xinfo & XACT_XINFO_HAS_DROPPED_STATS != 0 {

@@ -44,11 +44,19 @@ pub enum WalDecodeError {
     #[error("record with invalid prev-link {found} at {lsn}: not before the record")]
     InvalidPrevLink { lsn: Lsn, found: Lsn },
     #[error("incorrect resource manager data checksum in record at {lsn}: stored {stored:#010x}, computed {computed:#010x}")]
-    BadChecksum { lsn: Lsn, stored: u32, computed: u32 },
+    BadChecksum {
+        lsn: Lsn,
+        stored: u32,
+        computed: u32,
+    },
     #[error("there is no contrecord flag at {page} for the record that began at {record}")]
     MissingContinuation { page: Lsn, record: Lsn },
     #[error("invalid contrecord length {found} at {page}, {expected} bytes of the record remain")]
-    ContinuationMismatch { page: Lsn, found: u32, expected: u32 },
+    ContinuationMismatch {
+        page: Lsn,
+        found: u32,
+        expected: u32,
+    },
     #[error("WAL page at {page} continues a record, but no record is in progress")]
     UnexpectedContinuation { page: Lsn },
     #[error("cannot start decoding at {lsn}: it is neither a page boundary nor a MAXALIGNed position after the page header")]
@@ -77,7 +85,12 @@ enum State {
     /// After `XLOG_SWITCH`: the rest of the segment is unused.
     SkippingToSegmentEnd,
     /// Collecting the bytes of the record that began at `start`.
-    InRecord { start: Lsn, total: u32, buf: Vec<u8>, header_checked: bool },
+    InRecord {
+        start: Lsn,
+        total: u32,
+        buf: Vec<u8>,
+        header_checked: bool,
+    },
 }
 
 /// Decodes WAL given in arbitrary chunks, in order, into records.
@@ -115,7 +128,7 @@ impl WalStreamDecoder {
         } else {
             SIZE_OF_XLOG_SHORT_PHD
         };
-        if offset != 0 && (offset < min_offset || offset % MAXALIGN != 0) {
+        if offset != 0 && (offset < min_offset || !offset.is_multiple_of(MAXALIGN)) {
             return Err(WalDecodeError::InvalidStart { lsn: start });
         }
         Ok(WalStreamDecoder {
@@ -239,7 +252,12 @@ impl WalStreamDecoder {
                         header_checked: false,
                     };
                 }
-                State::InRecord { start, total, buf, header_checked } => {
+                State::InRecord {
+                    start,
+                    total,
+                    buf,
+                    header_checked,
+                } => {
                     let start = *start;
                     let need = *total as usize - buf.len();
                     let n = need.min(page_left).min(self.input.len());
@@ -278,10 +296,15 @@ impl WalStreamDecoder {
         }
         let continues = header.info & XLP_FIRST_IS_CONTRECORD != 0;
         match &mut self.state {
-            State::InRecord { start, total, buf, .. } => {
+            State::InRecord {
+                start, total, buf, ..
+            } => {
                 let expected = *total - buf.len() as u32;
                 if !continues {
-                    return Err(WalDecodeError::MissingContinuation { page, record: *start });
+                    return Err(WalDecodeError::MissingContinuation {
+                        page,
+                        record: *start,
+                    });
                 }
                 if header.remaining_length != expected {
                     return Err(WalDecodeError::ContinuationMismatch {
@@ -304,7 +327,9 @@ impl WalStreamDecoder {
                 if !self.at_start {
                     return Err(WalDecodeError::UnexpectedContinuation { page });
                 }
-                self.state = State::SkippingContinuation { remaining: header.remaining_length };
+                self.state = State::SkippingContinuation {
+                    remaining: header.remaining_length,
+                };
             }
             State::BetweenRecords | State::SkippingToSegmentEnd => {}
         }
@@ -326,7 +351,11 @@ impl WalStreamDecoder {
         );
         let computed = record_crc(&buf);
         if stored != computed {
-            return Err(WalDecodeError::BadChecksum { lsn: start, stored, computed });
+            return Err(WalDecodeError::BadChecksum {
+                lsn: start,
+                stored,
+                computed,
+            });
         }
         self.prev_record = Some(start);
         let mut end_lsn = self.lsn;
@@ -340,7 +369,11 @@ impl WalStreamDecoder {
                 self.state = State::SkippingToSegmentEnd;
             }
         }
-        Ok(RawRecord { start_lsn: start, end_lsn, bytes: Bytes::from(buf) })
+        Ok(RawRecord {
+            start_lsn: start,
+            end_lsn,
+            bytes: Bytes::from(buf),
+        })
     }
 }
 
@@ -349,11 +382,15 @@ fn check_record_header(start: Lsn, header: &[u8], prev: Option<Lsn>) -> Result<(
     if rmid > RM_MAX_BUILTIN_ID && rmid < RM_MIN_CUSTOM_ID {
         return Err(WalDecodeError::InvalidResourceManager { lsn: start, rmid });
     }
-    let found = Lsn(u64::from_le_bytes(header[8..16].try_into().expect("8 bytes")));
+    let found = Lsn(u64::from_le_bytes(
+        header[8..16].try_into().expect("8 bytes"),
+    ));
     match prev {
-        Some(expected) if found != expected => {
-            Err(WalDecodeError::WrongPrevLink { lsn: start, found, expected })
-        }
+        Some(expected) if found != expected => Err(WalDecodeError::WrongPrevLink {
+            lsn: start,
+            found,
+            expected,
+        }),
         None if found >= start => Err(WalDecodeError::InvalidPrevLink { lsn: start, found }),
         _ => Ok(()),
     }

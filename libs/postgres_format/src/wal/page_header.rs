@@ -23,7 +23,11 @@ pub enum PageHeaderError {
     #[error(transparent)]
     Short(#[from] ShortInput),
     #[error("invalid magic number {found:#06x} in WAL page at {page}, expected {expected:#06x}")]
-    BadMagic { page: Lsn, found: u16, expected: u16 },
+    BadMagic {
+        page: Lsn,
+        found: u16,
+        expected: u16,
+    },
     #[error("invalid info bits {info:#06x} in WAL page at {page}")]
     BadInfo { page: Lsn, info: u16 },
     #[error("unexpected page address {found} in WAL page at {page}")]
@@ -33,9 +37,18 @@ pub enum PageHeaderError {
     #[error("WAL page at {page} has a long header, but is not the first of a segment")]
     UnexpectedLongHeader { page: Lsn },
     #[error("WAL segment at {page} says segment size {found} and WAL block size {block}, expected {expected} and {XLOG_BLCKSZ}")]
-    WrongSizes { page: Lsn, found: u32, block: u32, expected: usize },
+    WrongSizes {
+        page: Lsn,
+        found: u32,
+        block: u32,
+        expected: usize,
+    },
     #[error("WAL segment at {page} has system identifier {found}, expected {expected}")]
-    WrongSystem { page: Lsn, found: u64, expected: u64 },
+    WrongSystem {
+        page: Lsn,
+        found: u64,
+        expected: u64,
+    },
 }
 
 impl WalPageHeader {
@@ -72,7 +85,14 @@ impl WalPageHeader {
         } else {
             None
         };
-        Ok(WalPageHeader { magic, info, timeline, page_address, remaining_length, long })
+        Ok(WalPageHeader {
+            magic,
+            info,
+            timeline,
+            page_address,
+            remaining_length,
+            long,
+        })
     }
 
     /// Check the header of the page that starts at `page`, as PostgreSQL's
@@ -86,10 +106,17 @@ impl WalPageHeader {
     ) -> Result<(), PageHeaderError> {
         let expected = version.wal_page_magic();
         if self.magic != expected {
-            return Err(PageHeaderError::BadMagic { page, found: self.magic, expected });
+            return Err(PageHeaderError::BadMagic {
+                page,
+                found: self.magic,
+                expected,
+            });
         }
         if self.info & !XLP_ALL_FLAGS != 0 {
-            return Err(PageHeaderError::BadInfo { page, info: self.info });
+            return Err(PageHeaderError::BadInfo {
+                page,
+                info: self.info,
+            });
         }
         let segment_start = page.segment_offset(segment_size as u64) == 0;
         match (segment_start, self.long) {
@@ -106,14 +133,21 @@ impl WalPageHeader {
                 }
                 if let Some(expected) = system_id {
                     if sysid != expected {
-                        return Err(PageHeaderError::WrongSystem { page, found: sysid, expected });
+                        return Err(PageHeaderError::WrongSystem {
+                            page,
+                            found: sysid,
+                            expected,
+                        });
                     }
                 }
             }
             (false, None) => {}
         }
         if self.page_address != page {
-            return Err(PageHeaderError::WrongAddress { page, found: self.page_address });
+            return Err(PageHeaderError::WrongAddress {
+                page,
+                found: self.page_address,
+            });
         }
         Ok(())
     }

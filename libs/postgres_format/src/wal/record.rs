@@ -97,7 +97,10 @@ pub struct BlockReference {
 
 impl BlockReference {
     pub fn tag(&self) -> RelTag {
-        RelTag { node: self.rel, fork: self.fork }
+        RelTag {
+            node: self.rel,
+            fork: self.fork,
+        }
     }
 
     /// Redo initialises the page from scratch; its previous content is not needed.
@@ -128,7 +131,11 @@ pub enum RecordDecodeError {
     #[error("record at {lsn} is truncated: {source}")]
     Short { lsn: Lsn, source: ShortInput },
     #[error("record at {lsn} says it is {stated} bytes long, but {actual} bytes were given")]
-    LengthMismatch { lsn: Lsn, stated: u32, actual: usize },
+    LengthMismatch {
+        lsn: Lsn,
+        stated: u32,
+        actual: usize,
+    },
     #[error("invalid block_id {id} at {lsn}")]
     InvalidBlockId { lsn: Lsn, id: u8 },
     #[error("out-of-order block_id {id} at {lsn}")]
@@ -140,7 +147,11 @@ pub enum RecordDecodeError {
     #[error("block {id} at {lsn}: {reason}")]
     InvalidBlock { lsn: Lsn, id: u8, reason: String },
     #[error("record at {lsn}: headers announce {announced} bytes of data, {actual} remain")]
-    DataLengthMismatch { lsn: Lsn, announced: u64, actual: usize },
+    DataLengthMismatch {
+        lsn: Lsn,
+        announced: u64,
+        actual: usize,
+    },
 }
 
 struct PendingBlock {
@@ -231,7 +242,14 @@ impl DecodedRecord {
             blocks.push(block.reference);
         }
         let main_data = take(main_data_len);
-        Ok(DecodedRecord { lsn, header, blocks, main_data, origin, toplevel_xid })
+        Ok(DecodedRecord {
+            lsn,
+            header,
+            blocks,
+            main_data,
+            origin,
+            toplevel_xid,
+        })
     }
 
     /// Bytes of full-page images in the record.
@@ -266,10 +284,14 @@ fn read_block_header(
     let data_len = r.u16().map_err(short)? as usize;
     let has_data = flags & BKPBLOCK_HAS_DATA != 0;
     if has_data && data_len == 0 {
-        return Err(invalid("BKPBLOCK_HAS_DATA set, but no data included".into()));
+        return Err(invalid(
+            "BKPBLOCK_HAS_DATA set, but no data included".into(),
+        ));
     }
     if !has_data && data_len != 0 {
-        return Err(invalid(format!("BKPBLOCK_HAS_DATA not set, but data length is {data_len}")));
+        return Err(invalid(format!(
+            "BKPBLOCK_HAS_DATA not set, but data length is {data_len}"
+        )));
     }
     let mut image = None;
     let mut image_len = 0;
@@ -300,7 +322,9 @@ fn read_block_header(
             )));
         }
         if compressed && image_len == BLCKSZ {
-            return Err(invalid(format!("BKPIMAGE_COMPRESSED set, but block image length {image_len}")));
+            return Err(invalid(format!(
+                "BKPIMAGE_COMPRESSED set, but block image length {image_len}"
+            )));
         }
         if !has_hole && !compressed && image_len != BLCKSZ {
             return Err(invalid(format!(
@@ -312,7 +336,12 @@ fn read_block_header(
                 "image of {image_len} bytes with hole at {hole_offset} of {hole_length} bytes does not fit a page"
             )));
         }
-        image = Some(BlockImage { data: Bytes::new(), hole_offset, hole_length, info });
+        image = Some(BlockImage {
+            data: Bytes::new(),
+            hole_offset,
+            hole_length,
+            info,
+        });
     }
     let rel = if flags & BKPBLOCK_SAME_REL != 0 {
         last_rel.ok_or(RecordDecodeError::NoPreviousRel { lsn })?
@@ -327,7 +356,15 @@ fn read_block_header(
     };
     let block = r.u32().map_err(short)?;
     Ok(PendingBlock {
-        reference: BlockReference { id, rel, fork, block, flags, image, data: None },
+        reference: BlockReference {
+            id,
+            rel,
+            fork,
+            block,
+            flags,
+            image,
+            data: None,
+        },
         image_len,
         data_len,
     })

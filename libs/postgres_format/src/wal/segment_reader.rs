@@ -34,7 +34,9 @@ pub fn read_wal_directory(
     mut on_record: impl FnMut(RawRecord) -> anyhow::Result<()>,
 ) -> anyhow::Result<WalDirectoryEnd> {
     let mut segments = Vec::new();
-    for entry in fs::read_dir(dir).with_context(|| format!("reading directory {}", dir.display()))? {
+    for entry in
+        fs::read_dir(dir).with_context(|| format!("reading directory {}", dir.display()))?
+    {
         let name = entry?.file_name();
         if let Some(name) = name.to_str() {
             if name.len() == 24 {
@@ -59,13 +61,19 @@ pub fn read_wal_directory(
         let mut file = match fs::File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(WalDirectoryEnd { lsn: decoder.position(), error: None, segment_size });
+                return Ok(WalDirectoryEnd {
+                    lsn: decoder.position(),
+                    error: None,
+                    segment_size,
+                });
             }
             Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
         };
         let mut offset = 0usize;
         loop {
-            let n = file.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+            let n = file
+                .read(&mut buf)
+                .with_context(|| format!("reading {}", path.display()))?;
             if n == 0 {
                 break;
             }
@@ -87,7 +95,10 @@ pub fn read_wal_directory(
             }
         }
         if offset != segment_size {
-            bail!("{} is {offset} bytes, expected {segment_size}", path.display());
+            bail!(
+                "{} is {offset} bytes, expected {segment_size}",
+                path.display()
+            );
         }
         skip = 0;
         segno += 1;
@@ -103,6 +114,9 @@ fn read_segment_size(path: &Path) -> anyhow::Result<usize> {
     let parsed = WalPageHeader::parse(&header)?;
     match parsed.long {
         Some((_, size, _)) if is_valid_segment_size(size as usize) => Ok(size as usize),
-        _ => bail!("{} does not begin with a valid long WAL page header", path.display()),
+        _ => bail!(
+            "{} does not begin with a valid long WAL page header",
+            path.display()
+        ),
     }
 }
