@@ -92,7 +92,10 @@ mod tests {
     fn missing_file_names_the_file() {
         let err = load_config::<Conf>(Some(Path::new("/nonexistent/x.toml"))).unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("reading config file /nonexistent/x.toml"), "{msg}");
+        assert!(
+            msg.contains("reading config file /nonexistent/x.toml"),
+            "{msg}"
+        );
         assert!(msg.contains("No such file"), "{msg}");
     }
 
@@ -109,6 +112,9 @@ mod tests {
         let msg = format!("{:#}", load_text("port = \"many\"\n").unwrap_err());
         assert!(msg.contains("line 1, column 8"), "{msg}");
         let msg = format!("{:#}", load_text("name = \"x\"\nprot = 3\n").unwrap_err());
-        assert!(msg.contains("line 2, column 1: unknown field `prot`"), "{msg}");
+        assert!(
+            msg.contains("line 2, column 1: unknown field `prot`"),
+            "{msg}"
+        );
     }
 }

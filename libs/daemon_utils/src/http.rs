@@ -123,7 +123,10 @@ impl HttpServer {
 
     /// Fields merged into every status document, computed per request; they
     /// may replace the standard ones (e.g. `"status": "empty"`).
-    pub fn with_status(mut self, f: impl Fn() -> Map<String, Value> + Send + Sync + 'static) -> Self {
+    pub fn with_status(
+        mut self,
+        f: impl Fn() -> Map<String, Value> + Send + Sync + 'static,
+    ) -> Self {
         self.status = Some(Arc::new(f));
         self
     }
@@ -189,7 +192,9 @@ impl HttpServer {
         routes: Router,
         cancel: CancellationToken,
     ) -> anyhow::Result<()> {
-        let addr = listener.local_addr().context("reading the HTTP listen address")?;
+        let addr = listener
+            .local_addr()
+            .context("reading the HTTP listen address")?;
         let name = self.service.name;
         info!("{name} HTTP API listening on http://{addr}");
         let server = axum::serve(listener, self.router(routes))
@@ -215,7 +220,11 @@ async fn metrics(State(server): State<Arc<HttpServer>>) -> Result<Response, ApiE
     Ok(([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response())
 }
 
-async fn limit_concurrency(State(limit): State<Arc<Semaphore>>, req: Request, next: Next) -> Response {
+async fn limit_concurrency(
+    State(limit): State<Arc<Semaphore>>,
+    req: Request,
+    next: Next,
+) -> Response {
     match limit.try_acquire_owned() {
         Ok(_permit) => next.run(req).await,
         Err(_) => ApiError::new(
@@ -226,7 +235,11 @@ async fn limit_concurrency(State(limit): State<Arc<Semaphore>>, req: Request, ne
     }
 }
 
-async fn count_requests(State(requests): State<IntCounterVec>, req: Request, next: Next) -> Response {
+async fn count_requests(
+    State(requests): State<IntCounterVec>,
+    req: Request,
+    next: Next,
+) -> Response {
     let path = req
         .extensions()
         .get::<MatchedPath>()
@@ -298,9 +311,13 @@ mod tests {
 
         let (code, metrics) = http_get(addr, "/metrics").await;
         assert_eq!(code, 200);
-        assert!(metrics.contains("test_daemon_build_info{version=\""), "{metrics}");
         assert!(
-            metrics.contains(r#"test_daemon_http_requests_total{path="/v1/status",status="200"} 1"#),
+            metrics.contains("test_daemon_build_info{version=\""),
+            "{metrics}"
+        );
+        assert!(
+            metrics
+                .contains(r#"test_daemon_http_requests_total{path="/v1/status",status="200"} 1"#),
             "{metrics}"
         );
         assert!(
@@ -319,7 +336,10 @@ mod tests {
         let addr = taken.local_addr().unwrap().to_string();
         let err = bind_listener("HTTP", &addr).await.unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.starts_with(&format!("binding the HTTP listener to {addr}: ")), "{msg}");
+        assert!(
+            msg.starts_with(&format!("binding the HTTP listener to {addr}: ")),
+            "{msg}"
+        );
         let err = bind_listener("HTTP", "not an address").await.unwrap_err();
         assert!(format!("{err:#}").contains("not an address"));
     }

@@ -1,0 +1,285 @@
+"""The daemon skeletons and neon_local's process management.
+
+Every daemon serves /v1/status and /metrics, stops with exit code 0 on
+SIGTERM, and fails clearly on a port in use or a malformed config file.
+neon_local init/start/stop manages them as background processes and leaves
+none behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fixtures.daemons import (  # noqa: F401 - the fixtures are used by name
+    BINARIES,
+    DAEMONS,
+    DaemonFactory,
+    NeonLocal,
+    http_session,
+    metric_value,
+    neon_local,
+    pid_alive,
+    start_daemon,
+)
+from fixtures.neon_fixtures import PortDistributor, wait_until
+
+NODE_DAEMONS = {"pageserver", "safekeeper"}
+
+
+@pytest.mark.parametrize("binary", BINARIES)
+def test_help(neon_binpath: Path, binary: str):
+    result = subprocess.run(
+        [neon_binpath / binary, "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert binary in result.stdout
+    if binary == "neon_local":
+        commands = "init start stop tenant timeline endpoint pageserver safekeeper storage_broker"
+        for command in commands.split():
+            assert re.search(rf"^\s+{command}\s", result.stdout, re.M), command
+    else:
+        assert "--config" in result.stdout
+
+
+@pytest.mark.parametrize("name", DAEMONS)
+def test_daemon_status_metrics_and_sigterm(
+    start_daemon: DaemonFactory, name: str, test_output_dir: Path
+):
+    daemon = start_daemon(name)
+    status = daemon.wait_ready()
+    assert status["service"] == name
+    assert status["status"] == ("empty" if name == "compute_ctl" else "ok")
+    assert status["pid"] == daemon.proc.pid
+    assert isinstance(status["uptime_seconds"], int)
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", status["version"])
+    if name in NODE_DAEMONS:
+        assert status["node_id"] == 1
+        assert (test_output_dir / f"{name}_0").is_dir(), "data directory not created"
+
+    metrics = daemon.get("/metrics").text
+    version = re.escape(status["version"])
+    assert re.search(rf'^{name}_build_info\{{version="{version}"\}} 1$', metrics, re.M), metrics
+    counter = f"{name}_http_requests_total"
+    labels = 'path="/v1/status",status="200"'
+    before = metric_value(metrics, counter, labels)
+    assert before >= 1
+    for _ in range(3):
+        assert daemon.get("/v1/status").status_code == 200
+    assert metric_value(daemon.get("/metrics").text, counter, labels) == before + 3
+
+    missing = daemon.get("/v1/no/such/endpoint")
+    assert missing.status_code == 404
+    assert "error" in missing.json()
+    metrics = daemon.get("/metrics").text
+    assert metric_value(metrics, counter, 'path="unmatched",status="404"') == 1
+
+    assert daemon.stop() == 0
+    log = daemon.log
+    assert "received SIGTERM" in log
+    assert f"{name} shut down" in log
+    # Nothing listens on the address any more (connections may linger in
+    # TIME_WAIT, which SO_REUSEADDR allows).
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", daemon.http_port))
+
+
+@pytest.mark.parametrize("name", DAEMONS)
+def test_port_in_use(start_daemon: DaemonFactory, port_distributor: PortDistributor, name: str):
+    port = port_distributor.get()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        daemon = start_daemon(name, http_port=port)
+        assert daemon.wait_exit() != 0
+    log = daemon.log
+    assert f"127.0.0.1:{port}" in log and "in use" in log, log
+    assert "panicked" not in log
+
+
+def test_bad_listen_address(neon_binpath: Path, test_output_dir: Path):
+    result = subprocess.run(
+        [neon_binpath / "safekeeper", "--datadir", test_output_dir, "--listen-http", "bad-addr"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "binding the HTTP listener to bad-addr: " in result.stderr
+
+
+@pytest.mark.parametrize("name", DAEMONS)
+def test_malformed_config(start_daemon: DaemonFactory, test_output_dir: Path, name: str):
+    config = test_output_dir / "bad.toml"
+    config.write_text("# comment\nthis is not toml\n")
+    daemon = start_daemon(name, "--config", str(config))
+    assert daemon.wait_exit() != 0
+    assert f"parsing config file {config}: line 2, column " in daemon.log, daemon.log
+
+    config.write_text("no_such_key = 1\n")
+    daemon = start_daemon(name, "--config", str(config))
+    assert daemon.wait_exit() != 0
+    expected = f"parsing config file {config}: line 1, column 1: unknown field `no_such_key`"
+    assert expected in daemon.log, daemon.log
+
+    missing = test_output_dir / "missing.toml"
+    daemon = start_daemon(name, "--config", str(missing))
+    assert daemon.wait_exit() != 0
+    assert f"reading config file {missing}: No such file" in daemon.log
+
+
+def test_config_file_and_flag_override(
+    start_daemon: DaemonFactory, port_distributor: PortDistributor, test_output_dir: Path
+):
+    """Values come from the config file unless a flag overrides them."""
+    config = test_output_dir / "safekeeper.toml"
+    unused_port = port_distributor.get()
+    config.write_text(f'id = 7\nlisten_http_addr = "127.0.0.1:{unused_port}"\n')
+    # start_daemon passes --listen-http with a port of its own: it wins.
+    daemon = start_daemon("safekeeper", "--config", str(config))
+    status = daemon.wait_ready()
+    assert status["node_id"] == 7
+    assert daemon.http_port != unused_port
+    assert daemon.stop() == 0
+
+
+def test_compute_ctl_spec_not_implemented(start_daemon: DaemonFactory, test_output_dir: Path):
+    spec = test_output_dir / "spec.json"
+    spec.write_text(json.dumps({"mode": "primary"}))
+    daemon = start_daemon("compute_ctl", "--spec", str(spec))
+    assert daemon.wait_exit() != 0
+    assert (
+        f"cannot start the compute described by {spec}: "
+        "starting computes is not implemented yet" in daemon.log
+    ), daemon.log
+
+
+def write_neon_local_config(
+    path: Path, ports: PortDistributor, safekeepers: int
+) -> dict[str, str]:
+    """An init config on free ports; returns {daemon name: HTTP address}."""
+    def addr() -> str:
+        return f"127.0.0.1:{ports.get()}"
+
+    http = {"storage_broker": addr(), "pageserver 1": addr()}
+    text = f'[broker]\nlisten_addr = "{http["storage_broker"]}"\n\n'
+    text += (
+        f'[pageserver]\nlisten_pg_addr = "{addr()}"\n'
+        f'listen_http_addr = "{http["pageserver 1"]}"\n'
+    )
+    for i in range(1, safekeepers + 1):
+        http[f"safekeeper {i}"] = addr()
+        text += (
+            f'\n[[safekeepers]]\nid = {i}\nlisten_pg_addr = "{addr()}"\n'
+            f'listen_http_addr = "{http[f"safekeeper {i}"]}"\n'
+        )
+    path.write_text(text)
+    return http
+
+
+def test_neon_local_init_start_stop(
+    neon_local: NeonLocal, port_distributor: PortDistributor, test_output_dir: Path
+):
+    config = test_output_dir / "init.toml"
+    http = write_neon_local_config(config, port_distributor, safekeepers=3)
+    neon_local.run("init", "--config", config, "--num-safekeepers", "3")
+    assert (neon_local.repo_dir / "config").is_file()
+
+    again = neon_local.run("init", "--config", config, check=False)
+    assert again.returncode != 0
+    assert again.stderr == (
+        f"error: {neon_local.repo_dir}/config already exists: "
+        "the repository is initialized already (use --force to overwrite it)\n"
+    )
+
+    neon_local.run("start")
+    pids = neon_local.pids()
+    assert len(pids) == 5, neon_local.pid_files()
+    assert all(pid_alive(pid) for pid in pids)
+    session = http_session()
+    for name, addr in http.items():
+        status = session.get(f"http://{addr}/v1/status", timeout=5).json()
+        assert status["service"] == name.split()[0]
+        assert status["pid"] in pids
+        if name.startswith("safekeeper"):
+            assert status["node_id"] == int(name.split()[1])
+    assert (neon_local.repo_dir / "safekeepers" / "sk3" / "safekeeper.log").is_file()
+
+    status = neon_local.run("safekeeper", "status").stdout
+    assert status.count(": running (pid ") == 3, status
+    assert "pageserver 1: running" in neon_local.run("pageserver", "status").stdout
+
+    # Starting again leaves the running daemons alone.
+    assert "already running" in neon_local.run("start").stdout
+    assert neon_local.pids() == pids
+
+    # One daemon on its own: stop, status fails, start again.
+    neon_local.run("storage_broker", "stop")
+    down = neon_local.run("storage_broker", "status", check=False)
+    assert down.returncode != 0 and "storage_broker: not running" in down.stdout
+    neon_local.run("storage_broker", "start")
+    neon_local.run("storage_broker", "status")
+
+    pids = neon_local.pids()
+    neon_local.run("stop")
+    assert not any(pid_alive(pid) for pid in pids), [p for p in pids if pid_alive(p)]
+    assert neon_local.pid_files() == []
+    assert "not running" in neon_local.run("stop").stdout
+
+    # --force replaces the stopped repository.
+    neon_local.run("init", "--config", config, "--force")
+    assert not (neon_local.repo_dir / "safekeepers").exists()
+
+
+def test_neon_local_start_failure_cleans_up(
+    neon_local: NeonLocal, port_distributor: PortDistributor, test_output_dir: Path
+):
+    """A daemon that cannot start: neon_local shows its log, stops what it
+    started and leaves no process nor pid file."""
+    config = test_output_dir / "init.toml"
+    http = write_neon_local_config(config, port_distributor, safekeepers=1)
+    neon_local.run("init", "--config", config)
+    host, port = http["pageserver 1"].split(":")
+    with socket.socket() as taken:
+        taken.bind((host, int(port)))
+        taken.listen()
+        result = neon_local.run("start", check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error: starting pageserver 1: ")
+    assert f"binding the HTTP listener to {http['pageserver 1']}" in result.stderr  # the log tail
+    broker_pid = int(re.search(r"storage_broker started \(pid (\d+)\)", result.stdout).group(1))
+    wait_until("the broker to be gone", lambda: not pid_alive(broker_pid), timeout=5)
+    assert neon_local.pid_files() == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["tenant", "create"],
+        ["tenant", "list"],
+        ["timeline", "branch", "--branch-name", "b"],
+        ["timeline", "create", "--branch-name", "b"],
+        ["timeline", "list"],
+        ["endpoint", "create", "main"],
+        ["endpoint", "start", "main"],
+        ["endpoint", "stop", "main"],
+        ["endpoint", "list"],
+    ],
+)
+def test_neon_local_not_implemented(neon_local: NeonLocal, command: list[str]):
+    result = neon_local.run(*command, check=False)
+    assert result.returncode != 0
+    assert result.stderr == f"error: '{command[0]} {command[1]}' is not implemented yet\n"
+
+
+def test_neon_local_needs_init(neon_local: NeonLocal):
+    result = neon_local.run("start", check=False)
+    assert result.returncode != 0
+    assert "neon_local init" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
