@@ -1,19 +1,32 @@
 //! The safekeeper is one acceptor of the quorum-replicated WAL service: it
 //! stores WAL pushed by the walproposer and serves it to pageservers.
 //!
-//! This is the process skeleton: it creates its data directory and serves
-//! the management API (`/v1/status`, `/metrics`). The WAL service (consensus,
-//! WAL storage, START_REPLICATION) is not implemented yet, so
-//! `listen_pg_addr` is not bound.
+//! * [`acceptor`]: the consensus acceptor, a state machine over storage;
+//! * [`control_file`], [`wal_storage`]: that storage on disk;
+//! * [`timeline`]: the timelines of this safekeeper;
+//! * [`service`]: the libpq WAL service ([`receive_wal`] from walproposers,
+//!   [`send_wal`] to pageservers and standbys);
+//! * [`http`]: the management API.
+
+pub mod acceptor;
+pub mod control_file;
+pub mod http;
+pub mod receive_wal;
+pub mod send_wal;
+pub mod service;
+pub mod timeline;
+pub mod wal_storage;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
-use axum::Router;
 use daemon_utils::{bind_listener, CancellationToken, HttpServer, ServiceInfo};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 use utils::NodeId;
+
+use crate::timeline::GlobalTimelines;
 
 pub const SERVICE: ServiceInfo = daemon_utils::service_info!("safekeeper");
 
@@ -24,10 +37,12 @@ pub struct SafeKeeperConf {
     pub id: NodeId,
     /// Data directory (WAL and control files); created if missing.
     pub datadir: PathBuf,
-    /// libpq WAL service address (not served yet).
+    /// libpq WAL service address.
     pub listen_pg_addr: String,
     /// HTTP management API address.
     pub listen_http_addr: String,
+    /// WAL service connections at most; more are refused with an error.
+    pub max_connections: usize,
 }
 
 impl Default for SafeKeeperConf {
@@ -37,6 +52,7 @@ impl Default for SafeKeeperConf {
             datadir: PathBuf::from("."),
             listen_pg_addr: "127.0.0.1:5454".into(),
             listen_http_addr: "127.0.0.1:7676".into(),
+            max_connections: 1000,
         }
     }
 }
@@ -45,13 +61,30 @@ impl Default for SafeKeeperConf {
 pub async fn run(conf: SafeKeeperConf, cancel: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&conf.datadir)
         .with_context(|| format!("creating the data directory {}", conf.datadir.display()))?;
+    let timelines = Arc::new(
+        tokio::task::block_in_place(|| GlobalTimelines::load(&conf.datadir, conf.id))
+            .context("loading timelines")?,
+    );
     let http = HttpServer::new(SERVICE)?.with_node_id(conf.id);
-    let listener = bind_listener("HTTP", &conf.listen_http_addr).await?;
+    let http_listener = bind_listener("HTTP", &conf.listen_http_addr).await?;
+    let pg_listener = bind_listener("WAL service", &conf.listen_pg_addr).await?;
     info!(
-        "safekeeper {} in {}; WAL service on {} is not served yet",
+        "safekeeper {} in {}: WAL service on {}, HTTP on {}",
         conf.id,
         conf.datadir.display(),
-        conf.listen_pg_addr
+        conf.listen_pg_addr,
+        conf.listen_http_addr
     );
-    http.serve(listener, Router::new(), cancel).await
+    let wal_service = tokio::spawn(service::serve(
+        pg_listener,
+        timelines.clone(),
+        conf.max_connections,
+        cancel.clone(),
+    ));
+    let result = http
+        .serve(http_listener, http::routes(timelines), cancel.clone())
+        .await;
+    cancel.cancel();
+    wal_service.await.context("WAL service task")??;
+    result
 }

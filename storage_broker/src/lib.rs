@@ -1,37 +1,118 @@
 //! The storage broker: a pub/sub through which safekeepers publish the state
 //! of each timeline and pageservers learn which safekeeper to follow.
 //!
-//! This is the process skeleton: it serves the management API
-//! (`/v1/status`, `/metrics`) on its listen address. The gRPC service, which
-//! will share that port, is not implemented yet.
+//! * The daemon ([`run`]) serves the gRPC service `storage_broker.BrokerService`
+//!   (`proto/broker.proto`), the standard gRPC health service, and the
+//!   management API (`/v1/status`, `/metrics`) on one listen address: gRPC
+//!   requests are told apart by their content type and need HTTP/2; the
+//!   management API answers HTTP/1 and HTTP/2.
+//! * The client ([`BrokerClient`]) is what safekeepers and pageservers use;
+//!   it speaks in [`SafekeeperTimelineInfo`], built from the workspace's id
+//!   and LSN types, so that they need not depend on tonic or prost.
+//!
+//! The broker keeps nothing: a subscriber receives what is published after
+//! it subscribed. Safekeepers republish each active timeline about once a
+//! second, so a subscriber that loses messages (a slow reader) or
+//! reconnects is up to date again a second later.
 
 use axum::Router;
 use daemon_utils::{bind_listener, CancellationToken, HttpServer, ServiceInfo};
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tokio::net::TcpListener;
+
+mod client;
+mod info;
+mod server;
+
+/// The protobuf messages and the generated gRPC client and server.
+pub mod proto {
+    tonic::include_proto!("storage_broker");
+}
+
+pub use client::{BrokerClient, BrokerError, Code, InfoStream, DEFAULT_CONNECT_TIMEOUT};
+pub use info::{InvalidMessage, SafekeeperTimelineInfo};
 
 pub const SERVICE: ServiceInfo = daemon_utils::service_info!("storage_broker");
+
+/// The largest channel buffer accepted, in messages.
+const MAX_BUFFER: usize = 1 << 24;
 
 /// `storage_broker.toml`: every key is optional.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConf {
-    /// Address for HTTP now, and for gRPC on the same port later.
+    /// Address for gRPC and the HTTP management API.
     pub listen_addr: String,
+    /// Publish and subscribe streams served at once; beyond, calls fail with
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_concurrent_streams: usize,
+    /// Messages kept for the subscribers to all timelines: one that falls
+    /// further behind loses the oldest. About a second of publications of a
+    /// large region at the default (three safekeepers publishing 10 000
+    /// active timelines a second).
+    pub all_timelines_buffer: usize,
+    /// Messages kept for the subscribers to one timeline (about ten seconds
+    /// of its publications at the default).
+    pub timeline_buffer: usize,
 }
 
 impl Default for BrokerConf {
     fn default() -> Self {
         Self {
             listen_addr: "127.0.0.1:50051".into(),
+            max_concurrent_streams: 10_000,
+            all_timelines_buffer: 32_768,
+            timeline_buffer: 32,
         }
+    }
+}
+
+impl BrokerConf {
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.max_concurrent_streams >= 1,
+            "max_concurrent_streams must be at least 1"
+        );
+        for (name, value) in [
+            ("all_timelines_buffer", self.all_timelines_buffer),
+            ("timeline_buffer", self.timeline_buffer),
+        ] {
+            anyhow::ensure!(
+                (1..=MAX_BUFFER).contains(&value),
+                "{name} must be between 1 and {MAX_BUFFER}, not {value}"
+            );
+        }
+        Ok(())
     }
 }
 
 /// Runs the broker until `cancel` fires.
 pub async fn run(conf: BrokerConf, cancel: CancellationToken) -> anyhow::Result<()> {
+    conf.validate()?;
+    let listener = bind_listener("gRPC and HTTP", &conf.listen_addr).await?;
+    serve(conf, listener, cancel).await
+}
+
+/// Runs the broker on a listener that is already bound (tests bind port 0)
+/// until `cancel` fires. Subscriptions then end and publish calls fail with
+/// `UNAVAILABLE`.
+pub async fn serve(
+    conf: BrokerConf,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let http = HttpServer::new(SERVICE)?;
-    let listener = bind_listener("HTTP", &conf.listen_addr).await?;
-    info!("gRPC broker service is not served yet");
-    http.serve(listener, Router::new(), cancel).await
+    let broker = server::Broker::new(&conf, http.registry(), cancel.clone())?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<proto::broker_service_server::BrokerServiceServer<server::Broker>>()
+        .await;
+    let grpc = tonic::service::Routes::new(proto::broker_service_server::BrokerServiceServer::new(
+        broker,
+    ))
+    .add_service(health_service)
+    .into_axum_router();
+    http.with_grpc(grpc)
+        .serve(listener, Router::new(), cancel)
+        .await
 }

@@ -7,17 +7,20 @@ use storage_broker::BrokerConf;
 /// The storage broker: safekeepers publish each timeline's state, and
 /// pageservers learn from it which safekeeper to follow.
 ///
-/// Skeleton: only the HTTP management API (/v1/status, /metrics) is served
-/// so far; the gRPC pub/sub service is not implemented yet. Stops on SIGTERM
-/// or SIGINT.
+/// Serves the gRPC service storage_broker.BrokerService, gRPC health, and
+/// the HTTP management API (/v1/status, /metrics) on one address. Stops on
+/// SIGTERM or SIGINT.
 #[derive(Parser, Debug)]
 #[command(name = "storage_broker", version)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
-    /// Listen address for HTTP (and gRPC, later) [default: 127.0.0.1:50051]
+    /// Listen address for gRPC and HTTP [default: 127.0.0.1:50051]
     #[arg(short = 'l', long = "listen-addr", value_name = "ADDR")]
     listen_addr: Option<String>,
+    /// Publish and subscribe streams served at once [default: 10000]
+    #[arg(long, value_name = "N")]
+    max_concurrent_streams: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -25,7 +28,7 @@ fn main() -> ExitCode {
     daemon_utils::launch(
         storage_broker::SERVICE,
         cli.common.config.as_deref(),
-        |conf: &mut BrokerConf| apply_overrides!(conf, cli, listen_addr),
+        |conf: &mut BrokerConf| apply_overrides!(conf, cli, listen_addr, max_concurrent_streams),
         storage_broker::run,
     )
 }

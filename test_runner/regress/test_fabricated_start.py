@@ -60,7 +60,7 @@ def test_postgres_starts_from_fabricated_checkpoint(
         segment_end = (old_checkpoint // SEGMENT + 2) * SEGMENT
         args += ["--after", lsn_str(segment_end - 48)]
     out = run_checked(args).stdout
-    m = re.search(r"fabricated shutdown checkpoint at (\S+) \(previous record at (\S+)\); new WAL starts at (\S+)", out)
+    m = re.search(r"fabricated shutdown checkpoint at (\S+) \(previous record at (\S+), ending at \S+\); new WAL starts at (\S+)", out)
     assert m, out
     checkpoint, prev, end = lsn_int(m[1]), lsn_int(m[2]), lsn_int(m[3])
     assert prev == old_checkpoint

@@ -1,7 +1,9 @@
 //! The HTTP management server every daemon runs.
 
+use std::convert::Infallible;
 use std::future::IntoFuture;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -9,13 +11,16 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::future::RouteFuture;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower::Service;
 use tracing::{info, warn};
 use utils::NodeId;
 
@@ -28,6 +33,12 @@ pub const MAX_CONCURRENT_REQUESTS: usize = 128;
 
 /// How long shutdown waits for in-flight requests before dropping them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A connection idle this long is probed, every interval, and closed after
+/// that many unanswered probes: a vanished peer is noticed within a minute.
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const TCP_KEEPALIVE_RETRIES: u32 = 3;
 
 /// Label for requests that matched no route: keeps the metric's cardinality
 /// bounded whatever paths clients try.
@@ -73,7 +84,9 @@ type StatusFn = dyn Fn() -> Map<String, Value> + Send + Sync;
 
 /// A daemon's management API: its own routes plus `GET /v1/status` and
 /// `GET /metrics`, JSON 404/405 errors, request counting and a concurrency
-/// limit.
+/// limit. Serves HTTP/1 and HTTP/2 (cleartext, prior knowledge) on one
+/// listener, and optionally a gRPC service on the same port
+/// ([`with_grpc`](Self::with_grpc)).
 pub struct HttpServer {
     service: ServiceInfo,
     node_id: Option<NodeId>,
@@ -81,6 +94,7 @@ pub struct HttpServer {
     registry: Registry,
     requests: IntCounterVec,
     status: Option<Arc<StatusFn>>,
+    grpc: Option<Router>,
 }
 
 impl HttpServer {
@@ -112,6 +126,7 @@ impl HttpServer {
             registry,
             requests,
             status: None,
+            grpc: None,
         })
     }
 
@@ -128,6 +143,19 @@ impl HttpServer {
         f: impl Fn() -> Map<String, Value> + Send + Sync + 'static,
     ) -> Self {
         self.status = Some(Arc::new(f));
+        self
+    }
+
+    /// Serves `grpc` (for example tonic's `Routes::into_axum_router()`) on
+    /// the same listener: requests whose `content-type` is
+    /// `application/grpc` or `application/grpc+<codec>` go to it, untouched
+    /// by the management API's middleware (no request counting, no
+    /// concurrency limit: the gRPC service sets its own limits, and its
+    /// streams are long-lived). gRPC needs HTTP/2, which the server speaks
+    /// alongside HTTP/1. Long-lived streams must end when the daemon's
+    /// cancellation token fires, or shutdown waits for its grace period.
+    pub fn with_grpc(mut self, grpc: Router) -> Self {
+        self.grpc = Some(grpc);
         self
     }
 
@@ -165,12 +193,13 @@ impl HttpServer {
     }
 
     /// The complete router: `routes` (which must not set a fallback) plus the
-    /// standard endpoints and middleware.
-    pub fn router(self, routes: Router) -> Router {
+    /// standard endpoints and middleware, and the gRPC service if any.
+    pub fn router(mut self, routes: Router) -> Router {
         let requests = self.requests.clone();
         let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
+        let grpc = self.grpc.take();
         let server = Arc::new(self);
-        Router::new()
+        let http = Router::new()
             .route("/v1/status", get(status))
             .route("/metrics", get(metrics))
             .with_state(server)
@@ -180,7 +209,11 @@ impl HttpServer {
                 ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             })
             .layer(middleware::from_fn_with_state(limit, limit_concurrency))
-            .layer(middleware::from_fn_with_state(requests, count_requests))
+            .layer(middleware::from_fn_with_state(requests, count_requests));
+        match grpc {
+            None => http,
+            Some(grpc) => Router::new().fallback_service(SplitGrpc { grpc, http }),
+        }
     }
 
     /// Serves [`router`](Self::router) on `listener` until `cancel` fires,
@@ -196,7 +229,13 @@ impl HttpServer {
             .local_addr()
             .context("reading the HTTP listen address")?;
         let name = self.service.name;
-        info!("{name} HTTP API listening on http://{addr}");
+        let what = if self.grpc.is_some() {
+            "HTTP API and gRPC"
+        } else {
+            "HTTP API"
+        };
+        info!("{name} {what} listening on http://{addr}");
+        let listener = listener.tap_io(configure_connection);
         let server = axum::serve(listener, self.router(routes))
             .with_graceful_shutdown(cancel.clone().cancelled_owned())
             .into_future();
@@ -206,8 +245,63 @@ impl HttpServer {
                 warn!("HTTP requests still in flight {SHUTDOWN_GRACE:?} after shutdown began; dropping them");
             }
         }
-        info!("{name} HTTP API on {addr} stopped");
+        info!("{name} {what} on {addr} stopped");
         Ok(())
+    }
+}
+
+/// Small request/response exchanges (and gRPC messages) do not wait for
+/// Nagle's algorithm, and TCP keepalives end connections whose peer vanished
+/// (a gRPC stream may be idle for long, and would hold its resources).
+fn configure_connection(tcp: &mut tokio::net::TcpStream) {
+    if let Err(err) = tcp.set_nodelay(true) {
+        warn!("setting TCP_NODELAY on an accepted connection: {err}");
+    }
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_IDLE)
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(TCP_KEEPALIVE_RETRIES);
+    if let Err(err) = socket2::SockRef::from(&*tcp).set_tcp_keepalive(&keepalive) {
+        warn!("enabling TCP keepalives on an accepted connection: {err}");
+    }
+}
+
+/// Sends gRPC requests to one router and everything else to another.
+#[derive(Clone)]
+struct SplitGrpc {
+    grpc: Router,
+    http: Router,
+}
+
+/// True for `application/grpc` and `application/grpc+proto` (etc.), as the
+/// gRPC over HTTP/2 specification defines the content type.
+fn is_grpc(req: &Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value
+                .strip_prefix("application/grpc")
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+        })
+}
+
+impl Service<Request> for SplitGrpc {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = RouteFuture<Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+        // Routers are always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        if is_grpc(&req) {
+            self.grpc.call(req)
+        } else {
+            self.http.call(req)
+        }
     }
 }
 
@@ -328,6 +422,77 @@ mod tests {
         cancel.cancel();
         task.await.unwrap().unwrap();
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    #[test]
+    fn grpc_content_types() {
+        let req = |content_type: Option<&str>| {
+            let mut builder = Request::builder().uri("/x");
+            if let Some(value) = content_type {
+                builder = builder.header(header::CONTENT_TYPE, value);
+            }
+            builder.body(axum::body::Body::empty()).unwrap()
+        };
+        assert!(is_grpc(&req(Some("application/grpc"))));
+        assert!(is_grpc(&req(Some("application/grpc+proto"))));
+        assert!(!is_grpc(&req(Some("application/grpc-web"))));
+        assert!(!is_grpc(&req(Some("application/json"))));
+        assert!(!is_grpc(&req(None)));
+    }
+
+    /// One HTTP/1.0 POST with a content type: (status code, body).
+    async fn http_post(
+        addr: std::net::SocketAddr,
+        path: &str,
+        content_type: &str,
+    ) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: {content_type}\r\nContent-Length: 0\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn grpc_requests_bypass_the_management_api() {
+        let listener = bind_listener("HTTP", "127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let grpc = Router::new().fallback(|| async { "grpc" });
+        let server = HttpServer::new(SERVICE).unwrap().with_grpc(grpc);
+        let task = tokio::spawn(server.serve(listener, Router::new(), cancel.clone()));
+
+        let (code, body) = http_get(addr, "/v1/status").await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(
+            http_post(addr, "/pkg.Service/Method", "application/grpc").await,
+            (200, "grpc".to_owned())
+        );
+        assert_eq!(
+            http_post(addr, "/v1/status", "application/grpc+proto").await,
+            (200, "grpc".to_owned())
+        );
+        let (code, _) = http_post(addr, "/pkg.Service/Method", "application/json").await;
+        assert_eq!(code, 404);
+        // Only the management API's requests are counted.
+        let (_, metrics) = http_get(addr, "/metrics").await;
+        assert!(
+            metrics
+                .contains(r#"test_daemon_http_requests_total{path="/v1/status",status="200"} 1"#),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(r#"test_daemon_http_requests_total{path="unmatched",status="404"} 1"#),
+            "{metrics}"
+        );
+
+        cancel.cancel();
+        task.await.unwrap().unwrap();
     }
 
     #[tokio::test]

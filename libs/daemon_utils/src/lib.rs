@@ -7,7 +7,8 @@
 //! * [`load_config`]: TOML configuration files whose errors name the file, line
 //!   and column.
 //! * [`HttpServer`]: the management API server with `GET /v1/status` and
-//!   `GET /metrics` on every daemon.
+//!   `GET /metrics` on every daemon, over HTTP/1 and HTTP/2, optionally with a
+//!   gRPC service on the same port.
 
 mod config;
 mod http;

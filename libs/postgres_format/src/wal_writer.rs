@@ -167,7 +167,8 @@ impl SegmentWriter {
         let first_in_segment = page.segment_offset(self.segment_size as u64) == 0;
         let header = WalPageHeader {
             magic: self.version.wal_page_magic(),
-            info: flags | if first_in_segment { XLP_LONG_HEADER } else { 0 },
+            // PostgreSQL sets XLP_BKP_REMOVABLE whenever no base backup runs.
+            info: flags | XLP_BKP_REMOVABLE | if first_in_segment { XLP_LONG_HEADER } else { 0 },
             timeline: self.timeline,
             page_address: page,
             remaining_length: if flags & XLP_FIRST_IS_CONTRECORD != 0 {

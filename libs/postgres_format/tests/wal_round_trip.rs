@@ -226,8 +226,9 @@ fn corruption_is_detected() {
 #[test]
 fn starting_mid_page_or_on_continuation() {
     assert!(WalStreamDecoder::new(Lsn(0x100_0010), V15, SEGMENT).is_err());
-    assert!(WalStreamDecoder::new(Lsn(0x100_0029), V15, SEGMENT).is_err());
+    assert!(WalStreamDecoder::new(Lsn(0x100_0027), V15, SEGMENT).is_err());
     assert!(WalStreamDecoder::new(Lsn(0x100_0028), V15, SEGMENT).is_ok());
+    assert!(WalStreamDecoder::new(Lsn(0x100_0029), V15, SEGMENT).is_ok());
 
     // Starting at a page boundary inside a record skips to the next record.
     let mut rng = StdRng::seed_from_u64(3);
@@ -244,4 +245,11 @@ fn starting_mid_page_or_on_continuation() {
     let first = decoder.poll_decode().unwrap().unwrap();
     let expected = written.iter().find(|(s, _, _)| *s > page).unwrap();
     assert_eq!(first.start_lsn, expected.0);
+
+    // Starting at the (unaligned) end of a record yields the next record.
+    let (prev_end, next) = (written[10].1, &written[11]);
+    let mut decoder = WalStreamDecoder::new(prev_end, V15, SEGMENT).unwrap();
+    decoder.feed_bytes(&stream[(prev_end - start) as usize..]);
+    let record = decoder.poll_decode().unwrap().unwrap();
+    assert_eq!((record.start_lsn, record.end_lsn), (next.0, next.1));
 }

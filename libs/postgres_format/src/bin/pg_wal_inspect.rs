@@ -278,8 +278,8 @@ fn fabricate(pgdata: &Path, after: Option<Lsn>) -> anyhow::Result<()> {
     }
     write_owned(&control_path, &start.control_file, &owner)?;
     println!(
-        "fabricated shutdown checkpoint at {} (previous record at {}); new WAL starts at {}",
-        start.checkpoint_lsn, prev_record, start.end_lsn
+        "fabricated shutdown checkpoint at {} (previous record at {}, ending at {}); new WAL starts at {}",
+        start.checkpoint_lsn, prev_record, prev_end, start.end_lsn
     );
     Ok(())
 }

@@ -59,7 +59,7 @@ pub enum WalDecodeError {
     },
     #[error("WAL page at {page} continues a record, but no record is in progress")]
     UnexpectedContinuation { page: Lsn },
-    #[error("cannot start decoding at {lsn}: it is neither a page boundary nor a MAXALIGNed position after the page header")]
+    #[error("cannot start decoding at {lsn}: it lies inside a WAL page header")]
     InvalidStart { lsn: Lsn },
 }
 
@@ -116,19 +116,21 @@ pub struct WalStreamDecoder {
 
 impl WalStreamDecoder {
     /// A decoder for WAL from `start`: a page boundary (a record that
-    /// continues there is skipped) or the start of a record.
+    /// continues there is skipped), the start of a record, or the end of a
+    /// record (PostgreSQL's `EndRecPtr`: padding up to the next record is
+    /// skipped).
     pub fn new(
         start: Lsn,
         version: PgMajorVersion,
         segment_size: usize,
     ) -> Result<Self, WalDecodeError> {
         let offset = start.block_offset(XLOG_BLCKSZ as u64) as usize;
-        let min_offset = if start.segment_offset(segment_size as u64) < XLOG_BLCKSZ as u64 {
+        let header_size = if start.segment_offset(segment_size as u64) < XLOG_BLCKSZ as u64 {
             SIZE_OF_XLOG_LONG_PHD
         } else {
             SIZE_OF_XLOG_SHORT_PHD
         };
-        if offset != 0 && (offset < min_offset || !offset.is_multiple_of(MAXALIGN)) {
+        if offset != 0 && offset < header_size {
             return Err(WalDecodeError::InvalidStart { lsn: start });
         }
         Ok(WalStreamDecoder {

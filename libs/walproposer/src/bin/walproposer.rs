@@ -1,0 +1,100 @@
+//! A small CLI over the walproposer library, for tests and operators.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use utils::{Lsn, TenantId, TimelineId};
+use walproposer::driver::{self, PostgresSource, WalproposerConfig};
+
+/// Elect a term among the safekeepers and sync them, or stream a compute's
+/// WAL to them.
+#[derive(Parser)]
+#[command(name = "walproposer", version)]
+struct Cli {
+    /// Safekeeper libpq addresses, comma separated (host:port,...)
+    #[arg(long, value_delimiter = ',', required = true)]
+    safekeepers: Vec<String>,
+    #[arg(long)]
+    tenant_id: TenantId,
+    #[arg(long)]
+    timeline_id: TimelineId,
+    /// PG_VERSION_NUM of the compute
+    #[arg(long, default_value_t = 150000)]
+    pg_version: u32,
+    /// WAL segment size in bytes
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    wal_seg_size: u32,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bring a quorum to the most advanced log; print the commit LSN.
+    Sync,
+    /// Stream PostgreSQL's WAL from START_LSN until SIGTERM or a newer proposer.
+    Stream {
+        /// PostgreSQL address (host:port)
+        #[arg(long)]
+        postgres: String,
+        #[arg(long, default_value = "cloud_admin")]
+        user: String,
+        #[arg(long, default_value = "walproposer")]
+        slot: String,
+        #[arg(long)]
+        start_lsn: Lsn,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    daemon_utils::init_tracing();
+    let config = WalproposerConfig {
+        safekeepers: cli.safekeepers,
+        tenant_id: cli.tenant_id,
+        timeline_id: cli.timeline_id,
+        pg_version: cli.pg_version,
+        system_id: 0,
+        wal_seg_size: cli.wal_seg_size,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: creating the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let cancel = daemon_utils::shutdown_on_signals()?;
+        match cli.command {
+            Command::Sync => {
+                let lsn = driver::sync_safekeepers(config, cancel).await?;
+                println!("{lsn}");
+                Ok(())
+            }
+            Command::Stream {
+                postgres,
+                user,
+                slot,
+                start_lsn,
+            } => {
+                let source = PostgresSource {
+                    address: postgres,
+                    user,
+                    slot,
+                };
+                driver::stream(config, source, start_lsn, cancel).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

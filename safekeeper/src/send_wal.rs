@@ -1,0 +1,146 @@
+//! `START_REPLICATION`: stream WAL to a reader (a pageserver, a stock
+//! PostgreSQL standby, or a walproposer recovering another safekeeper), up
+//! to the commit LSN (or flush LSN, if asked), with keepalives. The
+//! reader's status updates are recorded as its feedback.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use bytes::BytesMut;
+use pq_proto::replication::{
+    PgTimestamp, PrimaryKeepalive, PrimaryMessage, StandbyMessage, XLogData,
+};
+use pq_proto::{BeMessage, FeMessage, PostgresBackend};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+use utils::Lsn;
+
+use crate::service::ReadLimit;
+use crate::timeline::Timeline;
+use crate::wal_storage::WalReader;
+
+/// WAL sent in one message, at most.
+const CHUNK: usize = 128 * 1024;
+const KEEPALIVE: Duration = Duration::from_secs(1);
+
+struct SenderCount(Arc<Timeline>);
+
+impl Drop for SenderCount {
+    fn drop(&mut self) {
+        self.0.walsenders.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub async fn handle<S>(
+    mut pgb: PostgresBackend<S>,
+    timeline: Arc<Timeline>,
+    start: Lsn,
+    limit: ReadLimit,
+    cancel: CancellationToken,
+) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let local_start = timeline.acceptor().state.local_start_lsn;
+    if start < local_start {
+        let message = format!(
+            "requested WAL at {start} is not on this safekeeper, its WAL begins at {local_start}"
+        );
+        pgb.send_error("58P01", &message).await?;
+        pgb.flush().await?;
+        bail!(message);
+    }
+    timeline.walsenders.fetch_add(1, Ordering::Relaxed);
+    let _count = SenderCount(timeline.clone());
+    pgb.write_message(&BeMessage::CopyBothResponse(pq_proto::Format::Binary))
+        .await?;
+    pgb.flush().await?;
+    let (mut reader, mut writer) = pgb.split();
+    info!("streaming WAL from {start}, up to the {limit:?} LSN");
+
+    // Feedback from the reader, until it ends the stream.
+    let feedback_timeline = timeline.clone();
+    let mut feedback = tokio::spawn(async move {
+        loop {
+            match reader.read_message().await? {
+                Some(FeMessage::CopyData(data)) => match StandbyMessage::decode(data)? {
+                    StandbyMessage::StatusUpdate(update) => {
+                        let mut f = feedback_timeline
+                            .feedback
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner());
+                        f.last_received_lsn = f.last_received_lsn.max(update.write_lsn);
+                        f.disk_consistent_lsn = f.disk_consistent_lsn.max(update.flush_lsn);
+                        f.remote_consistent_lsn = f.remote_consistent_lsn.max(update.apply_lsn);
+                    }
+                    StandbyMessage::HotStandbyFeedback(_) => {}
+                },
+                None | Some(FeMessage::CopyDone) | Some(FeMessage::Terminate) => {
+                    return Ok::<_, anyhow::Error>(())
+                }
+                Some(other) => bail!("unexpected message from the WAL reader: {other:?}"),
+            }
+        }
+    });
+
+    let wal = WalReader {
+        dir: timeline.dir.clone(),
+        segment_size: timeline.segment_size(),
+    };
+    let mut progress = timeline.subscribe();
+    let mut position = start;
+    let mut buf = vec![0u8; CHUNK];
+    let mut encoded = BytesMut::new();
+    loop {
+        let current = *progress.borrow_and_update();
+        let end = match limit {
+            ReadLimit::Commit => current.commit_lsn,
+            ReadLimit::Flush => current.flush_lsn,
+        };
+        if position < end {
+            let want = ((end - position) as usize).min(CHUNK);
+            let n = tokio::task::block_in_place(|| wal.read(position, &mut buf[..want]))?;
+            if n == 0 {
+                bail!("WAL at {position} is missing on this safekeeper");
+            }
+            encoded.clear();
+            PrimaryMessage::XLogData(XLogData {
+                wal_start: position,
+                wal_end: end,
+                timestamp: PgTimestamp::now(),
+                data: bytes::Bytes::copy_from_slice(&buf[..n]),
+            })
+            .encode(&mut encoded);
+            writer.write_message(&BeMessage::CopyData(&encoded)).await?;
+            writer.flush().await?;
+            position += n as u64;
+            continue;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = &mut feedback => {
+                debug!("WAL reader ended the stream");
+                return r?;
+            }
+            changed = progress.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            _ = tokio::time::sleep(KEEPALIVE) => {
+                encoded.clear();
+                PrimaryMessage::Keepalive(PrimaryKeepalive {
+                    wal_end: end,
+                    timestamp: PgTimestamp::now(),
+                    reply_requested: false,
+                })
+                .encode(&mut encoded);
+                writer.write_message(&BeMessage::CopyData(&encoded)).await?;
+                writer.flush().await?;
+            }
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The WAL service: libpq connections from walproposers (`START_WAL_PUSH`)
+//! and WAL readers (`IDENTIFY_SYSTEM`, `START_REPLICATION`).
+//!
+//! The timeline comes from the startup packet: parameters `tenant_id` and
+//! `timeline_id`, or `options='-c tenant_id=<hex> -c timeline_id=<hex>'`
+//! (the form a stock PostgreSQL standby can send in `primary_conninfo`).
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use pq_proto::{
+    BeMessage, ColumnDesc, ErrorFields, FeMessage, PostgresBackend, StartupParams, StartupRequest,
+    TransactionStatus,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+use utils::{Lsn, TenantId, TimelineId};
+
+use crate::timeline::{GlobalTimelines, Timeline};
+use crate::{receive_wal, send_wal};
+
+/// How a WAL reader wants WAL: up to the commit LSN (pageservers,
+/// standbys), or up to the flush LSN (a walproposer recovering a lagging
+/// safekeeper from this one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadLimit {
+    Commit,
+    Flush,
+}
+
+/// What a connection asked for in its startup packet.
+pub struct ConnectionParams {
+    pub tenant_id: Option<TenantId>,
+    pub timeline_id: Option<TimelineId>,
+    pub read_limit: ReadLimit,
+    pub application_name: String,
+}
+
+impl ConnectionParams {
+    pub fn parse(params: &StartupParams) -> anyhow::Result<ConnectionParams> {
+        let mut settings: Vec<(String, String)> = Vec::new();
+        for (key, value) in params.iter() {
+            settings.push((key.to_owned(), value.to_owned()));
+        }
+        if let Some(options) = params.get("options") {
+            let mut words = options.split_whitespace();
+            while let Some(word) = words.next() {
+                let setting = match word {
+                    "-c" => words.next().unwrap_or_default(),
+                    w => w
+                        .strip_prefix("--")
+                        .or_else(|| w.strip_prefix("-c"))
+                        .unwrap_or(w),
+                };
+                if let Some((k, v)) = setting.split_once('=') {
+                    settings.push((k.replace('-', "_"), v.to_owned()));
+                }
+            }
+        }
+        let find = |name: &str| {
+            settings
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let tenant_id = find("tenant_id")
+            .map(str::parse)
+            .transpose()
+            .context("in the startup packet")?;
+        let timeline_id = find("timeline_id")
+            .map(str::parse)
+            .transpose()
+            .context("in the startup packet")?;
+        let read_limit = match find("wal_read_limit") {
+            None | Some("commit") => ReadLimit::Commit,
+            Some("flush") => ReadLimit::Flush,
+            Some(other) => bail!("invalid wal_read_limit {other:?}: expected commit or flush"),
+        };
+        Ok(ConnectionParams {
+            tenant_id,
+            timeline_id,
+            read_limit,
+            application_name: params
+                .get("application_name")
+                .unwrap_or_default()
+                .to_owned(),
+        })
+    }
+
+    pub fn timeline(&self, timelines: &GlobalTimelines) -> anyhow::Result<Arc<Timeline>> {
+        let (Some(tenant_id), Some(timeline_id)) = (self.tenant_id, self.timeline_id) else {
+            bail!("this command needs tenant_id and timeline_id in the startup packet, e.g. options='-c tenant_id=<hex> -c timeline_id=<hex>'");
+        };
+        Ok(timelines.get(tenant_id, timeline_id)?)
+    }
+}
+
+/// A replication or WAL service command.
+#[derive(Debug, PartialEq, Eq)]
+enum Command {
+    IdentifySystem,
+    StartWalPush,
+    StartReplication { start: Lsn },
+}
+
+fn parse_command(query: &str) -> anyhow::Result<Command> {
+    let query = query.trim().trim_end_matches(';').trim();
+    let words: Vec<&str> = query.split_whitespace().collect();
+    match words.as_slice() {
+        [w] if w.eq_ignore_ascii_case("IDENTIFY_SYSTEM") => Ok(Command::IdentifySystem),
+        [w] if w.eq_ignore_ascii_case("START_WAL_PUSH") => Ok(Command::StartWalPush),
+        [first, rest @ ..] if first.eq_ignore_ascii_case("START_REPLICATION") => {
+            // START_REPLICATION [SLOT name] [PHYSICAL] X/Y [TIMELINE n]
+            let mut rest = rest;
+            if let [slot, _, tail @ ..] = rest {
+                if slot.eq_ignore_ascii_case("SLOT") {
+                    rest = tail;
+                }
+            }
+            if let [physical, tail @ ..] = rest {
+                if physical.eq_ignore_ascii_case("PHYSICAL") {
+                    rest = tail;
+                }
+            }
+            match rest {
+                [lsn] | [lsn, _, _] => Ok(Command::StartReplication {
+                    start: lsn.parse().context("parsing the start LSN")?,
+                }),
+                _ => bail!("invalid START_REPLICATION command {query:?}: expected START_REPLICATION [SLOT name] [PHYSICAL] X/Y [TIMELINE n]"),
+            }
+        }
+        _ => bail!("unsupported command {query:?}: this is a safekeeper; it accepts IDENTIFY_SYSTEM, START_REPLICATION and START_WAL_PUSH"),
+    }
+}
+
+/// Accept WAL service connections until `cancel` fires, at most
+/// `max_connections` at once.
+pub async fn serve(
+    listener: TcpListener,
+    timelines: Arc<GlobalTimelines>,
+    max_connections: usize,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let limit = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!("accepting a WAL service connection: {e}");
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (timelines, cancel) = (timelines.clone(), cancel.clone());
+        match limit.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(
+                    async move {
+                        let _permit = permit;
+                        if let Err(e) = handle_connection(stream, timelines, cancel).await {
+                            info!("connection ended: {e:#}");
+                        }
+                    }
+                    .instrument(info_span!("wal_service", %peer)),
+                );
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let mut pgb = PostgresBackend::new(stream);
+                    if pgb.read_startup().await.is_ok() {
+                        let _ = pgb
+                            .send_error("53300", "too many connections to this safekeeper")
+                            .await;
+                        let _ = pgb.flush().await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn handle_connection(
+    stream: TcpStream,
+    timelines: Arc<GlobalTimelines>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut pgb = PostgresBackend::new(stream);
+    let params = match pgb.read_startup().await {
+        Ok(StartupRequest::Startup(params)) => params,
+        Ok(StartupRequest::Cancel(_)) => return Ok(()),
+        Err(e) => {
+            let _ = pgb
+                .send_error("08P01", &format!("invalid startup packet: {e}"))
+                .await;
+            let _ = pgb.flush().await;
+            return Err(e).context("reading the startup packet");
+        }
+    };
+    let conn = match ConnectionParams::parse(&params) {
+        Ok(conn) => conn,
+        Err(e) => {
+            pgb.send_error("08P01", &format!("{e:#}")).await?;
+            pgb.flush().await?;
+            return Err(e);
+        }
+    };
+    pgb.write_message(&BeMessage::AuthenticationOk).await?;
+    for (name, value) in [
+        ("server_version", "15.0"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO"),
+        ("integer_datetimes", "on"),
+    ] {
+        pgb.write_message(&BeMessage::ParameterStatus { name, value })
+            .await?;
+    }
+    pgb.write_message(&BeMessage::ReadyForQuery(TransactionStatus::Idle))
+        .await?;
+    pgb.flush().await?;
+    debug!(application_name = conn.application_name, "connected");
+
+    loop {
+        let message = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            m = pgb.read_message() => m?,
+        };
+        let query = match message {
+            None | Some(FeMessage::Terminate) => return Ok(()),
+            Some(FeMessage::Query(query)) => query,
+            Some(other) => {
+                pgb.send_error(
+                    "08P01",
+                    &format!("unexpected message {other:?}: only simple queries are accepted"),
+                )
+                .await?;
+                pgb.write_message(&BeMessage::ReadyForQuery(TransactionStatus::Idle))
+                    .await?;
+                pgb.flush().await?;
+                continue;
+            }
+        };
+        let result = match parse_command(&query) {
+            Ok(Command::IdentifySystem) => identify_system(&mut pgb, &conn, &timelines).await,
+            Ok(Command::StartWalPush) => {
+                let timeline = match conn.timeline(&timelines) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        report(&mut pgb, &e).await?;
+                        continue;
+                    }
+                };
+                let span = info_span!("wal_push", tenant_id = %timeline.tenant_id, timeline_id = %timeline.timeline_id);
+                return receive_wal::handle(pgb, timeline, cancel)
+                    .instrument(span)
+                    .await;
+            }
+            Ok(Command::StartReplication { start }) => {
+                let timeline = match conn.timeline(&timelines) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        report(&mut pgb, &e).await?;
+                        continue;
+                    }
+                };
+                let span = info_span!("wal_send", tenant_id = %timeline.tenant_id, timeline_id = %timeline.timeline_id, app = conn.application_name);
+                return send_wal::handle(pgb, timeline, start, conn.read_limit, cancel)
+                    .instrument(span)
+                    .await;
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            report(&mut pgb, &e).await?;
+        }
+    }
+}
+
+/// Answer a failed command with an ErrorResponse and wait for the next one.
+async fn report(pgb: &mut PostgresBackend<TcpStream>, e: &anyhow::Error) -> anyhow::Result<()> {
+    pgb.write_message(&BeMessage::ErrorResponse(&ErrorFields::error(
+        "XX000",
+        format!("{e:#}"),
+    )))
+    .await?;
+    pgb.write_message(&BeMessage::ReadyForQuery(TransactionStatus::Idle))
+        .await?;
+    pgb.flush().await?;
+    Ok(())
+}
+
+async fn identify_system(
+    pgb: &mut PostgresBackend<TcpStream>,
+    conn: &ConnectionParams,
+    timelines: &GlobalTimelines,
+) -> anyhow::Result<()> {
+    let timeline = conn.timeline(timelines)?;
+    let progress = *timeline.subscribe().borrow();
+    let (system_id, lsn) = {
+        let acceptor = timeline.acceptor();
+        let lsn = match conn.read_limit {
+            ReadLimit::Commit => progress.commit_lsn,
+            ReadLimit::Flush => progress.flush_lsn,
+        };
+        (acceptor.state.server.system_id, lsn)
+    };
+    let columns = [
+        ColumnDesc::text("systemid"),
+        ColumnDesc::new("timeline", pq_proto::oid::INT4, 4),
+        ColumnDesc::text("xlogpos"),
+        ColumnDesc::text("dbname"),
+    ];
+    let row = vec![
+        Some(system_id.to_string()),
+        Some("1".to_owned()),
+        Some(lsn.to_string()),
+        None,
+    ];
+    pgb.send_query_result(&columns, &[row]).await?;
+    pgb.write_message(&BeMessage::ReadyForQuery(TransactionStatus::Idle))
+        .await?;
+    pgb.flush().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands() {
+        assert_eq!(
+            parse_command("IDENTIFY_SYSTEM").unwrap(),
+            Command::IdentifySystem
+        );
+        assert_eq!(
+            parse_command("start_wal_push;").unwrap(),
+            Command::StartWalPush
+        );
+        for q in [
+            "START_REPLICATION 0/16B5A50",
+            "START_REPLICATION PHYSICAL 0/16B5A50",
+            "START_REPLICATION SLOT s PHYSICAL 0/16B5A50 TIMELINE 1",
+            "START_REPLICATION 0/16B5A50 TIMELINE 1",
+        ] {
+            assert_eq!(
+                parse_command(q).unwrap(),
+                Command::StartReplication {
+                    start: Lsn(0x16B5A50)
+                },
+                "{q}"
+            );
+        }
+        for bad in [
+            "",
+            "SELECT 1",
+            "START_REPLICATION",
+            "START_REPLICATION x/y",
+            "START_REPLICATION 0/1 2",
+        ] {
+            assert!(parse_command(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! Timelines on this safekeeper: `<datadir>/<tenant_id>/<timeline_id>/`
+//! holding the control file and the WAL segments.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use anyhow::Context;
+use postgres_format::PgMajorVersion;
+use safekeeper_api::models::{TimelineCreateRequest, TimelineStatus};
+use tokio::sync::watch;
+use tracing::{info, warn};
+use utils::{Lsn, NodeId, TenantId, TimelineId};
+
+use crate::acceptor::{Acceptor, PersistentState, ServerInfo};
+use crate::control_file::{FileControlStore, CONTROL_FILE_NAME};
+use crate::wal_storage::PhysicalWal;
+
+pub type TimelineAcceptor = Acceptor<FileControlStore, PhysicalWal>;
+
+/// What WAL readers wait for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub term: u64,
+    pub flush_lsn: Lsn,
+    pub commit_lsn: Lsn,
+}
+
+/// What a pageserver reported about the WAL it received.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReaderFeedback {
+    pub last_received_lsn: Lsn,
+    pub disk_consistent_lsn: Lsn,
+    pub remote_consistent_lsn: Lsn,
+}
+
+pub struct Timeline {
+    pub tenant_id: TenantId,
+    pub timeline_id: TimelineId,
+    pub dir: PathBuf,
+    acceptor: Mutex<TimelineAcceptor>,
+    progress: watch::Sender<Progress>,
+    pub walproposers: AtomicUsize,
+    pub walsenders: AtomicUsize,
+    pub feedback: Mutex<ReaderFeedback>,
+    segment_size: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TimelineError {
+    #[error("timeline {0}/{1} already exists on this safekeeper")]
+    AlreadyExists(TenantId, TimelineId),
+    #[error("timeline {0}/{1} not found on this safekeeper")]
+    NotFound(TenantId, TimelineId),
+    #[error("invalid timeline request: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+fn pg_major(pg_version: u32) -> anyhow::Result<PgMajorVersion> {
+    (pg_version / 10000)
+        .to_string()
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))
+}
+
+impl Timeline {
+    fn load(dir: &Path, node_id: NodeId) -> anyhow::Result<Timeline> {
+        let control = FileControlStore::new(dir);
+        let state = control.load()?;
+        let version = pg_major(state.server.pg_version)?;
+        let segment_size = state.server.wal_seg_size as usize;
+        let boundary = state.commit_lsn.max(state.local_start_lsn);
+        let wal = PhysicalWal::open(dir, segment_size, version, boundary)
+            .with_context(|| format!("opening the WAL in {}", dir.display()))?;
+        Ok(Self::new(dir, Acceptor::new(state, node_id, control, wal)))
+    }
+
+    fn new(dir: &Path, acceptor: TimelineAcceptor) -> Timeline {
+        let state = &acceptor.state;
+        let progress = Progress {
+            term: state.term,
+            flush_lsn: acceptor.flush_lsn(),
+            commit_lsn: acceptor.commit_lsn(),
+        };
+        Timeline {
+            tenant_id: state.tenant_id,
+            timeline_id: state.timeline_id,
+            dir: dir.to_owned(),
+            segment_size: state.server.wal_seg_size as usize,
+            acceptor: Mutex::new(acceptor),
+            progress: watch::channel(progress).0,
+            walproposers: AtomicUsize::new(0),
+            walsenders: AtomicUsize::new(0),
+            feedback: Mutex::new(ReaderFeedback::default()),
+        }
+    }
+
+    /// The acceptor, for the connection that holds it. Publishes progress
+    /// when released through [`publish`](Self::publish).
+    pub fn acceptor(&self) -> MutexGuard<'_, TimelineAcceptor> {
+        self.acceptor
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Tell WAL readers what the acceptor now has.
+    pub fn publish(&self, acceptor: &TimelineAcceptor) {
+        let progress = Progress {
+            term: acceptor.state.term,
+            flush_lsn: acceptor.flush_lsn(),
+            commit_lsn: acceptor.commit_lsn(),
+        };
+        self.progress.send_if_modified(|old| {
+            let changed = *old != progress;
+            *old = progress;
+            changed
+        });
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    pub fn segment_size(&self) -> usize {
+        self.segment_size
+    }
+
+    pub fn status(&self) -> TimelineStatus {
+        let acceptor = self.acceptor();
+        let s = &acceptor.state;
+        let feedback = *self.feedback.lock().unwrap_or_else(|p| p.into_inner());
+        TimelineStatus {
+            tenant_id: s.tenant_id,
+            timeline_id: s.timeline_id,
+            node_id: acceptor.node_id,
+            term: s.term,
+            last_log_term: acceptor.last_log_term(),
+            term_history: s.term_history.clone(),
+            timeline_start_lsn: s.timeline_start_lsn,
+            flush_lsn: acceptor.flush_lsn(),
+            commit_lsn: acceptor.commit_lsn(),
+            backup_lsn: s.backup_lsn,
+            remote_consistent_lsn: s.remote_consistent_lsn.max(feedback.remote_consistent_lsn),
+            peer_horizon_lsn: s.peer_horizon_lsn,
+            system_id: s.server.system_id,
+            pg_version: s.server.pg_version,
+            wal_seg_size: s.server.wal_seg_size,
+            walproposers: self.walproposers.load(Ordering::Relaxed),
+            walsenders: self.walsenders.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// All timelines of this safekeeper.
+pub struct GlobalTimelines {
+    datadir: PathBuf,
+    node_id: NodeId,
+    map: RwLock<HashMap<(TenantId, TimelineId), Arc<Timeline>>>,
+}
+
+impl GlobalTimelines {
+    /// Load every timeline under `datadir`. A timeline whose control file
+    /// cannot be read is logged and skipped, never modified.
+    pub fn load(datadir: &Path, node_id: NodeId) -> anyhow::Result<GlobalTimelines> {
+        let mut map = HashMap::new();
+        for tenant in
+            std::fs::read_dir(datadir).with_context(|| format!("listing {}", datadir.display()))?
+        {
+            let tenant = tenant?;
+            let Some(tenant_id) = tenant
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<TenantId>().ok())
+            else {
+                continue;
+            };
+            for timeline in std::fs::read_dir(tenant.path())? {
+                let timeline = timeline?;
+                let Some(timeline_id) = timeline
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<TimelineId>().ok())
+                else {
+                    continue;
+                };
+                if !timeline.path().join(CONTROL_FILE_NAME).exists() {
+                    continue;
+                }
+                match Timeline::load(&timeline.path(), node_id) {
+                    Ok(tl) => {
+                        map.insert((tenant_id, timeline_id), Arc::new(tl));
+                    }
+                    Err(e) => {
+                        warn!(%tenant_id, %timeline_id, "cannot load timeline, skipping it: {e:#}")
+                    }
+                }
+            }
+        }
+        info!("loaded {} timelines", map.len());
+        Ok(GlobalTimelines {
+            datadir: datadir.to_owned(),
+            node_id,
+            map: RwLock::new(map),
+        })
+    }
+
+    pub fn get(
+        &self,
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+    ) -> Result<Arc<Timeline>, TimelineError> {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(tenant_id, timeline_id))
+            .cloned()
+            .ok_or(TimelineError::NotFound(tenant_id, timeline_id))
+    }
+
+    pub fn list(&self) -> Vec<Arc<Timeline>> {
+        let mut all: Vec<_> = self
+            .map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by_key(|t| (t.tenant_id, t.timeline_id));
+        all
+    }
+
+    pub fn create(
+        &self,
+        tenant_id: TenantId,
+        req: &TimelineCreateRequest,
+    ) -> Result<Arc<Timeline>, TimelineError> {
+        let timeline_id = req.timeline_id;
+        pg_major(req.pg_version).map_err(|e| TimelineError::Invalid(e.to_string()))?;
+        if !postgres_format::wal_names::is_valid_segment_size(req.wal_seg_size as usize) {
+            return Err(TimelineError::Invalid(format!(
+                "WAL segment size {} is not a power of two from 1 MiB to 1 GiB",
+                req.wal_seg_size
+            )));
+        }
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if map.contains_key(&(tenant_id, timeline_id)) {
+            return Err(TimelineError::AlreadyExists(tenant_id, timeline_id));
+        }
+        let dir = self
+            .datadir
+            .join(tenant_id.to_string())
+            .join(timeline_id.to_string());
+        // Build it beside, then rename into place: a failure leaves nothing.
+        let tmp = self.datadir.join(format!(".{tenant_id}_{timeline_id}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let build = || -> anyhow::Result<()> {
+            std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            let server = ServerInfo {
+                pg_version: req.pg_version,
+                system_id: req.system_id.unwrap_or(0),
+                wal_seg_size: req.wal_seg_size,
+            };
+            let mut state = PersistentState::new(tenant_id, timeline_id, server);
+            if let Some(start) = req.start_lsn {
+                state.timeline_start_lsn = start;
+            }
+            crate::control_file::write_atomically(
+                &tmp.join(CONTROL_FILE_NAME),
+                &crate::control_file::encode(&state)?,
+            )?;
+            std::fs::create_dir_all(dir.parent().expect("tenant dir"))?;
+            std::fs::rename(&tmp, &dir)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
+            Ok(())
+        };
+        if let Err(e) = build() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e.into());
+        }
+        let timeline = Arc::new(Timeline::load(&dir, self.node_id)?);
+        map.insert((tenant_id, timeline_id), timeline.clone());
+        info!(%tenant_id, %timeline_id, "created timeline");
+        Ok(timeline)
+    }
+
+    /// Remove a timeline and its files.
+    pub fn delete(
+        &self,
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+    ) -> Result<(), TimelineError> {
+        let timeline = self
+            .map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(tenant_id, timeline_id))
+            .ok_or(TimelineError::NotFound(tenant_id, timeline_id))?;
+        // Hold the acceptor while deleting, so no connection writes meanwhile.
+        let _acceptor = timeline.acceptor();
+        std::fs::remove_dir_all(&timeline.dir)
+            .with_context(|| format!("removing {}", timeline.dir.display()))?;
+        info!(%tenant_id, %timeline_id, "deleted timeline");
+        Ok(())
+    }
+}

@@ -1,0 +1,294 @@
+//! A timeline's WAL on disk: segment files named as PostgreSQL names them
+//! (`000000010000000000000001`, timeline 1), each created at full size and
+//! written in place.
+//!
+//! Incoming WAL is decoded as it is written, so the storage knows where the
+//! last complete record ends: that (MAXALIGNed, as PostgreSQL counts it,
+//! once the padding bytes arrived), once fsynced, is the flush LSN the
+//! acceptor reports. A partial record at the end is not acknowledged.
+//! Truncation zeroes everything after the truncation point before it
+//! returns, so WAL of an abandoned term can never be read back after a
+//! restart; a restart finds the end of WAL by decoding from a known record
+//! boundary.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use postgres_format::constants::MAXALIGN;
+use postgres_format::wal::WalStreamDecoder;
+use postgres_format::wal_names::{parse_wal_file_name, wal_file_name};
+use postgres_format::PgMajorVersion;
+use utils::Lsn;
+
+use crate::acceptor::WalStore;
+
+/// Reads a timeline's WAL files; used by WAL senders without the acceptor's lock.
+#[derive(Clone, Debug)]
+pub struct WalReader {
+    pub dir: PathBuf,
+    pub segment_size: usize,
+}
+
+impl WalReader {
+    /// Read WAL at `lsn` into `buf`, within one segment; returns the bytes
+    /// read (0 if the segment file does not exist).
+    pub fn read(&self, lsn: Lsn, buf: &mut [u8]) -> anyhow::Result<usize> {
+        let segno = lsn.segment_number(self.segment_size as u64);
+        let offset = lsn.segment_offset(self.segment_size as u64) as usize;
+        let path = self
+            .dir
+            .join(wal_file_name(PG_TIMELINE, segno, self.segment_size));
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        };
+        let n = buf.len().min(self.segment_size - offset);
+        file.read_exact_at(&mut buf[..n], offset as u64)
+            .with_context(|| format!("reading {} at {offset}", path.display()))?;
+        Ok(n)
+    }
+}
+
+/// PostgreSQL's timeline id in WAL file names: always 1 on our computes.
+const PG_TIMELINE: u32 = 1;
+
+pub struct PhysicalWal {
+    dir: PathBuf,
+    segment_size: usize,
+    version: PgMajorVersion,
+    /// End of the bytes written.
+    write_lsn: Lsn,
+    /// End of the last complete record written.
+    written_record_lsn: Lsn,
+    /// End of the last complete record fsynced.
+    flush_lsn: Lsn,
+    decoder: Option<WalStreamDecoder>,
+    /// Segments written since the last fsync.
+    dirty: BTreeSet<u64>,
+    created_files: bool,
+}
+
+impl PhysicalWal {
+    /// Open the WAL in `dir`. Its end is found by decoding from `boundary`,
+    /// a known record boundary (such as a persisted commit LSN); with no
+    /// segment files the log is empty.
+    pub fn open(
+        dir: &Path,
+        segment_size: usize,
+        version: PgMajorVersion,
+        boundary: Lsn,
+    ) -> anyhow::Result<Self> {
+        let mut wal = PhysicalWal {
+            dir: dir.to_owned(),
+            segment_size,
+            version,
+            write_lsn: Lsn::INVALID,
+            written_record_lsn: Lsn::INVALID,
+            flush_lsn: Lsn::INVALID,
+            decoder: None,
+            dirty: BTreeSet::new(),
+            created_files: false,
+        };
+        if !boundary.is_valid() || wal.segment_numbers()?.is_empty() {
+            return Ok(wal);
+        }
+        // Acknowledged flush positions include the padding after the last
+        // record (zeros), so the end found again must too.
+        let end = wal.find_end(boundary)?.align_up(MAXALIGN as u64);
+        wal.reset_at(end)?;
+        Ok(wal)
+    }
+
+    fn segment_numbers(&self) -> anyhow::Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for entry in
+            fs::read_dir(&self.dir).with_context(|| format!("listing {}", self.dir.display()))?
+        {
+            let entry = entry?;
+            if let Some((_, segno)) = entry.file_name().to_str().and_then(|n| {
+                parse_wal_file_name(n, self.segment_size).filter(|_| !n.ends_with(".partial"))
+            }) {
+                out.push(segno);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    fn segment_path(&self, segno: u64) -> PathBuf {
+        self.dir
+            .join(wal_file_name(PG_TIMELINE, segno, self.segment_size))
+    }
+
+    /// Decode from `boundary` until WAL ends; the end of the last record.
+    fn find_end(&self, boundary: Lsn) -> anyhow::Result<Lsn> {
+        let mut decoder = WalStreamDecoder::new(boundary, self.version, self.segment_size)?;
+        let mut end = boundary;
+        let mut pos = boundary;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = self.read(pos, &mut buf)?;
+            if n == 0 {
+                return Ok(end);
+            }
+            decoder.feed_bytes(&buf[..n]);
+            pos += n as u64;
+            loop {
+                match decoder.poll_decode() {
+                    Ok(Some(record)) => end = record.end_lsn,
+                    Ok(None) => break,
+                    Err(_) => return Ok(end),
+                }
+            }
+        }
+    }
+
+    /// The end of the last complete record written, with the padding that
+    /// follows it when that was received too: PostgreSQL counts a record's
+    /// end as MAXALIGNed (a commit waits for `XactLastRecEnd`, which is).
+    fn durable_record_end(&self) -> Lsn {
+        self.written_record_lsn
+            .align_up(MAXALIGN as u64)
+            .min(self.write_lsn)
+            .max(self.written_record_lsn)
+    }
+
+    fn reset_at(&mut self, lsn: Lsn) -> anyhow::Result<()> {
+        self.write_lsn = lsn;
+        self.written_record_lsn = lsn;
+        self.flush_lsn = lsn;
+        self.decoder = Some(WalStreamDecoder::new(lsn, self.version, self.segment_size)?);
+        Ok(())
+    }
+
+    fn open_segment(&mut self, segno: u64, create: bool) -> anyhow::Result<Option<File>> {
+        let path = self.segment_path(segno);
+        match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                file.set_len(self.segment_size as u64)
+                    .with_context(|| format!("sizing {}", path.display()))?;
+                self.created_files = true;
+                Ok(Some(file))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("opening {}", path.display())),
+        }
+    }
+
+    /// Read WAL at `lsn` into `buf`, within one segment; returns the bytes
+    /// read (0 past the last segment).
+    pub fn read(&self, lsn: Lsn, buf: &mut [u8]) -> anyhow::Result<usize> {
+        self.reader().read(lsn, buf)
+    }
+
+    pub fn reader(&self) -> WalReader {
+        WalReader {
+            dir: self.dir.clone(),
+            segment_size: self.segment_size,
+        }
+    }
+
+    fn write_at(&mut self, mut lsn: Lsn, mut data: &[u8]) -> anyhow::Result<()> {
+        while !data.is_empty() {
+            let segno = lsn.segment_number(self.segment_size as u64);
+            let offset = lsn.segment_offset(self.segment_size as u64) as usize;
+            let n = data.len().min(self.segment_size - offset);
+            let file = self.open_segment(segno, true)?.expect("created");
+            file.write_all_at(&data[..n], offset as u64)
+                .with_context(|| format!("writing WAL at {lsn}"))?;
+            self.dirty.insert(segno);
+            lsn += n as u64;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    fn fsync_dir(&self) -> anyhow::Result<()> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("fsyncing {}", self.dir.display()))
+    }
+}
+
+impl WalStore for PhysicalWal {
+    fn write_lsn(&self) -> Lsn {
+        self.write_lsn
+    }
+
+    fn flush_lsn(&self) -> Lsn {
+        self.flush_lsn
+    }
+
+    fn write(&mut self, at: Lsn, data: &[u8]) -> anyhow::Result<()> {
+        if at != self.write_lsn {
+            bail!(
+                "WAL write at {at} does not continue the WAL written up to {}",
+                self.write_lsn
+            );
+        }
+        let Some(decoder) = self.decoder.as_mut() else {
+            bail!("WAL write at {at} before the log has a start");
+        };
+        // Check the WAL before storing it: what cannot be decoded is refused.
+        decoder.feed_bytes(data);
+        let mut last_end = None;
+        loop {
+            match decoder.poll_decode() {
+                Ok(Some(record)) => last_end = Some(record.end_lsn),
+                Ok(None) => break,
+                Err(e) => bail!("refusing WAL at {at}: {e}"),
+            }
+        }
+        self.write_at(at, data)?;
+        self.write_lsn = at + data.len() as u64;
+        if let Some(end) = last_end {
+            self.written_record_lsn = end;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        for segno in std::mem::take(&mut self.dirty) {
+            if let Some(file) = self.open_segment(segno, false)? {
+                file.sync_data()
+                    .with_context(|| format!("fsyncing WAL segment {segno}"))?;
+            }
+        }
+        if std::mem::take(&mut self.created_files) {
+            self.fsync_dir()?;
+        }
+        self.flush_lsn = self.durable_record_end();
+        Ok(())
+    }
+
+    fn truncate(&mut self, at: Lsn) -> anyhow::Result<()> {
+        let segno = at.segment_number(self.segment_size as u64);
+        let offset = at.segment_offset(self.segment_size as u64) as usize;
+        if let Some(file) = self.open_segment(segno, true)? {
+            let zeros = vec![0u8; self.segment_size - offset];
+            file.write_all_at(&zeros, offset as u64)
+                .with_context(|| format!("zeroing WAL after {at}"))?;
+            file.sync_data()
+                .with_context(|| format!("fsyncing WAL segment {segno}"))?;
+        }
+        for later in self.segment_numbers()?.into_iter().filter(|&s| s > segno) {
+            let path = self.segment_path(later);
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+        self.fsync_dir()?;
+        self.dirty.clear();
+        self.created_files = false;
+        self.reset_at(at)
+    }
+}
