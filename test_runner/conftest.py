@@ -1,6 +1,6 @@
 import pytest
 
-pytest_plugins = ["fixtures.neon_fixtures"]
+pytest_plugins = ["fixtures.neon_fixtures", "fixtures.wal_service"]
 
 _FIGURES: list[str] = []
 

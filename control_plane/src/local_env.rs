@@ -283,6 +283,8 @@ impl LocalEnv {
                 sk.listen_pg_addr.clone().into(),
                 "--listen-http".into(),
                 sk.listen_http_addr.clone().into(),
+                "--broker-endpoint".into(),
+                self.broker.listen_addr.clone().into(),
             ],
             dir,
             http_addr: sk.listen_http_addr.clone(),

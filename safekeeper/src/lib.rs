@@ -6,9 +6,11 @@
 //! * [`timeline`]: the timelines of this safekeeper;
 //! * [`service`]: the libpq WAL service ([`receive_wal`] from walproposers,
 //!   [`send_wal`] to pageservers and standbys);
-//! * [`http`]: the management API.
+//! * [`http`]: the management API;
+//! * [`broker`]: publishing timeline state to the storage broker.
 
 pub mod acceptor;
+pub mod broker;
 pub mod control_file;
 pub mod http;
 pub mod receive_wal;
@@ -43,6 +45,14 @@ pub struct SafeKeeperConf {
     pub listen_http_addr: String,
     /// WAL service connections at most; more are refused with an error.
     pub max_connections: usize,
+    /// Storage broker to publish active timelines to (`host:port` or
+    /// `http://host:port`); none: timelines are not published.
+    pub broker_endpoint: Option<String>,
+    /// libpq address pageservers should use for the WAL service, as
+    /// published to the broker [default: `listen_pg_addr`].
+    pub advertise_pg_addr: Option<String>,
+    /// HTTP address published to the broker [default: `listen_http_addr`].
+    pub advertise_http_addr: Option<String>,
 }
 
 impl Default for SafeKeeperConf {
@@ -53,6 +63,9 @@ impl Default for SafeKeeperConf {
             listen_pg_addr: "127.0.0.1:5454".into(),
             listen_http_addr: "127.0.0.1:7676".into(),
             max_connections: 1000,
+            broker_endpoint: None,
+            advertise_pg_addr: None,
+            advertise_http_addr: None,
         }
     }
 }
@@ -65,6 +78,13 @@ pub async fn run(conf: SafeKeeperConf, cancel: CancellationToken) -> anyhow::Res
         tokio::task::block_in_place(|| GlobalTimelines::load(&conf.datadir, conf.id))
             .context("loading timelines")?,
     );
+    let broker_client = match &conf.broker_endpoint {
+        Some(endpoint) => Some(storage_broker::BrokerClient::connect_lazy(endpoint)?),
+        None => {
+            info!("no broker_endpoint: timelines are not published to a storage broker");
+            None
+        }
+    };
     let http = HttpServer::new(SERVICE)?.with_node_id(conf.id);
     let http_listener = bind_listener("HTTP", &conf.listen_http_addr).await?;
     let pg_listener = bind_listener("WAL service", &conf.listen_pg_addr).await?;
@@ -75,6 +95,29 @@ pub async fn run(conf: SafeKeeperConf, cancel: CancellationToken) -> anyhow::Res
         conf.listen_pg_addr,
         conf.listen_http_addr
     );
+    let publisher = broker_client.map(|client| {
+        let me = broker::Identity {
+            node_id: conf.id,
+            pg_connstr: broker::advertised_addr(
+                "advertise_pg_addr",
+                conf.advertise_pg_addr.as_deref(),
+                &conf.listen_pg_addr,
+                &pg_listener,
+            ),
+            http_connstr: broker::advertised_addr(
+                "advertise_http_addr",
+                conf.advertise_http_addr.as_deref(),
+                &conf.listen_http_addr,
+                &http_listener,
+            ),
+        };
+        tokio::spawn(broker::publish_timelines(
+            client,
+            timelines.clone(),
+            me,
+            cancel.clone(),
+        ))
+    });
     let wal_service = tokio::spawn(service::serve(
         pg_listener,
         timelines.clone(),
@@ -85,6 +128,9 @@ pub async fn run(conf: SafeKeeperConf, cancel: CancellationToken) -> anyhow::Res
         .serve(http_listener, http::routes(timelines), cancel.clone())
         .await;
     cancel.cancel();
+    if let Some(publisher) = publisher {
+        publisher.await.context("storage broker publisher task")?;
+    }
     wal_service.await.context("WAL service task")??;
     result
 }

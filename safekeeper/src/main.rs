@@ -28,6 +28,17 @@ struct Cli {
     /// HTTP management API address [default: 127.0.0.1:7676]
     #[arg(long = "listen-http", value_name = "ADDR")]
     listen_http_addr: Option<String>,
+    /// Storage broker to publish active timelines to, host:port or
+    /// http://host:port [default: none, timelines are not published]
+    #[arg(long = "broker-endpoint", value_name = "ENDPOINT")]
+    broker_endpoint: Option<String>,
+    /// libpq address published to the broker for pageservers
+    /// [default: the --listen-pg address]
+    #[arg(long = "advertise-pg", value_name = "ADDR")]
+    advertise_pg_addr: Option<String>,
+    /// HTTP address published to the broker [default: the --listen-http address]
+    #[arg(long = "advertise-http", value_name = "ADDR")]
+    advertise_http_addr: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -36,7 +47,16 @@ fn main() -> ExitCode {
         safekeeper::SERVICE,
         cli.common.config.as_deref(),
         |conf: &mut SafeKeeperConf| {
-            apply_overrides!(conf, cli, id, datadir, listen_pg_addr, listen_http_addr)
+            apply_overrides!(conf, cli, id, datadir, listen_pg_addr, listen_http_addr);
+            for (value, field) in [
+                (cli.broker_endpoint, &mut conf.broker_endpoint),
+                (cli.advertise_pg_addr, &mut conf.advertise_pg_addr),
+                (cli.advertise_http_addr, &mut conf.advertise_http_addr),
+            ] {
+                if value.is_some() {
+                    *field = value;
+                }
+            }
         },
         safekeeper::run,
     )

@@ -77,12 +77,21 @@ where
                 let Some(first) = rx.recv().await else {
                     return Ok(());
                 };
-                batch.push(first?);
-                while batch.len() < BATCH {
+                // Valid messages before a broken one are still processed.
+                let mut broken = None;
+                match first {
+                    Ok(m) => batch.push(m),
+                    Err(e) => broken = Some(e),
+                }
+                while broken.is_none() && batch.len() < BATCH {
                     match rx.try_recv() {
-                        Ok(item) => batch.push(item?),
+                        Ok(Ok(m)) => batch.push(m),
+                        Ok(Err(e)) => broken = Some(e),
                         Err(_) => break,
                     }
+                }
+                if batch.is_empty() {
+                    return Err(broken.expect("an error when nothing was received"));
                 }
                 if !greeted {
                     if !matches!(batch[0], ProposerMessage::Greeting(_)) {
@@ -97,12 +106,15 @@ where
                         .await?;
                 }
                 writer.flush().await?;
+                if let Some(e) = broken {
+                    return Err(e);
+                }
             }
         }
         .await;
         if let Err(e) = &result {
             // Tell the proposer why before the connection closes.
-            let fields = ErrorFields::error("XX000", format!("{e:#}"));
+            let fields = ErrorFields::fatal("XX000", format!("{e:#}"));
             let _ = writer
                 .write_message(&BeMessage::ErrorResponse(&fields))
                 .await;

@@ -44,15 +44,6 @@ pub async fn handle<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let local_start = timeline.acceptor().state.local_start_lsn;
-    if start < local_start {
-        let message = format!(
-            "requested WAL at {start} is not on this safekeeper, its WAL begins at {local_start}"
-        );
-        pgb.send_error("58P01", &message).await?;
-        pgb.flush().await?;
-        bail!(message);
-    }
     timeline.walsenders.fetch_add(1, Ordering::Relaxed);
     let _count = SenderCount(timeline.clone());
     pgb.write_message(&BeMessage::CopyBothResponse(pq_proto::Format::Binary))

@@ -21,6 +21,10 @@ use utils::{Lsn, TenantId, TimelineId};
 use crate::timeline::{GlobalTimelines, Timeline};
 use crate::{receive_wal, send_wal};
 
+/// A connection must send its startup packet within this time (as
+/// PostgreSQL's `authentication_timeout`), or it is closed.
+const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How a WAL reader wants WAL: up to the commit LSN (pageservers,
 /// standbys), or up to the flush LSN (a walproposer recovering a lagging
 /// safekeeper from this one).
@@ -173,7 +177,9 @@ pub async fn serve(
             Err(_) => {
                 tokio::spawn(async move {
                     let mut pgb = PostgresBackend::new(stream);
-                    if pgb.read_startup().await.is_ok() {
+                    if let Ok(Ok(_)) =
+                        tokio::time::timeout(STARTUP_TIMEOUT, pgb.read_startup()).await
+                    {
                         let _ = pgb
                             .send_error("53300", "too many connections to this safekeeper")
                             .await;
@@ -191,7 +197,10 @@ async fn handle_connection(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut pgb = PostgresBackend::new(stream);
-    let params = match pgb.read_startup().await {
+    let startup = tokio::time::timeout(STARTUP_TIMEOUT, pgb.read_startup())
+        .await
+        .context("no startup packet within the startup timeout")?;
+    let params = match startup {
         Ok(StartupRequest::Startup(params)) => params,
         Ok(StartupRequest::Cancel(_)) => return Ok(()),
         Err(e) => {
@@ -269,6 +278,12 @@ async fn handle_connection(
                         continue;
                     }
                 };
+                let local_start = timeline.acceptor().state.local_start_lsn;
+                if start < local_start {
+                    let e = anyhow::anyhow!("requested WAL at {start} is not on this safekeeper, its WAL begins at {local_start}");
+                    report(&mut pgb, &e).await?;
+                    continue;
+                }
                 let span = info_span!("wal_send", tenant_id = %timeline.tenant_id, timeline_id = %timeline.timeline_id, app = conn.application_name);
                 return send_wal::handle(pgb, timeline, start, conn.read_limit, cancel)
                     .instrument(span)

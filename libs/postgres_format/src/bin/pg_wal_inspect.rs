@@ -41,6 +41,9 @@ enum Command {
         /// Start here instead of at the beginning of the oldest segment.
         #[arg(long)]
         start: Option<Lsn>,
+        /// WAL segment size, if the oldest segment has no long header to say it.
+        #[arg(long)]
+        wal_seg_size: Option<usize>,
         /// Feed the decoder this many bytes at a time.
         #[arg(long, default_value_t = 65536)]
         chunk_size: usize,
@@ -71,10 +74,18 @@ fn main() {
         Command::Dump {
             wal_dir,
             start,
+            wal_seg_size,
             chunk_size,
             summary_only,
             no_image_check,
-        } => dump(&wal_dir, start, chunk_size, summary_only, !no_image_check),
+        } => dump(
+            &wal_dir,
+            start,
+            wal_seg_size,
+            chunk_size,
+            summary_only,
+            !no_image_check,
+        ),
         Command::Control { file } => show_control(&file),
         Command::FabricateStart { pgdata, after } => fabricate(&pgdata, after),
     };
@@ -89,6 +100,7 @@ const VERSION: PgMajorVersion = PgMajorVersion::V15;
 fn dump(
     wal_dir: &Path,
     start: Option<Lsn>,
+    segment_size: Option<usize>,
     chunk_size: usize,
     summary_only: bool,
     check_images: bool,
@@ -96,7 +108,7 @@ fn dump(
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let (mut records, mut images, mut bad_images, mut parse_errors) = (0u64, 0u64, 0u64, 0u64);
-    let end = read_wal_directory(wal_dir, VERSION, start, chunk_size, |raw| {
+    let end = read_wal_directory(wal_dir, VERSION, start, segment_size, chunk_size, |raw| {
         let record = DecodedRecord::decode(raw.start_lsn, raw.bytes.clone())?;
         records += 1;
         let mut blocks = Vec::new();
@@ -246,10 +258,17 @@ fn fabricate(pgdata: &Path, after: Option<Lsn>) -> anyhow::Result<()> {
     // The shutdown checkpoint is the last record: find its end.
     let wal_dir = pgdata.join("pg_wal");
     let mut last = None;
-    read_wal_directory(&wal_dir, VERSION, Some(control.checkpoint), 65536, |raw| {
-        last = Some((raw.start_lsn, raw.end_lsn));
-        Ok(())
-    })?;
+    read_wal_directory(
+        &wal_dir,
+        VERSION,
+        Some(control.checkpoint),
+        Some(control.xlog_seg_size as usize),
+        65536,
+        |raw| {
+            last = Some((raw.start_lsn, raw.end_lsn));
+            Ok(())
+        },
+    )?;
     let Some((prev_record, prev_end)) = last else {
         bail!(
             "no record at the checkpoint location {}",

@@ -25,11 +25,14 @@ pub struct WalDirectoryEnd {
 
 /// Decode every record in `dir`, from the start of its oldest segment (or
 /// from `start`) until WAL ends, in chunks of `chunk_size` bytes. Each
-/// record is given to `on_record`.
+/// record is given to `on_record`. The segment size is read from the oldest
+/// segment's long header unless given (a safekeeper's first segment may
+/// begin mid-way, with no header).
 pub fn read_wal_directory(
     dir: &Path,
     version: PgMajorVersion,
     start: Option<Lsn>,
+    segment_size: Option<usize>,
     chunk_size: usize,
     mut on_record: impl FnMut(RawRecord) -> anyhow::Result<()>,
 ) -> anyhow::Result<WalDirectoryEnd> {
@@ -48,7 +51,11 @@ pub fn read_wal_directory(
     let Some(first) = segments.first() else {
         bail!("no WAL segment files in {}", dir.display());
     };
-    let segment_size = read_segment_size(&dir.join(first))?;
+    let segment_size = match segment_size {
+        Some(size) if is_valid_segment_size(size) => size,
+        Some(size) => bail!("invalid WAL segment size {size}"),
+        None => read_segment_size(&dir.join(first))?,
+    };
     let (tli, first_segno) = parse_wal_file_name(first, segment_size)
         .with_context(|| format!("parsing WAL file name {first}"))?;
     let start = start.unwrap_or(segment_start(first_segno, segment_size));
