@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from fixtures.neon_fixtures import run_checked, wait_until
-from fixtures.pg import PgBin
+from fixtures.pg import PgBin, VanillaPostgres
 from fixtures.wal_service import Compute, WalService, lsn_int, read_segments
 
 
@@ -227,3 +227,36 @@ def test_divergent_tail_is_truncated(compute: Compute, wal_service: WalService, 
     assert lsn_int(s1["flush_lsn"]) == synced
     assert s1["term_history"] == s3["term_history"]
     assert sk1.read_wal(tenant, timeline, synced, tail_end) == bytes(tail_end - synced), "the divergent tail is still there"
+
+
+def test_stock_standby_streams_from_a_safekeeper(
+    compute: Compute, wal_service: WalService, pg_bin: PgBin, port_distributor, test_output_dir: Path
+):
+    """A stock PostgreSQL hot standby replicates from a safekeeper as if it
+    were the primary's walsender."""
+    compute.init()
+    compute.start()
+    pg = compute.pg
+    pg.sql("CREATE TABLE t (i int)")
+    pg.sql("INSERT INTO t VALUES (1)")
+    # The walreceiver asks for whole segments: start in one the safekeepers have from its beginning.
+    pg.sql("SELECT pg_switch_wal()")
+    standby_dir = test_output_dir / "standby"
+    pg_bin.run(["pg_basebackup", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "cloud_admin",
+                "-D", standby_dir, "-X", "fetch", "--checkpoint=fast"])
+    sk = wal_service.safekeepers[0]
+    options = f"-c tenant_id={wal_service.tenant_id} -c timeline_id={wal_service.timeline_id}"
+    with open(standby_dir / "postgresql.auto.conf", "a") as f:
+        f.write(f"primary_conninfo = 'host=127.0.0.1 port={sk.pg_port} user=cloud_admin "
+                f"application_name=standby options=''{options}'''\n")
+        f.write("synchronous_standby_names = ''\n")
+    (standby_dir / "standby.signal").touch()
+    standby = VanillaPostgres(pg_bin, standby_dir, port_distributor.get())
+    standby.start()
+    try:
+        pg.sql("INSERT INTO t VALUES (2)")
+        wait_until("the standby to see the new row", lambda: standby.sql("SELECT count(*) FROM t") == "2", 60)
+        status = sk.timeline_status(wal_service.tenant_id, wal_service.timeline_id)
+        assert status["walsenders"] == 1
+    finally:
+        standby.stop(mode="immediate", check=False)
