@@ -13,6 +13,7 @@ pub mod acceptor;
 pub mod broker;
 pub mod control_file;
 pub mod http;
+pub mod metrics;
 pub mod receive_wal;
 pub mod send_wal;
 pub mod service;
@@ -86,6 +87,12 @@ pub async fn run(conf: SafeKeeperConf, cancel: CancellationToken) -> anyhow::Res
         }
     };
     let http = HttpServer::new(SERVICE)?.with_node_id(conf.id);
+    metrics::metrics()
+        .register(http.registry())
+        .context("registering the safekeeper's metrics")?;
+    metrics::metrics()
+        .timelines
+        .set(timelines.list().len() as i64);
     let http_listener = bind_listener("HTTP", &conf.listen_http_addr).await?;
     let pg_listener = bind_listener("WAL service", &conf.listen_pg_addr).await?;
     info!(

@@ -28,6 +28,7 @@ struct ConnectionCount(Arc<Timeline>);
 impl Drop for ConnectionCount {
     fn drop(&mut self) {
         self.0.walproposers.fetch_sub(1, Ordering::Relaxed);
+        crate::metrics::metrics().walproposer_connections.dec();
     }
 }
 
@@ -40,6 +41,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     timeline.walproposers.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::metrics().walproposer_connections.inc();
     let _count = ConnectionCount(timeline.clone());
     pgb.write_message(&BeMessage::CopyBothResponse(pq_proto::Format::Binary))
         .await?;

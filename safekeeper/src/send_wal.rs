@@ -31,6 +31,7 @@ struct SenderCount(Arc<Timeline>);
 impl Drop for SenderCount {
     fn drop(&mut self) {
         self.0.walsenders.fetch_sub(1, Ordering::Relaxed);
+        crate::metrics::metrics().walsender_connections.dec();
     }
 }
 
@@ -45,6 +46,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     timeline.walsenders.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::metrics().walsender_connections.inc();
     let _count = SenderCount(timeline.clone());
     pgb.write_message(&BeMessage::CopyBothResponse(pq_proto::Format::Binary))
         .await?;

@@ -282,6 +282,7 @@ impl GlobalTimelines {
         }
         let timeline = Arc::new(Timeline::load(&dir, self.node_id)?);
         map.insert((tenant_id, timeline_id), timeline.clone());
+        crate::metrics::metrics().timelines.set(map.len() as i64);
         info!(%tenant_id, %timeline_id, "created timeline");
         Ok(timeline)
     }
@@ -298,6 +299,7 @@ impl GlobalTimelines {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&(tenant_id, timeline_id))
             .ok_or(TimelineError::NotFound(tenant_id, timeline_id))?;
+        crate::metrics::metrics().timelines.dec();
         // Hold the acceptor while deleting, so no connection writes meanwhile.
         let _acceptor = timeline.acceptor();
         std::fs::remove_dir_all(&timeline.dir)

@@ -251,6 +251,9 @@ impl WalStore for PhysicalWal {
             }
         }
         self.write_at(at, data)?;
+        crate::metrics::metrics()
+            .wal_bytes_written
+            .inc_by(data.len() as u64);
         self.write_lsn = at + data.len() as u64;
         if let Some(end) = last_end {
             self.written_record_lsn = end;
@@ -259,6 +262,9 @@ impl WalStore for PhysicalWal {
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
+        let metrics = crate::metrics::metrics();
+        let _timer = metrics.wal_flush_seconds.start_timer();
+        metrics.wal_flushes.inc();
         for segno in std::mem::take(&mut self.dirty) {
             if let Some(file) = self.open_segment(segno, false)? {
                 file.sync_data()

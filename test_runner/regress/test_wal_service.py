@@ -59,6 +59,10 @@ def test_pgbench_wal_is_identical_everywhere(compute: Compute, wal_service: WalS
     assert copies[0] == copies[1] == copies[2], "safekeepers' WAL differs"
     assert copies[0] == read_segments(pg.datadir / "pg_wal", start, commit), "differs from PostgreSQL's pg_wal"
     assert {s["term"] for s in statuses} == {1}
+    metrics = wal_service.safekeepers[0].http("GET", "/metrics").text
+    written = float(re.search(r"^safekeeper_wal_bytes_written_total (\S+)$", metrics, re.M)[1])
+    assert written >= len(copies[0])
+    assert re.search(r"^safekeeper_walproposer_connections 1$", metrics, re.M), metrics
 
 
 def test_minority_killed_and_restarted(compute: Compute, wal_service: WalService):
