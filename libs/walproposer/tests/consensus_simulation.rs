@@ -35,8 +35,6 @@ struct Disk {
     wal: Vec<u8>,
 }
 
-struct MemControl<'a>(&'a mut Option<PersistentState>);
-
 #[derive(Clone)]
 struct MemWal {
     start: Lsn,
@@ -44,19 +42,13 @@ struct MemWal {
     durable: usize,
 }
 
-impl ControlStore for MemControl<'_> {
-    fn persist(&mut self, state: &PersistentState) -> anyhow::Result<()> {
-        *self.0 = Some(state.clone());
-        Ok(())
-    }
-}
-
 /// The sim's acceptor persists through this store into its node's disk.
 struct SharedControl(std::rc::Rc<std::cell::RefCell<Disk>>);
 
 impl ControlStore for SharedControl {
     fn persist(&mut self, state: &PersistentState) -> anyhow::Result<()> {
-        MemControl(&mut self.0.borrow_mut().state).persist(state)
+        self.0.borrow_mut().state = Some(state.clone());
+        Ok(())
     }
 }
 
@@ -205,8 +197,7 @@ impl Sim {
         TIMELINE_START + self.committed.len() as u64
     }
 
-    fn start_compute(&mut self) {
-        let id = self.computes.len();
+    fn new_proposer(&self, id: usize, mode: Mode) -> Proposer {
         let mut proposer_id = [0u8; 16];
         proposer_id[0] = id as u8;
         let config = ProposerConfig {
@@ -218,7 +209,13 @@ impl Sim {
             proposer_id,
             acceptors: ACCEPTORS,
         };
-        let proposer = Proposer::new(config, Mode::Sync);
+        Proposer::new(config, mode)
+    }
+
+    /// A compute comes up: it syncs first (then streams, see `SyncDone`).
+    fn start_compute(&mut self) {
+        let id = self.computes.len();
+        let proposer = self.new_proposer(id, Mode::Sync);
         self.computes.push(Compute {
             id,
             proposer,
@@ -333,18 +330,7 @@ impl Sim {
                     let source = std::mem::take(&mut self.computes[c].source);
                     self.stop_compute(c);
                     let id = self.computes.len();
-                    let mut config_id = [0u8; 16];
-                    config_id[0] = id as u8;
-                    let config = ProposerConfig {
-                        tenant_id: self.tenant,
-                        timeline_id: self.timeline,
-                        system_id: 1,
-                        pg_version: 150000,
-                        wal_seg_size: 1 << 24,
-                        proposer_id: config_id,
-                        acceptors: ACCEPTORS,
-                    };
-                    let mut proposer = Proposer::new(config, Mode::Stream { start_lsn: start });
+                    let mut proposer = self.new_proposer(id, Mode::Stream { start_lsn: start });
                     proposer.set_available(start);
                     self.computes.push(Compute {
                         id,
