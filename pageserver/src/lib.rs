@@ -6,6 +6,10 @@
 //! WAL ingest and storage are not implemented yet, so `listen_pg_addr` is
 //! not bound.
 
+pub mod key;
+pub mod layer;
+pub mod value;
+
 use std::path::PathBuf;
 
 use anyhow::Context;

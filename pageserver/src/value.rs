@@ -1,0 +1,749 @@
+//! What the pageserver stores at a `(Key, Lsn)`.
+//!
+//! A [`Value`] is either an **image** (a full 8 KiB page, or a small blob such
+//! as a relation size or a directory listing) or a **delta**: a
+//! [`RustRecord`], one of the non-page changes the pageserver applies itself
+//! in Rust (DESIGN.md §2) because PostgreSQL's WAL carries no image for them.
+//! A page is reconstructed from the newest image at or below the requested
+//! LSN and the deltas above it, applied oldest first.
+//!
+//! Each delta applies to **one page**: the producer (WAL ingest) splits a
+//! record's changes by page. [`RustRecord::apply`] checks that every item it
+//! changes lies on one page, and refuses otherwise rather than wrapping into
+//! the wrong place.
+//!
+//! Multi-byte values inside SLRU pages (multixact offsets, member xids and
+//! flag words) are in the byte order of the platform PostgreSQL runs on:
+//! little-endian (x86-64, AArch64).
+//!
+//! # Encoding (version 1)
+//!
+//! Compact and self-describing; all integers little-endian:
+//!
+//! ```text
+//! u8 version (= 1)
+//! u8 tag: 0 = image, 1 = delta
+//! image: the bytes, to the end
+//! delta: u8 record tag, then
+//!   1 ClogSetStatus     u8 status (1 committed, 2 aborted, 3 sub-committed), u32 n, n × u32 xid
+//!   2 VmClearBits       u8 all_visible (0|1), u32 n, n × u32 heap block
+//!   3 MultixactOffset   u32 multi, u32 offset
+//!   4 MultixactMembers  u32 first_offset, u32 n, n × (u32 xid, u8 status 0..=5)
+//! ```
+//!
+//! [`Value::decode`] rejects unknown versions and tags, counts that exceed
+//! the input, bad flags and trailing bytes, with an error; it never panics.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Size of a page (`BLCKSZ`).
+pub const BLCKSZ: usize = 8192;
+
+/// Transactions per CLOG page: 2 bits each (`CLOG_XACTS_PER_PAGE`).
+pub const CLOG_XACTS_PER_PAGE: u32 = (BLCKSZ * 4) as u32;
+/// Bytes of a visibility-map page used for the map: `BLCKSZ` less the
+/// MAXALIGNed page header (`MAPSIZE`).
+pub const VM_MAPSIZE: usize = BLCKSZ - 24;
+/// Offset of the map inside a visibility-map page (`PageGetContents`).
+pub const VM_MAP_OFFSET: usize = 24;
+/// Heap blocks per visibility-map page, 2 bits each (`HEAPBLOCKS_PER_PAGE`).
+pub const VM_HEAPBLOCKS_PER_PAGE: u32 = (VM_MAPSIZE * 4) as u32;
+/// `VISIBILITYMAP_ALL_VISIBLE`.
+pub const VM_ALL_VISIBLE: u8 = 0x01;
+/// `VISIBILITYMAP_ALL_FROZEN`.
+pub const VM_ALL_FROZEN: u8 = 0x02;
+/// Multixact offsets per page, 4 bytes each (`MULTIXACT_OFFSETS_PER_PAGE`).
+pub const MULTIXACT_OFFSETS_PER_PAGE: u32 = (BLCKSZ / 4) as u32;
+/// Members per member group (`MULTIXACT_MEMBERS_PER_MEMBERGROUP`).
+pub const MULTIXACT_MEMBERS_PER_GROUP: u32 = 4;
+/// Bytes of a member group: 4 flag bytes and 4 xids (`MULTIXACT_MEMBERGROUP_SIZE`).
+pub const MULTIXACT_MEMBERGROUP_SIZE: u32 = 20;
+/// Member groups per page (`MULTIXACT_MEMBERGROUPS_PER_PAGE`).
+pub const MULTIXACT_MEMBERGROUPS_PER_PAGE: u32 = BLCKSZ as u32 / MULTIXACT_MEMBERGROUP_SIZE;
+/// Members per page (`MULTIXACT_MEMBERS_PER_PAGE`).
+pub const MULTIXACT_MEMBERS_PER_PAGE: u32 =
+    MULTIXACT_MEMBERGROUPS_PER_PAGE * MULTIXACT_MEMBERS_PER_GROUP;
+
+const ENCODING_VERSION: u8 = 1;
+const TAG_IMAGE: u8 = 0;
+const TAG_DELTA: u8 = 1;
+const REC_CLOG: u8 = 1;
+const REC_VM: u8 = 2;
+const REC_MXOFF: u8 = 3;
+const REC_MXMEM: u8 = 4;
+
+/// A stored version of a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    /// The whole value: a page, or a small blob.
+    Image(Bytes),
+    /// A change applied on top of the previous version.
+    Delta(RustRecord),
+}
+
+/// Transaction status in the CLOG (`XidStatus`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClogStatus {
+    Committed = 1,
+    Aborted = 2,
+    SubCommitted = 3,
+}
+
+impl ClogStatus {
+    pub fn from_u8(v: u8) -> Option<ClogStatus> {
+        match v {
+            1 => Some(ClogStatus::Committed),
+            2 => Some(ClogStatus::Aborted),
+            3 => Some(ClogStatus::SubCommitted),
+            _ => None,
+        }
+    }
+}
+
+/// `TRANSACTION_STATUS_IN_PROGRESS`.
+pub const CLOG_IN_PROGRESS: u8 = 0;
+
+/// A multixact member's lock mode (`MultiXactStatus`, 0..=5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MultiXactStatus {
+    ForKeyShare = 0,
+    ForShare = 1,
+    ForNoKeyUpdate = 2,
+    ForUpdate = 3,
+    NoKeyUpdate = 4,
+    Update = 5,
+}
+
+impl MultiXactStatus {
+    pub fn from_u8(v: u8) -> Option<MultiXactStatus> {
+        Some(match v {
+            0 => MultiXactStatus::ForKeyShare,
+            1 => MultiXactStatus::ForShare,
+            2 => MultiXactStatus::ForNoKeyUpdate,
+            3 => MultiXactStatus::ForUpdate,
+            4 => MultiXactStatus::NoKeyUpdate,
+            5 => MultiXactStatus::Update,
+            _ => return None,
+        })
+    }
+}
+
+/// A change to one page that the pageserver applies in Rust.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RustRecord {
+    /// Set the status of transactions that all lie on one CLOG page.
+    ClogSetStatus { xids: Vec<u32>, status: ClogStatus },
+    /// Clear visibility-map bits of heap blocks that all map to one VM page:
+    /// both bits when `all_visible`, otherwise only all-frozen.
+    VmClearBits {
+        heap_blocks: Vec<u32>,
+        all_visible: bool,
+    },
+    /// Set the member offset of one multixact.
+    MultixactOffset { multi: u32, offset: u32 },
+    /// Store members at consecutive member offsets from `first_offset`, all
+    /// on one members page.
+    MultixactMembers {
+        first_offset: u32,
+        members: Vec<(u32, MultiXactStatus)>,
+    },
+}
+
+/// Bytes that are not an encoded [`Value`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed value: {0}")]
+pub struct ValueDecodeError(pub String);
+
+/// A delta that cannot be applied to one page.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot apply {record}: {reason}")]
+pub struct ApplyError {
+    pub record: &'static str,
+    pub reason: String,
+}
+
+impl Value {
+    /// Whether this value needs no older version (an image).
+    pub fn will_init(&self) -> bool {
+        matches!(self, Value::Image(_))
+    }
+
+    pub fn is_image(&self) -> bool {
+        self.will_init()
+    }
+
+    /// The encoding described in the module documentation.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = BytesMut::with_capacity(self.encoded_len());
+        out.put_u8(ENCODING_VERSION);
+        match self {
+            Value::Image(img) => {
+                out.put_u8(TAG_IMAGE);
+                out.put_slice(img);
+            }
+            Value::Delta(rec) => {
+                out.put_u8(TAG_DELTA);
+                match rec {
+                    RustRecord::ClogSetStatus { xids, status } => {
+                        out.put_u8(REC_CLOG);
+                        out.put_u8(*status as u8);
+                        put_u32s(&mut out, xids);
+                    }
+                    RustRecord::VmClearBits {
+                        heap_blocks,
+                        all_visible,
+                    } => {
+                        out.put_u8(REC_VM);
+                        out.put_u8(u8::from(*all_visible));
+                        put_u32s(&mut out, heap_blocks);
+                    }
+                    RustRecord::MultixactOffset { multi, offset } => {
+                        out.put_u8(REC_MXOFF);
+                        out.put_u32_le(*multi);
+                        out.put_u32_le(*offset);
+                    }
+                    RustRecord::MultixactMembers {
+                        first_offset,
+                        members,
+                    } => {
+                        out.put_u8(REC_MXMEM);
+                        out.put_u32_le(*first_offset);
+                        out.put_u32_le(len_u32(members.len()));
+                        for (xid, status) in members {
+                            out.put_u32_le(*xid);
+                            out.put_u8(*status as u8);
+                        }
+                    }
+                }
+            }
+        }
+        out.to_vec()
+    }
+
+    /// Length of [`Value::encode`]'s output.
+    pub fn encoded_len(&self) -> usize {
+        2 + match self {
+            Value::Image(img) => img.len(),
+            Value::Delta(RustRecord::ClogSetStatus { xids, .. }) => 1 + 1 + 4 + 4 * xids.len(),
+            Value::Delta(RustRecord::VmClearBits { heap_blocks, .. }) => {
+                1 + 1 + 4 + 4 * heap_blocks.len()
+            }
+            Value::Delta(RustRecord::MultixactOffset { .. }) => 1 + 8,
+            Value::Delta(RustRecord::MultixactMembers { members, .. }) => 1 + 8 + 5 * members.len(),
+        }
+    }
+
+    /// Decode, copying an image.
+    pub fn decode(buf: &[u8]) -> Result<Value, ValueDecodeError> {
+        Value::decode_bytes(Bytes::copy_from_slice(buf))
+    }
+
+    /// Decode; an image shares `buf`'s memory.
+    pub fn decode_bytes(buf: Bytes) -> Result<Value, ValueDecodeError> {
+        let err = |m: String| ValueDecodeError(m);
+        let mut r = Cursor { buf: &buf, pos: 0 };
+        let version = r.u8()?;
+        if version != ENCODING_VERSION {
+            return Err(err(format!(
+                "encoding version {version}, expected {ENCODING_VERSION}"
+            )));
+        }
+        match r.u8()? {
+            TAG_IMAGE => Ok(Value::Image(buf.slice(2..))),
+            TAG_DELTA => {
+                let rec = match r.u8()? {
+                    REC_CLOG => {
+                        let s = r.u8()?;
+                        let status = ClogStatus::from_u8(s)
+                            .ok_or_else(|| err(format!("CLOG status {s}")))?;
+                        let xids = r.u32s()?;
+                        RustRecord::ClogSetStatus { xids, status }
+                    }
+                    REC_VM => {
+                        let all_visible = r.bool()?;
+                        let heap_blocks = r.u32s()?;
+                        RustRecord::VmClearBits {
+                            heap_blocks,
+                            all_visible,
+                        }
+                    }
+                    REC_MXOFF => RustRecord::MultixactOffset {
+                        multi: r.u32()?,
+                        offset: r.u32()?,
+                    },
+                    REC_MXMEM => {
+                        let first_offset = r.u32()?;
+                        let n = r.count(5)?;
+                        let mut members = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            let xid = r.u32()?;
+                            let s = r.u8()?;
+                            let status = MultiXactStatus::from_u8(s)
+                                .ok_or_else(|| err(format!("multixact member status {s}")))?;
+                            members.push((xid, status));
+                        }
+                        RustRecord::MultixactMembers {
+                            first_offset,
+                            members,
+                        }
+                    }
+                    t => return Err(err(format!("unknown delta record tag {t}"))),
+                };
+                if r.pos != buf.len() {
+                    return Err(err(format!(
+                        "{} trailing bytes after the record",
+                        buf.len() - r.pos
+                    )));
+                }
+                Ok(Value::Delta(rec))
+            }
+            t => Err(err(format!("unknown value tag {t}"))),
+        }
+    }
+}
+
+fn len_u32(n: usize) -> u32 {
+    // Values are bounded far below 4 GiB by the layer format; saturating
+    // keeps encode infallible, and decode would reject such an encoding.
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn put_u32s(out: &mut BytesMut, v: &[u32]) {
+    out.put_u32_le(len_u32(v.len()));
+    for x in v {
+        out.put_u32_le(*x);
+    }
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], ValueDecodeError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| {
+                ValueDecodeError(format!(
+                    "truncated: {n} bytes needed at offset {} of {}",
+                    self.pos,
+                    self.buf.len()
+                ))
+            })?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8, ValueDecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn bool(&mut self) -> Result<bool, ValueDecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(ValueDecodeError(format!("flag byte {b}, expected 0 or 1"))),
+        }
+    }
+
+    fn u32(&mut self) -> Result<u32, ValueDecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// A count of items of `item_size` bytes, checked against what is left.
+    fn count(&mut self, item_size: usize) -> Result<usize, ValueDecodeError> {
+        let n = self.u32()? as usize;
+        let left = self.buf.len() - self.pos;
+        if n.checked_mul(item_size).is_none_or(|need| need > left) {
+            return Err(ValueDecodeError(format!(
+                "count {n} needs more than the {left} bytes left"
+            )));
+        }
+        Ok(n)
+    }
+
+    fn u32s(&mut self) -> Result<Vec<u32>, ValueDecodeError> {
+        let n = self.count(4)?;
+        (0..n).map(|_| self.u32()).collect()
+    }
+}
+
+impl RustRecord {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RustRecord::ClogSetStatus { .. } => "ClogSetStatus",
+            RustRecord::VmClearBits { .. } => "VmClearBits",
+            RustRecord::MultixactOffset { .. } => "MultixactOffset",
+            RustRecord::MultixactMembers { .. } => "MultixactMembers",
+        }
+    }
+
+    /// Apply this change to `page`, as PostgreSQL's redo would.
+    ///
+    /// Fails, leaving the page unchanged, if the items do not all lie on one
+    /// page (or member offsets wrap past `u32::MAX`).
+    pub fn apply(&self, page: &mut [u8; BLCKSZ]) -> Result<(), ApplyError> {
+        let fail = |reason: String| ApplyError {
+            record: self.name(),
+            reason,
+        };
+        match self {
+            RustRecord::ClogSetStatus { xids, status } => {
+                same_page(xids.iter().copied(), CLOG_XACTS_PER_PAGE, "xid").map_err(fail)?;
+                for &xid in xids {
+                    let idx = (xid % CLOG_XACTS_PER_PAGE) as usize;
+                    let byte = idx / 4;
+                    let shift = (idx % 4) * 2;
+                    let cur = (page[byte] >> shift) & 0x03;
+                    // As in recovery: sub-committing an already committed
+                    // transaction changes nothing.
+                    if *status == ClogStatus::SubCommitted && cur == ClogStatus::Committed as u8 {
+                        continue;
+                    }
+                    page[byte] = (page[byte] & !(0x03 << shift)) | ((*status as u8) << shift);
+                }
+            }
+            RustRecord::VmClearBits {
+                heap_blocks,
+                all_visible,
+            } => {
+                same_page(
+                    heap_blocks.iter().copied(),
+                    VM_HEAPBLOCKS_PER_PAGE,
+                    "heap block",
+                )
+                .map_err(fail)?;
+                let flags = if *all_visible {
+                    VM_ALL_VISIBLE | VM_ALL_FROZEN
+                } else {
+                    VM_ALL_FROZEN
+                };
+                for &blk in heap_blocks {
+                    let idx = (blk % VM_HEAPBLOCKS_PER_PAGE) as usize;
+                    let byte = VM_MAP_OFFSET + idx / 4;
+                    let shift = (idx % 4) * 2;
+                    page[byte] &= !(flags << shift);
+                }
+            }
+            RustRecord::MultixactOffset { multi, offset } => {
+                let at = (multi % MULTIXACT_OFFSETS_PER_PAGE) as usize * 4;
+                page[at..at + 4].copy_from_slice(&offset.to_le_bytes());
+            }
+            RustRecord::MultixactMembers {
+                first_offset,
+                members,
+            } => {
+                if members.is_empty() {
+                    return Ok(());
+                }
+                let last = u32::try_from(members.len() - 1)
+                    .ok()
+                    .and_then(|n| first_offset.checked_add(n))
+                    .ok_or_else(|| {
+                        fail(format!(
+                            "{} members from offset {first_offset} wrap around",
+                            members.len()
+                        ))
+                    })?;
+                if first_offset / MULTIXACT_MEMBERS_PER_PAGE != last / MULTIXACT_MEMBERS_PER_PAGE {
+                    return Err(fail(format!(
+                        "member offsets {first_offset}..={last} span more than one page"
+                    )));
+                }
+                for (offset, (xid, status)) in (*first_offset..=last).zip(members) {
+                    let group = (offset / MULTIXACT_MEMBERS_PER_GROUP
+                        % MULTIXACT_MEMBERGROUPS_PER_PAGE)
+                        * MULTIXACT_MEMBERGROUP_SIZE;
+                    let slot = offset % MULTIXACT_MEMBERS_PER_GROUP;
+                    // The flags word is a little-endian u32 with 8 bits per
+                    // member: member `slot`'s flags are byte `slot` of it.
+                    let flag_at = (group + slot) as usize;
+                    page[flag_at] = *status as u8;
+                    let xid_at = (group + 4 + slot * 4) as usize;
+                    page[xid_at..xid_at + 4].copy_from_slice(&xid.to_le_bytes());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn same_page(
+    mut items: impl Iterator<Item = u32>,
+    per_page: u32,
+    what: &str,
+) -> Result<(), String> {
+    let Some(first) = items.next() else {
+        return Ok(());
+    };
+    for x in items {
+        if x / per_page != first / per_page {
+            return Err(format!(
+                "{what}s {first} and {x} are on different pages ({per_page} per page)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn clog_get(page: &[u8; BLCKSZ], xid: u32) -> u8 {
+        let idx = (xid % CLOG_XACTS_PER_PAGE) as usize;
+        (page[idx / 4] >> ((idx % 4) * 2)) & 3
+    }
+
+    #[test]
+    fn constants_match_postgres() {
+        assert_eq!(CLOG_XACTS_PER_PAGE, 32768);
+        assert_eq!(VM_MAPSIZE, 8168);
+        assert_eq!(VM_HEAPBLOCKS_PER_PAGE, 32672);
+        assert_eq!(MULTIXACT_OFFSETS_PER_PAGE, 2048);
+        assert_eq!(MULTIXACT_MEMBERGROUPS_PER_PAGE, 409);
+        assert_eq!(MULTIXACT_MEMBERS_PER_PAGE, 1636);
+    }
+
+    #[test]
+    fn clog_apply_edges() {
+        let mut page = [0u8; BLCKSZ];
+        let base = 5 * CLOG_XACTS_PER_PAGE;
+        let xids = vec![
+            base,
+            base + 1,
+            base + 2,
+            base + 3,
+            base + CLOG_XACTS_PER_PAGE - 1,
+        ];
+        RustRecord::ClogSetStatus {
+            xids: xids.clone(),
+            status: ClogStatus::Committed,
+        }
+        .apply(&mut page)
+        .unwrap();
+        // xid 0 of the page is the low 2 bits of byte 0; xid 3 the high bits.
+        assert_eq!(page[0], 0b0101_0101);
+        assert_eq!(page[BLCKSZ - 1], 0b0100_0000);
+        assert!(page[1..BLCKSZ - 1].iter().all(|&b| b == 0));
+        // Abort overwrites one slot only.
+        RustRecord::ClogSetStatus {
+            xids: vec![base + 2],
+            status: ClogStatus::Aborted,
+        }
+        .apply(&mut page)
+        .unwrap();
+        assert_eq!(page[0], 0b0110_0101);
+        // Sub-committed does not downgrade committed, but sets in-progress ones.
+        RustRecord::ClogSetStatus {
+            xids: vec![base, base + 4],
+            status: ClogStatus::SubCommitted,
+        }
+        .apply(&mut page)
+        .unwrap();
+        assert_eq!(clog_get(&page, base), 1);
+        assert_eq!(clog_get(&page, base + 4), 3);
+        assert_eq!(clog_get(&page, base + 5), CLOG_IN_PROGRESS);
+        // Sub-committed then aborted.
+        RustRecord::ClogSetStatus {
+            xids: vec![base + 4],
+            status: ClogStatus::Aborted,
+        }
+        .apply(&mut page)
+        .unwrap();
+        assert_eq!(clog_get(&page, base + 4), 2);
+        // Xids of two pages are refused and change nothing.
+        let before = page;
+        let err = RustRecord::ClogSetStatus {
+            xids: vec![base + 6, base + CLOG_XACTS_PER_PAGE],
+            status: ClogStatus::Committed,
+        }
+        .apply(&mut page)
+        .unwrap_err();
+        assert!(err.to_string().contains("different pages"), "{err}");
+        assert_eq!(page, before);
+    }
+
+    #[test]
+    fn vm_apply_edges() {
+        let mut page = [0xFFu8; BLCKSZ];
+        let base = 3 * VM_HEAPBLOCKS_PER_PAGE;
+        // all_visible clears both bits of blocks 0 and the last of the page.
+        RustRecord::VmClearBits {
+            heap_blocks: vec![base, base + VM_HEAPBLOCKS_PER_PAGE - 1],
+            all_visible: true,
+        }
+        .apply(&mut page)
+        .unwrap();
+        assert!(
+            page[..VM_MAP_OFFSET].iter().all(|&b| b == 0xFF),
+            "header untouched"
+        );
+        assert_eq!(page[VM_MAP_OFFSET], 0b1111_1100);
+        assert_eq!(page[BLCKSZ - 1], 0b0011_1111);
+        // Otherwise only all-frozen (the high bit of each pair).
+        RustRecord::VmClearBits {
+            heap_blocks: vec![base + 1, base + 6],
+            all_visible: false,
+        }
+        .apply(&mut page)
+        .unwrap();
+        assert_eq!(page[VM_MAP_OFFSET], 0b1111_0100);
+        assert_eq!(page[VM_MAP_OFFSET + 1], 0b1101_1111);
+        let err = RustRecord::VmClearBits {
+            heap_blocks: vec![base - 1, base],
+            all_visible: true,
+        }
+        .apply(&mut page)
+        .unwrap_err();
+        assert!(err.to_string().contains("heap block"), "{err}");
+    }
+
+    #[test]
+    fn multixact_offset_apply_edges() {
+        let mut page = [0u8; BLCKSZ];
+        RustRecord::MultixactOffset {
+            multi: 2048 * 7,
+            offset: 0x0102_0304,
+        }
+        .apply(&mut page)
+        .unwrap();
+        RustRecord::MultixactOffset {
+            multi: 2048 * 7 + 2047,
+            offset: 0xAABB_CCDD,
+        }
+        .apply(&mut page)
+        .unwrap();
+        assert_eq!(&page[0..4], &[4, 3, 2, 1]);
+        assert_eq!(&page[BLCKSZ - 4..], &[0xDD, 0xCC, 0xBB, 0xAA]);
+        assert!(page[4..BLCKSZ - 4].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn multixact_members_apply_edges() {
+        let mut page = [0u8; BLCKSZ];
+        let base = 2 * MULTIXACT_MEMBERS_PER_PAGE;
+        // Members 2..6 of the page: cross from group 0 into group 1.
+        RustRecord::MultixactMembers {
+            first_offset: base + 2,
+            members: vec![
+                (100, MultiXactStatus::ForShare),
+                (101, MultiXactStatus::Update),
+                (102, MultiXactStatus::ForKeyShare),
+                (103, MultiXactStatus::NoKeyUpdate),
+            ],
+        }
+        .apply(&mut page)
+        .unwrap();
+        // Group 0: flags bytes 0..4, xids at 4..20.
+        assert_eq!(&page[0..4], &[0, 0, 1, 5]);
+        assert_eq!(&page[12..16], &100u32.to_le_bytes());
+        assert_eq!(&page[16..20], &101u32.to_le_bytes());
+        // Group 1 starts at byte 20.
+        assert_eq!(&page[20..24], &[0, 4, 0, 0]);
+        assert_eq!(&page[24..28], &102u32.to_le_bytes());
+        assert_eq!(&page[28..32], &103u32.to_le_bytes());
+        // The last member of the page: group 408, slot 3; bytes 8180..8192 unused.
+        RustRecord::MultixactMembers {
+            first_offset: base + MULTIXACT_MEMBERS_PER_PAGE - 1,
+            members: vec![(7, MultiXactStatus::ForUpdate)],
+        }
+        .apply(&mut page)
+        .unwrap();
+        let g = 408 * 20;
+        assert_eq!(page[g + 3], 3);
+        assert_eq!(&page[g + 16..g + 20], &7u32.to_le_bytes());
+        assert_eq!(g + 20, 8180);
+        assert!(page[8180..].iter().all(|&b| b == 0));
+        // Spanning two pages, or wrapping, is refused.
+        for (first, n) in [(base + MULTIXACT_MEMBERS_PER_PAGE - 1, 2), (u32::MAX, 2)] {
+            let rec = RustRecord::MultixactMembers {
+                first_offset: first,
+                members: vec![(1, MultiXactStatus::ForShare); n],
+            };
+            assert!(rec.apply(&mut page).is_err());
+        }
+    }
+
+    fn sample_values() -> Vec<Value> {
+        vec![
+            Value::Image(Bytes::from_static(b"")),
+            Value::Image(Bytes::from(vec![7u8; BLCKSZ])),
+            Value::Delta(RustRecord::ClogSetStatus {
+                xids: vec![1, 2, 3],
+                status: ClogStatus::SubCommitted,
+            }),
+            Value::Delta(RustRecord::VmClearBits {
+                heap_blocks: vec![],
+                all_visible: false,
+            }),
+            Value::Delta(RustRecord::MultixactOffset {
+                multi: 9,
+                offset: u32::MAX,
+            }),
+            Value::Delta(RustRecord::MultixactMembers {
+                first_offset: 4,
+                members: vec![
+                    (5, MultiXactStatus::Update),
+                    (6, MultiXactStatus::ForKeyShare),
+                ],
+            }),
+        ]
+    }
+
+    #[test]
+    fn encode_round_trip() {
+        for v in sample_values() {
+            let enc = v.encode();
+            assert_eq!(enc.len(), v.encoded_len());
+            assert_eq!(Value::decode(&enc).unwrap(), v);
+            assert_eq!(Value::decode_bytes(Bytes::from(enc)).unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn decode_rejects_malformed() {
+        let bad: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![1],
+            vec![2, 0],
+            vec![1, 2],
+            vec![1, 1, 9],
+            vec![1, 1, 1, 4, 0, 0, 0, 0],
+            vec![1, 1, 1, 1, 1, 0, 0, 0],
+            vec![1, 1, 1, 1, 0xFF, 0xFF, 0xFF, 0xFF],
+            vec![1, 1, 2, 2, 0, 0, 0, 0],
+            vec![1, 1, 3, 0, 0, 0, 0, 0, 0, 0],
+            vec![1, 1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            vec![1, 1, 4, 0, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0, 6],
+        ];
+        for b in bad {
+            assert!(Value::decode(&b).is_err(), "{b:?}");
+        }
+        // Random bytes and mutated encodings never panic.
+        let mut rng = StdRng::seed_from_u64(3);
+        let samples: Vec<Vec<u8>> = sample_values().iter().map(Value::encode).collect();
+        for i in 0..20000 {
+            let mut b = if i % 2 == 0 {
+                samples[rng.random_range(0..samples.len())].clone()
+            } else {
+                (0..rng.random_range(0..40)).map(|_| rng.random()).collect()
+            };
+            if !b.is_empty() {
+                let at = rng.random_range(0..b.len());
+                b[at] = rng.random();
+                if rng.random_bool(0.3) {
+                    b.truncate(rng.random_range(0..b.len()));
+                }
+            }
+            let _ = Value::decode(&b);
+        }
+    }
+}
