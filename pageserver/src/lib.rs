@@ -8,6 +8,8 @@
 
 pub mod key;
 pub mod layer;
+pub mod pgdatadir;
+pub mod timeline;
 pub mod value;
 
 use std::path::PathBuf;
