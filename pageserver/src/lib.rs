@@ -6,11 +6,19 @@
 //! WAL ingest and storage are not implemented yet, so `listen_pg_addr` is
 //! not bound.
 
+pub mod basebackup;
+pub mod import_datadir;
+pub mod inmemory_layer;
 pub mod key;
 pub mod layer;
+pub mod layer_map;
+pub mod page_service;
 pub mod pgdatadir;
+pub mod tenant;
 pub mod timeline;
 pub mod value;
+pub mod walingest;
+pub mod walreceiver;
 
 use std::path::PathBuf;
 

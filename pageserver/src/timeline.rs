@@ -6,21 +6,57 @@
 //! branch point fall through to the ancestor at the branch LSN, so
 //! creating a branch copies nothing.
 //!
-//! Storage here is an in-memory map of versions per key; it is the
-//! interface the persistent layers (open in-memory layer, delta and image
-//! layer files, layer map) will implement behind.
+//! Storage: values are put into an open [`InMemoryLayer`]. A timeline with
+//! a directory (made by [`crate::tenant::Tenant`]) freezes the open layer
+//! at a record boundary when it grows past
+//! [`TimelineConf::open_layer_max_bytes`] or on [`Timeline::flush`], writes
+//! the frozen layer as a delta layer file, and then records the new
+//! disk-consistent LSN in its metadata file. [`Timeline::compact_images`]
+//! writes image layers so that reads stop early, and [`Timeline::gc`]
+//! removes layer files that no read at or above the GC horizon (or at a
+//! retained branch point) needs. A timeline made by [`Timeline::new_root`]
+//! or [`Timeline::branch`] has no directory and stays in memory.
+//!
+//! A read collects values newest first: the open layer, the frozen layers,
+//! then the layer files ([`crate::layer_map`]) down to an image, then the
+//! ancestor at the branch LSN.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use postgres_format::PgMajorVersion;
 use tokio::sync::watch;
+use tracing::{error, info, warn};
 use utils::{Lsn, TenantId, TimelineId};
 
+use crate::inmemory_layer::InMemoryLayer;
 use crate::key::{Key, KeyRange};
+use crate::layer::{DeltaLayerWriter, ImageLayerWriter, LayerError, LayerName};
+use crate::layer_map::{collect_values, LayerMap, PersistentLayer};
+use crate::tenant::metadata::{fsync_dir, MetadataError, TimelineMetadata};
 use crate::value::{RustRecord, Value, BLCKSZ};
+
+/// Default size of the open in-memory layer that triggers a flush.
+pub const DEFAULT_OPEN_LAYER_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Storage settings of a timeline.
+#[derive(Clone, Debug)]
+pub struct TimelineConf {
+    /// Freeze and flush the open layer once it holds this many bytes (at
+    /// the next record boundary, in [`Timeline::advance_last_record`]).
+    pub open_layer_max_bytes: usize,
+}
+
+impl Default for TimelineConf {
+    fn default() -> Self {
+        TimelineConf {
+            open_layer_max_bytes: DEFAULT_OPEN_LAYER_MAX_BYTES,
+        }
+    }
+}
 
 /// The last record ingested: where it ends, and where it began (the next
 /// record's `xl_prev`, which a base backup's fabricated checkpoint needs).
@@ -44,6 +80,12 @@ pub enum ReadError {
     },
     #[error("timeline is shutting down")]
     ShuttingDown,
+    /// A layer file could not be read.
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    /// A put below the open layer: that LSN is already frozen or on disk.
+    #[error("cannot store values at {lsn}: the timeline holds everything below {start} already (frozen or on disk)")]
+    BelowOpenLayer { lsn: Lsn, start: Lsn },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,10 +98,41 @@ pub enum BranchError {
     BeforeStart { lsn: Lsn, start: Lsn },
 }
 
+/// Errors of flushing, compaction and GC.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("timeline {0} is in memory only: it has no directory")]
+    InMemoryOnly(TimelineId),
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
 #[derive(Clone)]
 pub struct Ancestor {
     pub timeline: Arc<Timeline>,
     pub lsn: Lsn,
+}
+
+/// A frozen in-memory layer waiting to be written, with the last record
+/// it holds.
+struct FrozenLayer {
+    layer: InMemoryLayer,
+    record: RecordLsn,
+}
+
+struct Layers {
+    open: InMemoryLayer,
+    /// Oldest first; contiguous LSN ranges ending at `open.start()`.
+    frozen: Vec<Arc<FrozenLayer>>,
+    files: LayerMap,
 }
 
 pub struct Timeline {
@@ -70,38 +143,103 @@ pub struct Timeline {
     /// Where this timeline's own history begins (its branch point, or the
     /// bootstrap LSN).
     start_lsn: Lsn,
-    versions: RwLock<BTreeMap<Key, BTreeMap<Lsn, Value>>>,
+    /// The timeline directory; `None` for an in-memory timeline.
+    dir: Option<PathBuf>,
+    conf: TimelineConf,
+    layers: RwLock<Layers>,
     last_record: watch::Sender<RecordLsn>,
+    /// The last record whose values are all in layer files.
+    disk_consistent: Mutex<RecordLsn>,
     gc_horizon: RwLock<Lsn>,
+    /// Serialises flushes, compaction, GC and metadata writes.
+    flush_lock: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn apply_deltas(
+    key: Key,
+    lsn: Lsn,
+    image: &[u8],
+    deltas: impl Iterator<Item = RustRecord>,
+) -> Result<Bytes, ReadError> {
+    let mut page: [u8; BLCKSZ] = image.try_into().map_err(|_| ReadError::Reconstruct {
+        key,
+        lsn,
+        reason: format!("deltas on a value of {} bytes, not a page", image.len()),
+    })?;
+    for delta in deltas {
+        delta.apply(&mut page).map_err(|e| ReadError::Reconstruct {
+            key,
+            lsn,
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(Bytes::copy_from_slice(&page))
 }
 
 impl Timeline {
-    /// A timeline without ancestor whose history begins at `start`.
+    /// A timeline without ancestor whose history begins at `start`, kept in
+    /// memory only.
     pub fn new_root(
         tenant_id: TenantId,
         timeline_id: TimelineId,
         pg_version: PgMajorVersion,
         start: RecordLsn,
     ) -> Timeline {
+        Timeline::construct(
+            tenant_id,
+            timeline_id,
+            pg_version,
+            None,
+            start.last,
+            start,
+            None,
+            TimelineConf::default(),
+            LayerMap::new(),
+            start.last,
+            Lsn::INVALID,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn construct(
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+        pg_version: PgMajorVersion,
+        ancestor: Option<Ancestor>,
+        start_lsn: Lsn,
+        last: RecordLsn,
+        dir: Option<PathBuf>,
+        conf: TimelineConf,
+        files: LayerMap,
+        open_start: Lsn,
+        gc_horizon: Lsn,
+    ) -> Timeline {
         Timeline {
             tenant_id,
             timeline_id,
             pg_version,
-            ancestor: None,
-            start_lsn: start.last,
-            versions: RwLock::new(BTreeMap::new()),
-            last_record: watch::channel(start).0,
-            gc_horizon: RwLock::new(Lsn::INVALID),
+            ancestor,
+            start_lsn,
+            dir,
+            conf,
+            layers: RwLock::new(Layers {
+                open: InMemoryLayer::new(open_start),
+                frozen: Vec::new(),
+                files,
+            }),
+            last_record: watch::channel(last).0,
+            disk_consistent: Mutex::new(last),
+            gc_horizon: RwLock::new(gc_horizon),
+            flush_lock: Mutex::new(()),
         }
     }
 
-    /// A branch of this timeline at `lsn` (a record boundary this timeline
-    /// has ingested, with the record before it at `prev`). O(1): nothing is copied.
-    pub fn branch(
-        self: &Arc<Self>,
-        timeline_id: TimelineId,
-        at: RecordLsn,
-    ) -> Result<Timeline, BranchError> {
+    /// Whether a branch at `at` is allowed.
+    pub fn check_branch_point(&self, at: RecordLsn) -> Result<(), BranchError> {
         let last = self.last_record_lsn();
         if at.last > last {
             return Err(BranchError::BeyondEnd { lsn: at.last, last });
@@ -119,19 +257,147 @@ impl Timeline {
                 horizon,
             });
         }
-        Ok(Timeline {
-            tenant_id: self.tenant_id,
+        Ok(())
+    }
+
+    /// A branch of this timeline at `lsn` (a record boundary this timeline
+    /// has ingested, with the record before it at `prev`). O(1): nothing is
+    /// copied. The branch is kept in memory only; use
+    /// [`crate::tenant::Tenant::branch_timeline`] for a persistent branch.
+    pub fn branch(
+        self: &Arc<Self>,
+        timeline_id: TimelineId,
+        at: RecordLsn,
+    ) -> Result<Timeline, BranchError> {
+        self.check_branch_point(at)?;
+        Ok(Timeline::construct(
+            self.tenant_id,
             timeline_id,
-            pg_version: self.pg_version,
-            ancestor: Some(Ancestor {
+            self.pg_version,
+            Some(Ancestor {
                 timeline: self.clone(),
                 lsn: at.last,
             }),
-            start_lsn: at.last,
-            versions: RwLock::new(BTreeMap::new()),
-            last_record: watch::channel(at).0,
-            gc_horizon: RwLock::new(Lsn::INVALID),
-        })
+            at.last,
+            at,
+            None,
+            self.conf.clone(),
+            LayerMap::new(),
+            at.last,
+            Lsn::INVALID,
+        ))
+    }
+
+    /// A new timeline stored in `dir` (which exists): writes its metadata
+    /// file only.
+    pub(crate) fn create_persistent(
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+        pg_version: PgMajorVersion,
+        ancestor: Option<Ancestor>,
+        start: RecordLsn,
+        dir: PathBuf,
+        conf: TimelineConf,
+    ) -> Result<Timeline, StorageError> {
+        let timeline = Timeline::construct(
+            tenant_id,
+            timeline_id,
+            pg_version,
+            ancestor,
+            start.last,
+            start,
+            Some(dir),
+            conf,
+            LayerMap::new(),
+            start.last,
+            Lsn::INVALID,
+        );
+        timeline.save_metadata()?;
+        Ok(timeline)
+    }
+
+    /// Load a timeline from `dir` given its (already read) metadata: lists
+    /// the layer files, removes temporary files and layers beyond the
+    /// disk-consistent LSN (their WAL is ingested again), and resumes at
+    /// the disk-consistent LSN.
+    pub(crate) fn load(
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+        metadata: TimelineMetadata,
+        ancestor: Option<Ancestor>,
+        dir: PathBuf,
+        conf: TimelineConf,
+    ) -> Result<Timeline, StorageError> {
+        let dc = metadata.disk_consistent;
+        let mut files = LayerMap::new();
+        let mut open_start = metadata.start_lsn;
+        if dc.last > metadata.start_lsn {
+            open_start = Lsn(dc.last.0 + 1);
+        }
+        let io = |context: String| move |source| StorageError::Io { context, source };
+        let entries = std::fs::read_dir(&dir).map_err(io(format!(
+            "listing the timeline directory {}",
+            dir.display()
+        )))?;
+        let mut removed = false;
+        for entry in entries {
+            let entry = entry.map_err(io(format!("listing {}", dir.display())))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                warn!("ignoring {:?} in {}", name, dir.display());
+                continue;
+            };
+            if name == crate::tenant::metadata::METADATA_FILE_NAME {
+                continue;
+            }
+            if name.ends_with(".tmp") {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))?;
+                removed = true;
+                continue;
+            }
+            let layer: LayerName = match name.parse() {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!("ignoring {name} in {}: {e}", dir.display());
+                    continue;
+                }
+            };
+            let range = layer.lsn_range();
+            if range.end.0 > dc.last.0.saturating_add(1) {
+                // Written after the metadata's disk-consistent LSN (a crash
+                // between the layer and the metadata): the WAL it holds is
+                // ingested again, so the layer must not be read.
+                let path = entry.path();
+                info!(
+                    "removing layer {name} beyond the disk-consistent LSN {}",
+                    dc.last
+                );
+                std::fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))?;
+                removed = true;
+                continue;
+            }
+            if layer.is_delta() {
+                open_start = open_start.max(range.end);
+            }
+            files.insert(Arc::new(PersistentLayer::new(&dir, layer)));
+        }
+        if removed {
+            fsync_dir(&dir).map_err(io(format!("fsync of {}", dir.display())))?;
+        }
+        Ok(Timeline::construct(
+            tenant_id,
+            timeline_id,
+            metadata.pg_version,
+            ancestor,
+            metadata.start_lsn,
+            dc,
+            Some(dir),
+            conf,
+            files,
+            open_start,
+            metadata.gc_horizon,
+        ))
     }
 
     pub fn ancestor(&self) -> Option<&Ancestor> {
@@ -140,6 +406,15 @@ impl Timeline {
 
     pub fn start_lsn(&self) -> Lsn {
         self.start_lsn
+    }
+
+    /// The timeline directory, `None` for an in-memory timeline.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    pub fn conf(&self) -> &TimelineConf {
+        &self.conf
     }
 
     pub fn gc_horizon(&self) -> Lsn {
@@ -152,6 +427,50 @@ impl Timeline {
 
     pub fn last_record_lsn(&self) -> Lsn {
         self.last_record().last
+    }
+
+    /// The last record whose values are all in layer files (for an
+    /// in-memory timeline: its start).
+    pub fn disk_consistent(&self) -> RecordLsn {
+        *lock(&self.disk_consistent)
+    }
+
+    pub fn disk_consistent_lsn(&self) -> Lsn {
+        self.disk_consistent().last
+    }
+
+    /// The metadata as the metadata file holds it (or would).
+    pub fn metadata(&self) -> TimelineMetadata {
+        TimelineMetadata {
+            disk_consistent: self.disk_consistent(),
+            ancestor: self
+                .ancestor
+                .as_ref()
+                .map(|a| (a.timeline.timeline_id, a.lsn)),
+            start_lsn: self.start_lsn,
+            gc_horizon: self.gc_horizon(),
+            pg_version: self.pg_version,
+        }
+    }
+
+    /// The names of the timeline's layer files, sorted.
+    pub fn layer_names(&self) -> Vec<LayerName> {
+        let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
+        let mut names: Vec<LayerName> = layers.files.iter().map(|l| l.name().clone()).collect();
+        names.sort_by_key(|n| (n.lsn_range().start, n.lsn_range().end, n.key_range()));
+        names
+    }
+
+    /// Bytes in the open in-memory layer.
+    pub fn open_layer_size(&self) -> usize {
+        let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
+        layers.open.size()
+    }
+
+    /// Frozen in-memory layers not written yet.
+    pub fn frozen_layer_count(&self) -> usize {
+        let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
+        layers.frozen.len()
     }
 
     /// Wait until WAL up to `lsn` is ingested.
@@ -172,126 +491,109 @@ impl Timeline {
         }
     }
 
-    /// The value of `key` as of `lsn`, `None` if it has none.
-    pub fn get(&self, key: Key, lsn: Lsn) -> Result<Option<Bytes>, ReadError> {
-        let mut deltas: Vec<RustRecord> = Vec::new();
-        let mut timeline = self;
-        let mut at = lsn;
-        let base = loop {
-            {
-                let versions = timeline.versions.read().unwrap_or_else(|p| p.into_inner());
-                if let Some(history) = versions.get(&key) {
-                    let mut found = None;
-                    for (_, value) in history.range(..=at).rev() {
-                        match value {
-                            Value::Image(image) => {
-                                found = Some(image.clone());
-                                break;
-                            }
-                            Value::Delta(delta) => deltas.push(delta.clone()),
-                        }
-                    }
-                    if found.is_some() {
-                        break found;
+    /// This timeline's own values of `key` at LSNs `<= lsn`, newest first,
+    /// appended to `out` down to an image; `true` if an image was reached.
+    fn collect_own(
+        &self,
+        key: Key,
+        lsn: Lsn,
+        out: &mut Vec<(Lsn, Value)>,
+    ) -> Result<bool, ReadError> {
+        let candidates = {
+            let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
+            let in_memory =
+                std::iter::once(&layers.open).chain(layers.frozen.iter().rev().map(|f| &f.layer));
+            for layer in in_memory {
+                for (at, value) in layer.get_values(key, lsn) {
+                    let image = value.will_init();
+                    out.push((at, value));
+                    if image {
+                        return Ok(true);
                     }
                 }
+            }
+            layers.files.candidates(key, lsn)
+        };
+        if candidates.is_empty() {
+            return Ok(false);
+        }
+        Ok(collect_values(&candidates, key, lsn, out)?)
+    }
+
+    /// The value of `key` as of `lsn`, `None` if it has none.
+    pub fn get(&self, key: Key, lsn: Lsn) -> Result<Option<Bytes>, ReadError> {
+        let mut values: Vec<(Lsn, Value)> = Vec::new();
+        let mut timeline = self;
+        let mut at = lsn;
+        loop {
+            if timeline.collect_own(key, at, &mut values)? {
+                break;
             }
             match &timeline.ancestor {
                 Some(ancestor) => {
                     at = at.min(ancestor.lsn);
                     timeline = &ancestor.timeline;
                 }
-                None => break None,
-            }
-        };
-        match (base, deltas.is_empty()) {
-            (base, true) => Ok(base),
-            (None, false) => Err(ReadError::MissingBase { key, lsn }),
-            (Some(image), false) => {
-                let mut page: [u8; BLCKSZ] =
-                    image
-                        .as_ref()
-                        .try_into()
-                        .map_err(|_| ReadError::Reconstruct {
-                            key,
-                            lsn,
-                            reason: format!(
-                                "deltas on a value of {} bytes, not a page",
-                                image.len()
-                            ),
-                        })?;
-                for delta in deltas.iter().rev() {
-                    delta.apply(&mut page).map_err(|e| ReadError::Reconstruct {
-                        key,
-                        lsn,
-                        reason: e.to_string(),
-                    })?;
-                }
-                Ok(Some(Bytes::copy_from_slice(&page)))
+                None => break,
             }
         }
+        let base = match values.pop() {
+            None => return Ok(None),
+            Some((_, Value::Image(image))) => image,
+            Some((_, Value::Delta(_))) => return Err(ReadError::MissingBase { key, lsn }),
+        };
+        if values.is_empty() {
+            return Ok(Some(base));
+        }
+        let deltas = values.into_iter().rev().map(|(_, v)| match v {
+            Value::Delta(d) => d,
+            Value::Image(_) => unreachable!("images end the collected values"),
+        });
+        apply_deltas(key, lsn, &base, deltas).map(Some)
     }
 
     /// Store values at `lsn`. Several values for one key at one LSN are
     /// applied in order: an image replaces, a delta applies on top.
+    /// `lsn` must not be below the open layer (see
+    /// [`ReadError::BelowOpenLayer`]).
     pub fn put_batch(&self, lsn: Lsn, values: Vec<(Key, Value)>) -> Result<(), ReadError> {
-        let mut folded: BTreeMap<Key, Value> = BTreeMap::new();
+        let mut folded: std::collections::BTreeMap<Key, Value> = Default::default();
         for (key, value) in values {
             match (folded.remove(&key), value) {
                 (None, value) | (Some(_), value @ Value::Image(_)) => {
                     folded.insert(key, value);
                 }
                 (Some(Value::Image(image)), Value::Delta(delta)) => {
-                    let mut page: [u8; BLCKSZ] =
-                        image
-                            .as_ref()
-                            .try_into()
-                            .map_err(|_| ReadError::Reconstruct {
-                                key,
-                                lsn,
-                                reason: "a delta on a value that is not a page".into(),
-                            })?;
-                    delta.apply(&mut page).map_err(|e| ReadError::Reconstruct {
-                        key,
-                        lsn,
-                        reason: e.to_string(),
-                    })?;
-                    folded.insert(key, Value::Image(Bytes::copy_from_slice(&page)));
+                    let page = apply_deltas(key, lsn, &image, std::iter::once(delta))?;
+                    folded.insert(key, Value::Image(page));
                 }
                 (Some(Value::Delta(first)), Value::Delta(second)) => {
                     // Two deltas at one LSN: materialise the page.
                     let base = self
                         .get(key, Lsn(lsn.0.saturating_sub(1)))?
                         .ok_or(ReadError::MissingBase { key, lsn })?;
-                    let mut page: [u8; BLCKSZ] =
-                        base.as_ref()
-                            .try_into()
-                            .map_err(|_| ReadError::Reconstruct {
-                                key,
-                                lsn,
-                                reason: "a delta on a value that is not a page".into(),
-                            })?;
-                    for delta in [first, second] {
-                        delta.apply(&mut page).map_err(|e| ReadError::Reconstruct {
-                            key,
-                            lsn,
-                            reason: e.to_string(),
-                        })?;
-                    }
-                    folded.insert(key, Value::Image(Bytes::copy_from_slice(&page)));
+                    let page = apply_deltas(key, lsn, &base, [first, second].into_iter())?;
+                    folded.insert(key, Value::Image(page));
                 }
             }
         }
-        let mut versions = self.versions.write().unwrap_or_else(|p| p.into_inner());
+        let mut layers = self.layers.write().unwrap_or_else(|p| p.into_inner());
+        let start = layers.open.start();
+        if lsn < start {
+            return Err(ReadError::BelowOpenLayer { lsn, start });
+        }
         for (key, value) in folded {
-            versions.entry(key).or_default().insert(lsn, value);
+            layers.open.put(key, lsn, value);
         }
         Ok(())
     }
 
-    /// The record ending at `record.last` is fully ingested.
+    /// The record ending at `record.last` is fully ingested. On a timeline
+    /// with a directory, an open layer past its size limit is then frozen
+    /// and written; a failure to write is logged, and the frozen layer
+    /// stays in memory and is written by the next flush.
     pub fn advance_last_record(&self, record: RecordLsn) {
-        self.last_record.send_if_modified(|current| {
+        let advanced = self.last_record.send_if_modified(|current| {
             if record.last > current.last {
                 *current = record;
                 true
@@ -299,15 +601,220 @@ impl Timeline {
                 false
             }
         });
+        if !advanced || self.dir.is_none() {
+            return;
+        }
+        let full = self.open_layer_size() >= self.conf.open_layer_max_bytes;
+        if full {
+            self.freeze(self.last_record());
+            if let Err(e) = self.flush_frozen() {
+                error!(
+                    "timeline {}: flushing the in-memory layer failed (will retry): {e}",
+                    self.timeline_id
+                );
+            }
+        }
+    }
+
+    /// Freeze the open layer after the record `record`.
+    fn freeze(&self, record: RecordLsn) {
+        let end = Lsn(record.last.0.saturating_add(1));
+        let mut layers = self.layers.write().unwrap_or_else(|p| p.into_inner());
+        if end <= layers.open.start() {
+            return;
+        }
+        let layer = layers.open.freeze(end);
+        layers.frozen.push(Arc::new(FrozenLayer { layer, record }));
+    }
+
+    /// Freeze the open layer at the last record and write every frozen
+    /// layer as a delta layer file; then the metadata's disk-consistent LSN
+    /// is the last record.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        if self.dir.is_none() {
+            return Err(StorageError::InMemoryOnly(self.timeline_id));
+        }
+        self.freeze(self.last_record());
+        self.flush_frozen()
+    }
+
+    fn dir_or_err(&self) -> Result<&Path, StorageError> {
+        self.dir
+            .as_deref()
+            .ok_or(StorageError::InMemoryOnly(self.timeline_id))
+    }
+
+    fn flush_frozen(&self) -> Result<(), StorageError> {
+        let dir = self.dir_or_err()?;
+        let _guard = lock(&self.flush_lock);
+        loop {
+            let next = {
+                let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
+                layers.frozen.first().cloned()
+            };
+            let Some(frozen) = next else {
+                return Ok(());
+            };
+            let mut written = None;
+            if let Some(key_range) = frozen.layer.key_range() {
+                let name = LayerName::Delta {
+                    key_range,
+                    lsn_range: frozen.layer.lsn_range(),
+                };
+                let mut writer = DeltaLayerWriter::new(
+                    &dir.join(name.to_string()),
+                    key_range,
+                    name.lsn_range(),
+                )?;
+                for (key, lsn, value) in frozen.layer.iter() {
+                    writer.put(key, lsn, value)?;
+                }
+                writer.finish()?;
+                written = Some(name);
+            }
+            {
+                let mut layers = self.layers.write().unwrap_or_else(|p| p.into_inner());
+                if let Some(name) = written {
+                    layers
+                        .files
+                        .insert(Arc::new(PersistentLayer::new(dir, name)));
+                }
+                layers.frozen.remove(0);
+            }
+            {
+                let mut dc = lock(&self.disk_consistent);
+                if frozen.record.last > dc.last {
+                    *dc = frozen.record;
+                }
+            }
+            self.metadata().save(dir)?;
+        }
+    }
+
+    fn save_metadata(&self) -> Result<(), StorageError> {
+        let dir = self.dir_or_err()?;
+        let _guard = lock(&self.flush_lock);
+        self.metadata().save(dir)?;
+        Ok(())
     }
 
     /// Keys in `range` that have a value stored on this timeline itself
-    /// (not its ancestors), for diagnostics and tests.
+    /// (not its ancestors).
+    pub fn try_own_keys(&self, range: KeyRange) -> Result<Vec<Key>, LayerError> {
+        let (mut keys, files) = {
+            let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
+            let mut keys: std::collections::BTreeSet<Key> = layers.open.keys(range).collect();
+            for f in &layers.frozen {
+                keys.extend(f.layer.keys(range));
+            }
+            let files: Vec<_> = layers
+                .files
+                .iter()
+                .filter(|l| l.key_range().overlaps(&range))
+                .cloned()
+                .collect();
+            (keys, files)
+        };
+        for file in files {
+            keys.extend(file.keys()?.into_iter().filter(|k| range.contains(k)));
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    /// Keys in `range` that have a value stored on this timeline itself
+    /// (not its ancestors), for diagnostics and tests. A layer file that
+    /// cannot be read is logged and skipped; see [`Timeline::try_own_keys`].
     pub fn own_keys(&self, range: KeyRange) -> Vec<Key> {
-        let versions = self.versions.read().unwrap_or_else(|p| p.into_inner());
-        versions
-            .range(range.start..range.end)
-            .map(|(k, _)| *k)
-            .collect()
+        match self.try_own_keys(range) {
+            Ok(keys) => keys,
+            Err(e) => {
+                error!("timeline {}: listing keys: {e}", self.timeline_id);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Write an image layer at `lsn` (at most the disk-consistent LSN):
+    /// the value as of `lsn` of every key of the timeline's own key space,
+    /// so reads at or above `lsn` stop there. Returns the layer written,
+    /// `None` if the timeline has no keys of its own or the layer exists.
+    pub fn compact_images(&self, lsn: Lsn) -> Result<Option<LayerName>, StorageError> {
+        let dir = self.dir_or_err()?;
+        let _guard = lock(&self.flush_lock);
+        let dc = self.disk_consistent_lsn();
+        if lsn > dc {
+            return Err(StorageError::Invalid(format!(
+                "cannot make images at {lsn}: above the disk-consistent LSN {dc} (flush first)"
+            )));
+        }
+        if lsn < self.start_lsn || lsn == Lsn::MAX {
+            return Err(StorageError::Invalid(format!(
+                "cannot make images at {lsn}: before the timeline's start {}",
+                self.start_lsn
+            )));
+        }
+        let keys = self.try_own_keys(KeyRange::all())?;
+        let (Some(first), Some(last)) = (keys.first(), keys.last()) else {
+            return Ok(None);
+        };
+        let key_range = KeyRange::new(*first, last.next());
+        let name = LayerName::Image { key_range, lsn };
+        {
+            let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
+            if layers.files.contains(&name) {
+                return Ok(None);
+            }
+        }
+        let mut writer = ImageLayerWriter::new(&dir.join(name.to_string()), key_range, lsn)?;
+        for key in keys {
+            if let Some(image) = self.get(key, lsn)? {
+                writer.put(key, image)?;
+            }
+        }
+        writer.finish()?;
+        let mut layers = self.layers.write().unwrap_or_else(|p| p.into_inner());
+        layers
+            .files
+            .insert(Arc::new(PersistentLayer::new(dir, name.clone())));
+        Ok(Some(name))
+    }
+
+    /// Remove the layer files that no read at or above `horizon`, nor at any
+    /// of `retain_lsns` (the branch points of child timelines), needs: those
+    /// entirely below the horizon whose whole key range is covered by a
+    /// newer image layer at or below each such read. Records the horizon
+    /// (persistently) first, so branching below it is refused. Returns the
+    /// layers removed.
+    pub fn gc(&self, horizon: Lsn, retain_lsns: &[Lsn]) -> Result<Vec<LayerName>, StorageError> {
+        let dir = self.dir_or_err()?;
+        let _guard = lock(&self.flush_lock);
+        {
+            let mut h = self.gc_horizon.write().unwrap_or_else(|p| p.into_inner());
+            if horizon > *h {
+                *h = horizon;
+            }
+        }
+        self.metadata().save(dir)?;
+        let removed: Vec<Arc<PersistentLayer>> = {
+            let mut layers = self.layers.write().unwrap_or_else(|p| p.into_inner());
+            let victims = layers.files.gc_candidates(horizon, retain_lsns);
+            for v in &victims {
+                layers.files.remove(v.name());
+            }
+            victims
+        };
+        for layer in &removed {
+            std::fs::remove_file(layer.path()).map_err(|source| StorageError::Io {
+                context: format!("removing {}", layer.path().display()),
+                source,
+            })?;
+        }
+        if !removed.is_empty() {
+            fsync_dir(dir).map_err(|source| StorageError::Io {
+                context: format!("fsync of {}", dir.display()),
+                source,
+            })?;
+        }
+        Ok(removed.iter().map(|l| l.name().clone()).collect())
     }
 }

@@ -1,0 +1,6 @@
+//! What computes and tools say to the pageserver.
+//!
+//! * [`pagestream`]: the binary requests and responses carried in CopyData
+//!   after `pagestream <tenant> <timeline>`.
+
+pub mod pagestream;

@@ -1,0 +1,359 @@
+//! Base backups: a tar of PGDATA as of an LSN, from which stock PostgreSQL
+//! starts without recovery (DESIGN.md §2, §4).
+//!
+//! Contents, in order: `PG_VERSION`, the configuration files (an empty
+//! `postgresql.conf`, which computes replace; a `pg_hba.conf` trusting
+//! loopback; an empty `pg_ident.conf`), the directories PostgreSQL needs,
+//! then per database its `PG_VERSION`, relmapper file and relation files
+//! (unlogged relations as their init fork, and a main fork copied from it),
+//! the SLRU segments, the two-phase state files, and last the fabricated
+//! WAL segment(s) holding a shutdown checkpoint right after the backup's
+//! LSN and the `global/pg_control` pointing at it.
+//!
+//! The checkpoint values in `pg_control` (next xid, oid, multixact and
+//! offset, oldest xid and multixact) are those WAL ingest kept up to date
+//! under the checkpoint key.
+
+use std::io::{self, Read, Write};
+
+use anyhow::{bail, ensure, Context};
+use bytes::Bytes;
+use postgres_format::constants::{
+    BLCKSZ, DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID, RELSEG_SIZE,
+};
+use postgres_format::control_file::{CheckPoint, ControlFile};
+use postgres_format::relfile::{ForkNumber, RelTag};
+use postgres_format::wal_writer::fabricate_start;
+use tracing::info;
+use utils::Lsn;
+
+use crate::key::SlruKind;
+use crate::timeline::{RecordLsn, Timeline};
+
+/// Directories every data directory has (created empty when they hold nothing).
+const PGDATA_DIRS: &[&str] = &[
+    "global",
+    "base",
+    "pg_wal",
+    "pg_wal/archive_status",
+    "pg_xact",
+    "pg_multixact",
+    "pg_multixact/offsets",
+    "pg_multixact/members",
+    "pg_twophase",
+    "pg_notify",
+    "pg_serial",
+    "pg_snapshots",
+    "pg_subtrans",
+    "pg_stat",
+    "pg_stat_tmp",
+    "pg_tblspc",
+    "pg_replslot",
+    "pg_dynshmem",
+    "pg_logical",
+    "pg_logical/snapshots",
+    "pg_logical/mappings",
+    "pg_commit_ts",
+];
+
+const PG_HBA: &str = "\
+# Written by the pageserver's base backup: trust on loopback only.
+# TYPE  DATABASE        USER            ADDRESS                 METHOD
+local   all             all                                     trust
+host    all             all             127.0.0.1/32            trust
+host    all             all             ::1/128                 trust
+local   replication     all                                     trust
+host    replication     all             127.0.0.1/32            trust
+host    replication     all             ::1/128                 trust
+";
+
+/// What a base backup wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct BasebackupInfo {
+    /// Where the fabricated shutdown checkpoint lies.
+    pub checkpoint_lsn: Lsn,
+    /// Where the compute writes its first new WAL.
+    pub end_lsn: Lsn,
+}
+
+/// Write a tar of PGDATA as of `record` (the end of a record the timeline
+/// has ingested, and that record's start) to `out`.
+pub fn send_basebackup(
+    timeline: &Timeline,
+    record: RecordLsn,
+    out: impl Write,
+) -> anyhow::Result<BasebackupInfo> {
+    let lsn = record.last;
+    let last = timeline.last_record_lsn();
+    ensure!(
+        lsn <= last,
+        "base backup at {lsn}: the timeline's WAL is ingested up to {last} only"
+    );
+    ensure!(
+        lsn >= timeline.start_lsn(),
+        "base backup at {lsn}: before the timeline's start {}",
+        timeline.start_lsn()
+    );
+    ensure!(
+        lsn >= timeline.gc_horizon(),
+        "base backup at {lsn}: below the GC horizon {}",
+        timeline.gc_horizon()
+    );
+    ensure!(
+        record.prev.is_valid() && record.prev < lsn,
+        "base backup at {lsn}: invalid previous record {}",
+        record.prev
+    );
+    let version = timeline.pg_version;
+    let control_bytes = timeline
+        .get_control_file(lsn)?
+        .with_context(|| format!("no pg_control at {lsn}"))?;
+    let mut control =
+        ControlFile::decode(&control_bytes, version).context("decoding the stored pg_control")?;
+    if let Some(cp) = timeline.get_checkpoint(lsn)? {
+        control.checkpoint_copy =
+            CheckPoint::decode(&cp).context("decoding the stored checkpoint")?;
+    }
+
+    let mut tar = Tar::new(out);
+    tar.file("PG_VERSION", format!("{version}\n").as_bytes())?;
+    tar.file("postgresql.conf", b"")?;
+    tar.file("pg_hba.conf", PG_HBA.as_bytes())?;
+    tar.file("pg_ident.conf", b"")?;
+    for dir in PGDATA_DIRS {
+        tar.dir(dir)?;
+    }
+
+    // Databases and their relations.
+    for (spc, db) in timeline.list_dbs(lsn)? {
+        match spc {
+            GLOBALTABLESPACE_OID => {
+                if let Some(map) = timeline.get_relmap_file(spc, db, lsn)? {
+                    if !map.is_empty() {
+                        tar.file("global/pg_filenode.map", &map)?;
+                    }
+                }
+            }
+            DEFAULTTABLESPACE_OID => {
+                tar.dir(&format!("base/{db}"))?;
+                tar.file(
+                    &format!("base/{db}/PG_VERSION"),
+                    format!("{version}\n").as_bytes(),
+                )?;
+                if let Some(map) = timeline.get_relmap_file(spc, db, lsn)? {
+                    if !map.is_empty() {
+                        tar.file(&format!("base/{db}/pg_filenode.map"), &map)?;
+                    }
+                }
+            }
+            _ => bail!("database {db} is in tablespace {spc}: tablespaces are not supported"),
+        }
+        let rels = timeline.list_rels(spc, db, lsn)?;
+        for &rel in &rels {
+            let unlogged = rels.contains(&RelTag {
+                node: rel.node,
+                fork: ForkNumber::Init,
+            });
+            if unlogged {
+                // The init fork, and a main fork that is a copy of it;
+                // nothing else (PostgreSQL resets unlogged relations so).
+                match rel.fork {
+                    ForkNumber::Init => {
+                        send_rel(&mut tar, timeline, rel, rel, lsn)?;
+                        let main = RelTag {
+                            node: rel.node,
+                            fork: ForkNumber::Main,
+                        };
+                        send_rel(&mut tar, timeline, rel, main, lsn)?;
+                    }
+                    _ => continue,
+                }
+            } else {
+                send_rel(&mut tar, timeline, rel, rel, lsn)?;
+            }
+        }
+    }
+
+    // SLRUs.
+    for kind in SlruKind::ALL {
+        for segment in timeline.list_slru_segments(kind, lsn)? {
+            let pages = timeline.get_slru_segment_size(kind, segment, lsn)?;
+            let mut data = Vec::with_capacity(pages as usize * BLCKSZ);
+            for block in 0..pages {
+                let page = timeline.get_slru_page(kind, segment, block, lsn)?;
+                ensure!(
+                    page.len() == BLCKSZ,
+                    "{} segment {segment:04X} page {block} at {lsn} is {} bytes",
+                    kind.dir_name(),
+                    page.len()
+                );
+                data.extend_from_slice(&page);
+            }
+            tar.file(&format!("{}/{segment:04X}", kind.dir_name()), &data)?;
+        }
+    }
+
+    // Prepared transactions.
+    for xid in timeline.list_twophase_files(lsn)? {
+        let file = timeline
+            .get_twophase_file(xid, lsn)?
+            .with_context(|| format!("two-phase file of xid {xid} missing at {lsn}"))?;
+        tar.file(&format!("pg_twophase/{xid:08X}"), &file)?;
+    }
+
+    // The start point, pg_control last.
+    let start = fabricate_start(&control, version, record.prev, lsn);
+    for (name, data) in &start.wal_segments {
+        tar.file(&format!("pg_wal/{name}"), data)?;
+    }
+    tar.file("global/pg_control", &start.control_file)?;
+    tar.finish()?;
+    info!(
+        "base backup of timeline {} at {lsn}: checkpoint at {}",
+        timeline.timeline_id, start.checkpoint_lsn
+    );
+    Ok(BasebackupInfo {
+        checkpoint_lsn: start.checkpoint_lsn,
+        end_lsn: start.end_lsn,
+    })
+}
+
+/// The segment files of relation fork `src`, written under the name of `dst`.
+fn send_rel<W: Write>(
+    tar: &mut Tar<W>,
+    timeline: &Timeline,
+    src: RelTag,
+    dst: RelTag,
+    lsn: Lsn,
+) -> anyhow::Result<()> {
+    let nblocks = timeline.get_rel_size(src, lsn)?.with_context(|| {
+        format!(
+            "relation {} fork {} vanished at {lsn}",
+            src.node,
+            src.fork.name()
+        )
+    })?;
+    let segments = nblocks.div_ceil(RELSEG_SIZE).max(1);
+    for segno in 0..segments {
+        let first = segno * RELSEG_SIZE;
+        let end = nblocks.min(first + RELSEG_SIZE);
+        let path = dst.segment_path(segno, "");
+        let mut reader = RelReader {
+            timeline,
+            rel: src,
+            lsn,
+            next: first,
+            end,
+            page: Bytes::new(),
+            at: 0,
+            error: None,
+        };
+        let size = (end - first) as u64 * BLCKSZ as u64;
+        let result = tar.stream(&path, size, &mut reader);
+        if let Some(e) = reader.error.take() {
+            return Err(e).with_context(|| format!("reading {path} at {lsn}"));
+        }
+        result?;
+    }
+    Ok(())
+}
+
+/// Reads a range of a relation's pages from the timeline, as a file.
+struct RelReader<'a> {
+    timeline: &'a Timeline,
+    rel: RelTag,
+    lsn: Lsn,
+    next: u32,
+    end: u32,
+    page: Bytes,
+    at: usize,
+    error: Option<anyhow::Error>,
+}
+
+impl Read for RelReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.page.len() {
+            if self.next >= self.end {
+                return Ok(0);
+            }
+            match self.timeline.get_rel_page(self.rel, self.next, self.lsn) {
+                Ok(page) if page.len() == BLCKSZ => self.page = page,
+                Ok(page) => {
+                    self.error = Some(anyhow::anyhow!(
+                        "block {} is {} bytes, not a page",
+                        self.next,
+                        page.len()
+                    ));
+                    return Err(io::Error::other("bad page"));
+                }
+                Err(e) => {
+                    self.error =
+                        Some(anyhow::Error::new(e).context(format!("block {}", self.next)));
+                    return Err(io::Error::other("page read failed"));
+                }
+            }
+            self.next += 1;
+            self.at = 0;
+        }
+        let n = buf.len().min(self.page.len() - self.at);
+        buf[..n].copy_from_slice(&self.page[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// A tar stream with PostgreSQL's modes: 0600 files, 0700 directories.
+struct Tar<W: Write> {
+    builder: tar::Builder<W>,
+    mtime: u64,
+}
+
+impl<W: Write> Tar<W> {
+    fn new(out: W) -> Self {
+        let mtime = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Tar {
+            builder: tar::Builder::new(out),
+            mtime,
+        }
+    }
+
+    fn header(&self, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_size(size);
+        header.set_mtime(self.mtime);
+        header.set_uid(0);
+        header.set_gid(0);
+        header
+    }
+
+    fn dir(&mut self, path: &str) -> anyhow::Result<()> {
+        let mut header = self.header(tar::EntryType::Directory, 0o700, 0);
+        self.builder
+            .append_data(&mut header, format!("{path}/"), io::empty())
+            .with_context(|| format!("writing directory {path} to the base backup"))
+    }
+
+    fn file(&mut self, path: &str, data: &[u8]) -> anyhow::Result<()> {
+        self.stream(path, data.len() as u64, data)
+    }
+
+    fn stream(&mut self, path: &str, size: u64, data: impl Read) -> anyhow::Result<()> {
+        let mut header = self.header(tar::EntryType::Regular, 0o600, size);
+        self.builder
+            .append_data(&mut header, path, data)
+            .with_context(|| format!("writing {path} to the base backup"))
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        self.builder
+            .into_inner()
+            .context("finishing the base backup tar")?
+            .flush()
+            .context("flushing the base backup")
+    }
+}

@@ -1,0 +1,450 @@
+//! The page service: libpq connections from computes and tools.
+//!
+//! * `pagestream <tenant_id> <timeline_id>`: CopyBoth; each CopyData is a
+//!   [`pageserver_api::pagestream::Request`] answered by one `Response`.
+//!   Reads wait (up to [`WAIT_LSN_TIMEOUT`]) until WAL up to the request's
+//!   LSN is ingested. A failed request gets an error response and the
+//!   stream goes on; a malformed one ends the stream with an error.
+//! * `basebackup <tenant_id> <timeline_id> [lsn]`: CopyOut of a tar of
+//!   PGDATA at the LSN (default: the last record ingested).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use pageserver_api::pagestream::{RelSpec, Request, Response};
+use postgres_format::relfile::{ForkNumber, RelFileNode, RelTag};
+use pq_proto::{
+    BeMessage, ErrorFields, FeMessage, Format, PostgresBackend, StartupRequest, TransactionStatus,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+use utils::{Lsn, TenantId, TimelineId};
+
+use crate::key::SlruKind;
+use crate::timeline::Timeline;
+
+/// How long a request may wait for WAL up to its LSN.
+pub const WAIT_LSN_TIMEOUT: Duration = Duration::from_secs(60);
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Finds timelines for the page service.
+pub trait TimelineLookup: Send + Sync + 'static {
+    fn get_timeline(
+        &self,
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+    ) -> anyhow::Result<Arc<Timeline>>;
+}
+
+/// Produces base backups; [`basebackup_at`] in the pageserver, a stand-in in tests.
+pub type BasebackupFn = fn(&Timeline, Option<Lsn>, &mut dyn std::io::Write) -> anyhow::Result<()>;
+
+/// A base backup at `lsn` (default: the last record ingested). At the last
+/// record, the fabricated checkpoint points back to it exactly; at an
+/// earlier LSN (a read-only endpoint, a branch point) no record index says
+/// where the previous record began, so its prev-link is left invalid, which
+/// PostgreSQL accepts for a checkpoint it reads directly.
+pub fn basebackup_at(
+    timeline: &Timeline,
+    lsn: Option<Lsn>,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    let last = timeline.last_record();
+    let record = match lsn {
+        None => last,
+        Some(lsn) if lsn == last.last => last,
+        Some(lsn) if lsn > last.last => bail!(
+            "LSN {lsn} is beyond the WAL ingested so far ({})",
+            last.last
+        ),
+        Some(lsn) => crate::timeline::RecordLsn {
+            last: lsn,
+            prev: Lsn::INVALID,
+        },
+    };
+    crate::basebackup::send_basebackup(timeline, record, out).map(|_| ())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Command {
+    Pagestream {
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+    },
+    Basebackup {
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+        lsn: Option<Lsn>,
+    },
+}
+
+fn parse_command(query: &str) -> anyhow::Result<Command> {
+    let words: Vec<&str> = query
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .collect();
+    let ids = |t: &str, l: &str| -> anyhow::Result<(TenantId, TimelineId)> {
+        Ok((
+            t.parse().context("tenant id")?,
+            l.parse().context("timeline id")?,
+        ))
+    };
+    match words.as_slice() {
+        ["pagestream", t, l] => {
+            let (tenant_id, timeline_id) = ids(t, l)?;
+            Ok(Command::Pagestream { tenant_id, timeline_id })
+        }
+        ["basebackup", t, l] => {
+            let (tenant_id, timeline_id) = ids(t, l)?;
+            Ok(Command::Basebackup { tenant_id, timeline_id, lsn: None })
+        }
+        ["basebackup", t, l, lsn] => {
+            let (tenant_id, timeline_id) = ids(t, l)?;
+            Ok(Command::Basebackup { tenant_id, timeline_id, lsn: Some(lsn.parse().context("LSN")?) })
+        }
+        _ => bail!("unsupported command {query:?}: this is a pageserver; it accepts 'pagestream <tenant> <timeline>' and 'basebackup <tenant> <timeline> [lsn]'"),
+    }
+}
+
+/// Serve the page service until `cancel` fires, `max_connections` at once.
+pub async fn serve(
+    listener: TcpListener,
+    timelines: Arc<dyn TimelineLookup>,
+    basebackup: BasebackupFn,
+    max_connections: usize,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let limit = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!("accepting a page service connection: {e}");
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let mut pgb = PostgresBackend::new(stream);
+                if let Ok(Ok(_)) = tokio::time::timeout(STARTUP_TIMEOUT, pgb.read_startup()).await {
+                    let _ = pgb
+                        .write_message(&BeMessage::ErrorResponse(&ErrorFields::fatal(
+                            "53300",
+                            "too many connections to this pageserver",
+                        )))
+                        .await;
+                    let _ = pgb.flush().await;
+                }
+            });
+            continue;
+        };
+        let (timelines, cancel) = (timelines.clone(), cancel.clone());
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                if let Err(e) =
+                    handle_connection(PostgresBackend::new(stream), timelines, basebackup, cancel)
+                        .await
+                {
+                    info!("connection ended: {e:#}");
+                }
+            }
+            .instrument(info_span!("page_service", %peer)),
+        );
+    }
+}
+
+pub async fn handle_connection<S>(
+    mut pgb: PostgresBackend<S>,
+    timelines: Arc<dyn TimelineLookup>,
+    basebackup: BasebackupFn,
+    cancel: CancellationToken,
+) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let startup = tokio::time::timeout(STARTUP_TIMEOUT, pgb.read_startup())
+        .await
+        .context("no startup packet within the startup timeout")?;
+    match startup {
+        Ok(StartupRequest::Startup(_)) => {}
+        Ok(StartupRequest::Cancel(_)) => return Ok(()),
+        Err(e) => {
+            let _ = pgb
+                .write_message(&BeMessage::ErrorResponse(&ErrorFields::fatal(
+                    "08P01",
+                    format!("invalid startup packet: {e}"),
+                )))
+                .await;
+            let _ = pgb.flush().await;
+            return Err(e).context("reading the startup packet");
+        }
+    }
+    pgb.write_message(&BeMessage::AuthenticationOk).await?;
+    pgb.write_message(&BeMessage::ParameterStatus {
+        name: "server_version",
+        value: "15.0",
+    })
+    .await?;
+    pgb.write_message(&BeMessage::ReadyForQuery(TransactionStatus::Idle))
+        .await?;
+    pgb.flush().await?;
+    loop {
+        let message = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            m = pgb.read_message() => m?,
+        };
+        let query = match message {
+            None | Some(FeMessage::Terminate) => return Ok(()),
+            Some(FeMessage::Query(q)) => q,
+            Some(other) => {
+                error_and_ready(
+                    &mut pgb,
+                    &format!("unexpected message {other:?}: only simple queries are accepted"),
+                )
+                .await?;
+                continue;
+            }
+        };
+        let command = match parse_command(&query) {
+            Ok(c) => c,
+            Err(e) => {
+                error_and_ready(&mut pgb, &format!("{e:#}")).await?;
+                continue;
+            }
+        };
+        let (tenant_id, timeline_id) = match &command {
+            Command::Pagestream {
+                tenant_id,
+                timeline_id,
+            }
+            | Command::Basebackup {
+                tenant_id,
+                timeline_id,
+                ..
+            } => (*tenant_id, *timeline_id),
+        };
+        let timeline = match timelines.get_timeline(tenant_id, timeline_id) {
+            Ok(t) => t,
+            Err(e) => {
+                error_and_ready(&mut pgb, &format!("{e:#}")).await?;
+                continue;
+            }
+        };
+        match command {
+            Command::Pagestream { .. } => {
+                let span = info_span!("pagestream", %tenant_id, %timeline_id);
+                return pagestream(pgb, timeline, cancel).instrument(span).await;
+            }
+            Command::Basebackup { lsn, .. } => {
+                let span = info_span!("basebackup", %tenant_id, %timeline_id);
+                send_basebackup(&mut pgb, timeline, lsn, basebackup)
+                    .instrument(span)
+                    .await?;
+            }
+        }
+    }
+}
+
+async fn error_and_ready<S: AsyncWrite + Unpin>(
+    pgb: &mut PostgresBackend<S>,
+    message: &str,
+) -> anyhow::Result<()> {
+    pgb.write_message(&BeMessage::ErrorResponse(&ErrorFields::error(
+        "XX000", message,
+    )))
+    .await?;
+    pgb.write_message(&BeMessage::ReadyForQuery(TransactionStatus::Idle))
+        .await?;
+    pgb.flush().await?;
+    Ok(())
+}
+
+async fn send_basebackup<S>(
+    pgb: &mut PostgresBackend<S>,
+    timeline: Arc<Timeline>,
+    lsn: Option<Lsn>,
+    basebackup: BasebackupFn,
+) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    if let Some(lsn) = lsn {
+        if let Err(e) = timeline.wait_lsn(lsn, WAIT_LSN_TIMEOUT).await {
+            return error_and_ready(pgb, &e.to_string()).await;
+        }
+    }
+    // Build the tar off the runtime, then stream it.
+    let result = tokio::task::spawn_blocking(move || {
+        let mut tar = Vec::new();
+        basebackup(&timeline, lsn, &mut tar).map(|()| tar)
+    })
+    .await
+    .context("base backup task")?;
+    let tar = match result {
+        Ok(tar) => tar,
+        Err(e) => return error_and_ready(pgb, &format!("{e:#}")).await,
+    };
+    info!("sending a base backup of {} bytes", tar.len());
+    pgb.write_message(&BeMessage::CopyOutResponse(Format::Binary))
+        .await?;
+    for chunk in tar.chunks(256 * 1024) {
+        pgb.write_message(&BeMessage::CopyData(chunk)).await?;
+    }
+    pgb.write_message(&BeMessage::CopyDone).await?;
+    pgb.write_message(&BeMessage::CommandComplete("COPY 0"))
+        .await?;
+    pgb.write_message(&BeMessage::ReadyForQuery(TransactionStatus::Idle))
+        .await?;
+    pgb.flush().await?;
+    Ok(())
+}
+
+async fn pagestream<S>(
+    mut pgb: PostgresBackend<S>,
+    timeline: Arc<Timeline>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    pgb.write_message(&BeMessage::CopyBothResponse(Format::Binary))
+        .await?;
+    pgb.flush().await?;
+    loop {
+        let message = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            m = pgb.read_message() => m?,
+        };
+        let data = match message {
+            Some(FeMessage::CopyData(data)) => data,
+            None | Some(FeMessage::CopyDone) | Some(FeMessage::Terminate) => return Ok(()),
+            Some(other) => bail!("unexpected message in pagestream: {other:?}"),
+        };
+        let request = match Request::decode(&data) {
+            Ok(r) => r,
+            Err(e) => {
+                let fields =
+                    ErrorFields::fatal("08P01", format!("malformed pagestream request: {e}"));
+                pgb.write_message(&BeMessage::ErrorResponse(&fields))
+                    .await?;
+                pgb.flush().await?;
+                bail!("malformed pagestream request: {e}");
+            }
+        };
+        debug!(?request, "pagestream request");
+        let response = match handle_request(&timeline, &request).await {
+            Ok(r) => r,
+            Err(e) => Response::Error(format!("{e:#}")),
+        };
+        pgb.write_message(&BeMessage::CopyData(&response.encode()))
+            .await?;
+        pgb.flush().await?;
+    }
+}
+
+fn rel_tag(rel: &RelSpec) -> anyhow::Result<RelTag> {
+    Ok(RelTag {
+        node: RelFileNode {
+            spc_oid: rel.spc_oid,
+            db_oid: rel.db_oid,
+            rel_node: rel.rel_node,
+        },
+        fork: ForkNumber::from_u8(rel.fork).context("invalid fork number")?,
+    })
+}
+
+async fn handle_request(timeline: &Arc<Timeline>, request: &Request) -> anyhow::Result<Response> {
+    let lsn = match request {
+        Request::Exists { lsn, .. }
+        | Request::Nblocks { lsn, .. }
+        | Request::GetPage { lsn, .. }
+        | Request::DbSize { lsn, .. }
+        | Request::GetSlruSegment { lsn, .. } => *lsn,
+    };
+    timeline.wait_lsn(lsn, WAIT_LSN_TIMEOUT).await?;
+    let timeline = timeline.clone();
+    let request = request.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Response> {
+        Ok(match request {
+            Request::Exists { rel, .. } => {
+                Response::Exists(timeline.rel_exists(rel_tag(&rel)?, lsn)?)
+            }
+            Request::Nblocks { rel, .. } => {
+                let tag = rel_tag(&rel)?;
+                let n = timeline
+                    .get_rel_size(tag, lsn)?
+                    .with_context(|| format!("relation {tag:?} does not exist at {lsn}"))?;
+                Response::Nblocks(n)
+            }
+            Request::GetPage { rel, block, .. } => {
+                Response::Page(timeline.get_rel_page(rel_tag(&rel)?, block, lsn)?)
+            }
+            Request::DbSize { db_oid, .. } => {
+                let mut total = 0u64;
+                for (spc, db) in timeline.list_dbs(lsn)? {
+                    if db == db_oid {
+                        for rel in timeline.list_rels(spc, db, lsn)? {
+                            total += timeline.get_rel_size(rel, lsn)?.unwrap_or(0) as u64 * 8192;
+                        }
+                    }
+                }
+                Response::DbSize(total)
+            }
+            Request::GetSlruSegment { kind, segment, .. } => {
+                let kind = SlruKind::from_u32(kind as u32).context("invalid SLRU kind")?;
+                let pages = timeline.get_slru_segment_size(kind, segment, lsn)?;
+                let mut out = Vec::with_capacity(pages as usize * 8192);
+                for block in 0..pages {
+                    out.extend_from_slice(&timeline.get_slru_page(kind, segment, block, lsn)?);
+                }
+                Response::SlruSegment(Bytes::from(out))
+            }
+        })
+    })
+    .await
+    .context("page read task")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands() {
+        let (t, l) = (TenantId::generate(), TimelineId::generate());
+        assert_eq!(
+            parse_command(&format!("pagestream {t} {l}")).unwrap(),
+            Command::Pagestream {
+                tenant_id: t,
+                timeline_id: l
+            }
+        );
+        assert_eq!(
+            parse_command(&format!("basebackup {t} {l} 0/16B5A50")).unwrap(),
+            Command::Basebackup {
+                tenant_id: t,
+                timeline_id: l,
+                lsn: Some(Lsn(0x16B5A50))
+            }
+        );
+        for bad in [
+            "",
+            "SELECT 1",
+            "pagestream x y",
+            &format!("basebackup {t} {l} nope"),
+        ] {
+            assert!(parse_command(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The WAL receiver of one timeline: learns from the storage broker which
+//! safekeepers have its WAL, streams from the one with the most advanced
+//! commit LSN (`START_REPLICATION` from the last record ingested), decodes
+//! and ingests every record, and reports what it received and persisted.
+//! It switches to another safekeeper when the connection fails or another
+//! is well ahead.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use postgres_format::wal::WalStreamDecoder;
+use postgres_format::PgMajorVersion;
+use pq_proto::replication::{PgTimestamp, PrimaryMessage, StandbyMessage, StandbyStatusUpdate};
+use storage_broker::{BrokerClient, SafekeeperTimelineInfo};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use utils::{Lsn, NodeId};
+
+use crate::timeline::Timeline;
+use crate::walingest::WalIngest;
+
+/// Switch safekeepers when another is this far ahead in commit LSN.
+const SWITCH_LAG: u64 = 16 * 1024 * 1024;
+/// ... or when the current one sent nothing for this long while another is ahead.
+const STALL: Duration = Duration::from_secs(10);
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Receive WAL for `timeline` until `cancel` fires.
+pub async fn run(timeline: Arc<Timeline>, broker: BrokerClient, cancel: CancellationToken) {
+    let mut candidates: HashMap<NodeId, SafekeeperTimelineInfo> = HashMap::new();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let mut updates = match broker
+            .subscribe(timeline.tenant_id, timeline.timeline_id)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("subscribing to the storage broker: {e}");
+                if sleep_or_cancel(&cancel, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        loop {
+            let last = timeline.last_record_lsn();
+            let best = candidates
+                .values()
+                .filter(|c| c.commit_lsn > last)
+                .max_by_key(|c| c.commit_lsn)
+                .cloned();
+            let Some(source) = best else {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    update = updates.next() => match update {
+                        Some(Ok(info)) => { candidates.insert(info.safekeeper_id, info); }
+                        Some(Err(e)) => { warn!("broker subscription: {e}"); break; }
+                        None => break,
+                    },
+                }
+                continue;
+            };
+            info!(safekeeper = %source.safekeeper_id, address = source.safekeeper_connstr, from = %last, "streaming WAL");
+            let result =
+                stream_from(&timeline, &source, &mut candidates, &mut updates, &cancel).await;
+            match result {
+                Ok(()) if cancel.is_cancelled() => return,
+                Ok(()) => {}
+                Err(e) => {
+                    warn!(safekeeper = %source.safekeeper_id, "WAL stream ended: {e:#}");
+                    // Try the others first; this one comes back with its next publication.
+                    candidates.remove(&source.safekeeper_id);
+                    if sleep_or_cancel(&cancel, Duration::from_millis(200)).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_or_cancel(cancel: &CancellationToken, duration: Duration) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => true,
+        _ = tokio::time::sleep(duration) => false,
+    }
+}
+
+/// Stream from `source` until it fails, falls behind, or `cancel` fires.
+async fn stream_from(
+    timeline: &Arc<Timeline>,
+    source: &SafekeeperTimelineInfo,
+    candidates: &mut HashMap<NodeId, SafekeeperTimelineInfo>,
+    updates: &mut storage_broker::InfoStream,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let options = format!(
+        "-c tenant_id={} -c timeline_id={}",
+        timeline.tenant_id, timeline.timeline_id
+    );
+    let params = [
+        ("user", "pageserver"),
+        ("application_name", "pageserver"),
+        ("options", options.as_str()),
+    ];
+    let mut client = tokio::time::timeout(
+        Duration::from_secs(10),
+        pq_proto::connect(source.safekeeper_connstr.as_str(), &params, None),
+    )
+    .await
+    .context("connecting timed out")??;
+    let start = timeline.last_record();
+    let mut copy = client
+        .copy_both(&format!("START_REPLICATION PHYSICAL {}", start.last))
+        .await?;
+    let (mut receiver, mut sender) = copy.split();
+    let segment_size = postgres_format::constants::DEFAULT_WAL_SEGMENT_SIZE;
+    let mut decoder = WalStreamDecoder::new(start.last, PgMajorVersion::V15, segment_size)?;
+    if start.prev.is_valid() {
+        decoder.set_prev_record(start.prev);
+    }
+    let mut ingest = {
+        let timeline = timeline.clone();
+        tokio::task::spawn_blocking(move || WalIngest::new(&timeline)).await??
+    };
+    let mut received = start.last;
+    let mut last_data = Instant::now();
+    let mut status = tokio::time::interval(STATUS_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            message = receiver.recv() => {
+                let Some(data) = message? else { bail!("the safekeeper ended the stream") };
+                match PrimaryMessage::decode(data)? {
+                    PrimaryMessage::XLogData(x) => {
+                        if x.wal_start != received {
+                            bail!("WAL at {} does not continue the stream at {received}", x.wal_start);
+                        }
+                        received = x.wal_start + x.data.len() as u64;
+                        last_data = Instant::now();
+                        decoder.feed_bytes(&x.data);
+                        tokio::task::block_in_place(|| -> anyhow::Result<()> {
+                            while let Some(record) = decoder.poll_decode()? {
+                                ingest.ingest_record(timeline, &record)?;
+                            }
+                            Ok(())
+                        })?;
+                    }
+                    PrimaryMessage::Keepalive(_) => {}
+                }
+            }
+            update = updates.next() => match update {
+                Some(Ok(info)) => {
+                    candidates.insert(info.safekeeper_id, info);
+                    let ahead = candidates.values().map(|c| c.commit_lsn).max().unwrap_or(Lsn::INVALID);
+                    let ours = candidates.get(&source.safekeeper_id).map_or(Lsn::INVALID, |c| c.commit_lsn);
+                    let lagging = ahead.0.saturating_sub(ours.0) > SWITCH_LAG;
+                    let stalled = ahead > received && last_data.elapsed() > STALL;
+                    if lagging || stalled {
+                        info!(safekeeper = %source.safekeeper_id, "switching: another safekeeper is ahead ({ahead})");
+                        return Ok(());
+                    }
+                }
+                Some(Err(e)) => bail!("broker subscription: {e}"),
+                None => bail!("the broker subscription ended"),
+            },
+            _ = status.tick() => {
+                let mut buf = BytesMut::new();
+                StandbyMessage::StatusUpdate(StandbyStatusUpdate {
+                    write_lsn: timeline.last_record_lsn(),
+                    flush_lsn: timeline.disk_consistent_lsn(),
+                    // Remote storage comes with the bottomless-storage issue.
+                    apply_lsn: Lsn::INVALID,
+                    timestamp: PgTimestamp::now(),
+                    reply_requested: false,
+                })
+                .encode(&mut buf);
+                sender.send(&buf).await?;
+                sender.flush().await?;
+            }
+        }
+    }
+}
