@@ -1,6 +1,6 @@
 import pytest
 
-pytest_plugins = ["fixtures.neon_fixtures", "fixtures.wal_service"]
+pytest_plugins = ["fixtures.neon_fixtures", "fixtures.wal_service", "fixtures.storage"]
 
 _FIGURES: list[str] = []
 

@@ -99,9 +99,13 @@ pub fn send_basebackup(
         "base backup at {lsn}: below the GC horizon {}",
         timeline.gc_horizon()
     );
+    // An invalid prev-link (0) is allowed: a base backup at an LSN that is
+    // not the last record (a branch point, a read-only endpoint) has no
+    // record index to find it, and PostgreSQL checks the prev-link of the
+    // checkpoint it starts from only for being below the record.
     ensure!(
-        record.prev.is_valid() && record.prev < lsn,
-        "base backup at {lsn}: invalid previous record {}",
+        record.prev < lsn,
+        "base backup at {lsn}: previous record {} is not before it",
         record.prev
     );
     let version = timeline.pg_version;

@@ -1,12 +1,15 @@
 //! The pageserver keeps every version of every page of its tenants' timelines
 //! and answers "page P as of LSN L" and base backups at any LSN.
 //!
-//! This is the process skeleton: it creates its working directory and serves
-//! the management API (`/v1/status`, `/metrics`). The libpq page service,
-//! WAL ingest and storage are not implemented yet, so `listen_pg_addr` is
-//! not bound.
+//! * [`tenant_manager`], [`tenant`], [`timeline`]: tenants and timelines on
+//!   disk; [`pgdatadir`] the PostgreSQL data directory view over a timeline;
+//! * [`key`], [`value`], [`layer`], [`inmemory_layer`], [`layer_map`]: storage;
+//! * [`walreceiver`], [`walingest`]: WAL from the safekeepers into timelines;
+//! * [`import_datadir`], [`basebackup`]: bootstrap from initdb, base backups;
+//! * [`page_service`] (libpq: `pagestream`, `basebackup`) and [`http`].
 
 pub mod basebackup;
+pub mod http;
 pub mod import_datadir;
 pub mod inmemory_layer;
 pub mod key;
@@ -15,6 +18,7 @@ pub mod layer_map;
 pub mod page_service;
 pub mod pgdatadir;
 pub mod tenant;
+pub mod tenant_manager;
 pub mod timeline;
 pub mod value;
 pub mod walingest;
@@ -23,7 +27,6 @@ pub mod walreceiver;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use axum::Router;
 use daemon_utils::{bind_listener, CancellationToken, HttpServer, ServiceInfo};
 use serde::{Deserialize, Serialize};
 use tracing::info;
@@ -38,10 +41,21 @@ pub struct PageServerConf {
     pub id: NodeId,
     /// Working directory (tenants and layer files); created if missing.
     pub workdir: PathBuf,
-    /// libpq page service address (not served yet).
+    /// libpq page service address.
     pub listen_pg_addr: String,
     /// HTTP management API address.
     pub listen_http_addr: String,
+    /// Storage broker (`host:port`) to learn which safekeepers to stream
+    /// WAL from; without it no WAL is received.
+    pub broker_endpoint: Option<String>,
+    /// Directory of PostgreSQL 15's binaries (for initdb).
+    pub pg_bin_dir: PathBuf,
+    /// OS user that runs initdb when the pageserver runs as root.
+    pub pg_os_user: String,
+    /// Page service connections at most.
+    pub max_connections: usize,
+    /// Size at which the open in-memory layer is written to a layer file.
+    pub open_layer_max_bytes: usize,
 }
 
 impl Default for PageServerConf {
@@ -51,6 +65,11 @@ impl Default for PageServerConf {
             workdir: PathBuf::from("."),
             listen_pg_addr: "127.0.0.1:64000".into(),
             listen_http_addr: "127.0.0.1:9898".into(),
+            broker_endpoint: None,
+            pg_bin_dir: PathBuf::from("/usr/lib/postgresql/15/bin"),
+            pg_os_user: "postgres".into(),
+            max_connections: 1000,
+            open_layer_max_bytes: timeline::DEFAULT_OPEN_LAYER_MAX_BYTES,
         }
     }
 }
@@ -59,13 +78,55 @@ impl Default for PageServerConf {
 pub async fn run(conf: PageServerConf, cancel: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&conf.workdir)
         .with_context(|| format!("creating the working directory {}", conf.workdir.display()))?;
+    let broker = match &conf.broker_endpoint {
+        Some(endpoint) => Some(
+            storage_broker::BrokerClient::connect_lazy(endpoint)
+                .context("configuring the storage broker client")?,
+        ),
+        None => {
+            info!("no broker_endpoint: no WAL will be received from safekeepers");
+            None
+        }
+    };
+    let timeline_conf = timeline::TimelineConf {
+        open_layer_max_bytes: conf.open_layer_max_bytes,
+    };
+    let initdb = tenant_manager::InitdbConf {
+        pg_bin_dir: conf.pg_bin_dir.clone(),
+        pg_os_user: conf.pg_os_user.clone(),
+    };
+    let manager = tokio::task::block_in_place(|| {
+        tenant_manager::TenantManager::load(
+            &conf.workdir,
+            timeline_conf,
+            initdb,
+            broker,
+            cancel.clone(),
+        )
+    })
+    .context("loading tenants")?;
     let http = HttpServer::new(SERVICE)?.with_node_id(conf.id);
-    let listener = bind_listener("HTTP", &conf.listen_http_addr).await?;
+    let http_listener = bind_listener("HTTP", &conf.listen_http_addr).await?;
+    let pg_listener = bind_listener("page service", &conf.listen_pg_addr).await?;
     info!(
-        "pageserver {} in {}; libpq page service on {} is not served yet",
+        "pageserver {} in {}: page service on {}, HTTP on {}",
         conf.id,
         conf.workdir.display(),
-        conf.listen_pg_addr
+        conf.listen_pg_addr,
+        conf.listen_http_addr
     );
-    http.serve(listener, Router::new(), cancel).await
+    let page_service = tokio::spawn(page_service::serve(
+        pg_listener,
+        manager.clone(),
+        page_service::basebackup_at,
+        conf.max_connections,
+        cancel.clone(),
+    ));
+    let result = http
+        .serve(http_listener, http::routes(manager.clone()), cancel.clone())
+        .await;
+    cancel.cancel();
+    page_service.await.context("page service task")??;
+    tokio::task::block_in_place(|| manager.flush_all());
+    result
 }

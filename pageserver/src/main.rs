@@ -9,9 +9,8 @@ use utils::NodeId;
 /// The pageserver: keeps every version of every page and serves pages and
 /// base backups at any LSN.
 ///
-/// Skeleton: only the HTTP management API (/v1/status, /metrics) is served
-/// so far; the libpq page service is not implemented yet. Stops on SIGTERM
-/// or SIGINT.
+/// Serves base backups and pages over libpq, ingests WAL from the
+/// safekeepers, and a management API over HTTP. Stops on SIGTERM or SIGINT.
 #[derive(Parser, Debug)]
 #[command(name = "pageserver", version)]
 struct Cli {
@@ -23,12 +22,18 @@ struct Cli {
     /// Working directory, created if missing [default: .]
     #[arg(short = 'D', long)]
     workdir: Option<PathBuf>,
-    /// libpq address for the page service (not served yet) [default: 127.0.0.1:64000]
+    /// libpq address for the page service [default: 127.0.0.1:64000]
     #[arg(short = 'l', long = "listen-pg", value_name = "ADDR")]
     listen_pg_addr: Option<String>,
     /// HTTP management API address [default: 127.0.0.1:9898]
     #[arg(long = "listen-http", value_name = "ADDR")]
     listen_http_addr: Option<String>,
+    /// Storage broker to learn which safekeepers have each timeline's WAL
+    #[arg(long, value_name = "ADDR")]
+    broker_endpoint: Option<String>,
+    /// Directory of PostgreSQL 15's binaries [default: /usr/lib/postgresql/15/bin]
+    #[arg(long, value_name = "DIR")]
+    pg_bin_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -37,7 +42,18 @@ fn main() -> ExitCode {
         pageserver::SERVICE,
         cli.common.config.as_deref(),
         |conf: &mut PageServerConf| {
-            apply_overrides!(conf, cli, id, workdir, listen_pg_addr, listen_http_addr)
+            apply_overrides!(
+                conf,
+                cli,
+                id,
+                workdir,
+                listen_pg_addr,
+                listen_http_addr,
+                pg_bin_dir
+            );
+            if cli.broker_endpoint.is_some() {
+                conf.broker_endpoint = cli.broker_endpoint.clone();
+            }
         },
         pageserver::run,
     )

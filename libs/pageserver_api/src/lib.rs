@@ -3,4 +3,5 @@
 //! * [`pagestream`]: the binary requests and responses carried in CopyData
 //!   after `pagestream <tenant> <timeline>`.
 
+pub mod models;
 pub mod pagestream;

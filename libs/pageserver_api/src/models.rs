@@ -1,0 +1,52 @@
+//! Types of the pageserver's HTTP API.
+
+use serde::{Deserialize, Serialize};
+use utils::{Lsn, TenantId, TimelineId};
+
+/// `POST /v1/tenant`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TenantCreateRequest {
+    #[serde(default)]
+    pub tenant_id: Option<TenantId>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TenantInfo {
+    pub tenant_id: TenantId,
+    /// `active`, or `broken: <reason>`.
+    pub state: String,
+    pub timelines: usize,
+}
+
+/// `POST /v1/tenant/{tenant_id}/timeline`: bootstrap a new timeline (no
+/// ancestor: initdb), or branch an ancestor at an LSN (default: its last record).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TimelineCreateRequest {
+    #[serde(default)]
+    pub new_timeline_id: Option<TimelineId>,
+    #[serde(default)]
+    pub ancestor_timeline_id: Option<TimelineId>,
+    #[serde(default)]
+    pub ancestor_start_lsn: Option<Lsn>,
+    /// PostgreSQL major version; only 15.
+    #[serde(default)]
+    pub pg_version: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineInfo {
+    pub tenant_id: TenantId,
+    pub timeline_id: TimelineId,
+    pub ancestor_timeline_id: Option<TimelineId>,
+    pub ancestor_lsn: Option<Lsn>,
+    pub last_record_lsn: Lsn,
+    pub prev_record_lsn: Lsn,
+    pub disk_consistent_lsn: Lsn,
+    pub remote_consistent_lsn: Lsn,
+    pub gc_cutoff_lsn: Lsn,
+    /// Bytes of relation data at the last record.
+    pub logical_size: u64,
+    /// Bytes of this timeline's layer files.
+    pub physical_size: u64,
+    pub pg_version: u32,
+}

@@ -1,0 +1,211 @@
+//! The pageserver's HTTP API (`/v1/...`), beside `/v1/status` and `/metrics`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use daemon_utils::ApiError;
+use pageserver_api::models::{
+    TenantCreateRequest, TenantInfo, TimelineCreateRequest, TimelineInfo,
+};
+use utils::{Lsn, TenantId, TimelineId};
+
+use crate::tenant::{Tenant, TenantError, TenantState};
+use crate::tenant_manager::{AlreadyExists, TenantManager};
+use crate::timeline::{BranchError, Timeline};
+
+type Manager = Arc<TenantManager>;
+
+fn parse<T: std::str::FromStr>(value: &str) -> Result<T, ApiError>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .parse()
+        .map_err(|e: T::Err| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+/// Map an error to its status: client mistakes are 4xx, the rest 500.
+fn api_error(e: anyhow::Error) -> ApiError {
+    let status = if e.downcast_ref::<AlreadyExists>().is_some() {
+        StatusCode::CONFLICT
+    } else if let Some(t) = e.downcast_ref::<TenantError>() {
+        match t {
+            TenantError::NotFound(_) => StatusCode::NOT_FOUND,
+            TenantError::AlreadyExists(_) => StatusCode::CONFLICT,
+            TenantError::HasChildren { .. } => StatusCode::CONFLICT,
+            TenantError::Branch(_) => StatusCode::BAD_REQUEST,
+            TenantError::Broken { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    } else if e.downcast_ref::<BranchError>().is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    ApiError::new(status, format!("{e:#}"))
+}
+
+fn tenant(manager: &TenantManager, tenant_id: &str) -> Result<Arc<Tenant>, ApiError> {
+    let tenant_id: TenantId = parse(tenant_id)?;
+    manager.get(tenant_id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("tenant {tenant_id} not found"),
+        )
+    })
+}
+
+pub fn routes(manager: Manager) -> Router {
+    Router::new()
+        .route("/v1/tenant", get(list_tenants).post(create_tenant))
+        .route("/v1/tenant/{tenant_id}", get(tenant_info))
+        .route(
+            "/v1/tenant/{tenant_id}/timeline",
+            get(list_timelines).post(create_timeline),
+        )
+        .route(
+            "/v1/tenant/{tenant_id}/timeline/{timeline_id}",
+            get(timeline_info_handler).delete(delete_timeline),
+        )
+        .with_state(manager)
+}
+
+fn tenant_info_of(t: &Tenant) -> TenantInfo {
+    TenantInfo {
+        tenant_id: t.tenant_id,
+        state: match t.state() {
+            TenantState::Active => "active".to_owned(),
+            TenantState::Broken(reason) => format!("broken: {reason}"),
+        },
+        timelines: t.timelines().len(),
+    }
+}
+
+async fn list_tenants(State(m): State<Manager>) -> Json<Vec<TenantInfo>> {
+    Json(m.list().iter().map(|t| tenant_info_of(t)).collect())
+}
+
+async fn create_tenant(
+    State(m): State<Manager>,
+    body: Option<Json<TenantCreateRequest>>,
+) -> Result<(StatusCode, Json<TenantInfo>), ApiError> {
+    let request = body.map(|Json(b)| b).unwrap_or_default();
+    let tenant_id = request.tenant_id.unwrap_or_else(TenantId::generate);
+    let tenant = tokio::task::block_in_place(|| m.create_tenant(tenant_id)).map_err(api_error)?;
+    Ok((StatusCode::CREATED, Json(tenant_info_of(&tenant))))
+}
+
+async fn tenant_info(
+    State(m): State<Manager>,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<TenantInfo>, ApiError> {
+    let tenant = tenant(&m, &tenant_id)?;
+    Ok(Json(tenant_info_of(&tenant)))
+}
+
+pub fn timeline_info(timeline: &Timeline) -> anyhow::Result<TimelineInfo> {
+    let last = timeline.last_record();
+    let physical_size = timeline
+        .dir()
+        .map(|dir| {
+            std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok()?.metadata().ok())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    Ok(TimelineInfo {
+        tenant_id: timeline.tenant_id,
+        timeline_id: timeline.timeline_id,
+        ancestor_timeline_id: timeline.ancestor().map(|a| a.timeline.timeline_id),
+        ancestor_lsn: timeline.ancestor().map(|a| a.lsn),
+        last_record_lsn: last.last,
+        prev_record_lsn: last.prev,
+        disk_consistent_lsn: timeline.disk_consistent_lsn(),
+        remote_consistent_lsn: Lsn::INVALID,
+        gc_cutoff_lsn: timeline.gc_horizon(),
+        logical_size: timeline.logical_size(last.last)?,
+        physical_size,
+        pg_version: 150000,
+    })
+}
+
+async fn list_timelines(
+    State(m): State<Manager>,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<Vec<TimelineInfo>>, ApiError> {
+    let tenant = tenant(&m, &tenant_id)?;
+    let infos = tokio::task::block_in_place(|| {
+        tenant
+            .timelines()
+            .iter()
+            .map(|t| timeline_info(t))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })
+    .map_err(api_error)?;
+    Ok(Json(infos))
+}
+
+async fn create_timeline(
+    State(m): State<Manager>,
+    Path(tenant_id): Path<String>,
+    body: Result<Json<TimelineCreateRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<TimelineInfo>), ApiError> {
+    let tenant = tenant(&m, &tenant_id)?;
+    let Json(request) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if let Some(v) = request.pg_version {
+        if v != 15 && v / 10000 != 15 {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("PostgreSQL {v} is not supported: only 15"),
+            ));
+        }
+    }
+    let timeline_id = request.new_timeline_id.unwrap_or_else(TimelineId::generate);
+    if tenant.get_timeline(timeline_id).is_ok() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("timeline {timeline_id} already exists"),
+        ));
+    }
+    let timeline = tokio::task::block_in_place(|| match request.ancestor_timeline_id {
+        None => m.bootstrap_timeline(&tenant, timeline_id),
+        Some(ancestor) => {
+            m.branch_timeline(&tenant, ancestor, timeline_id, request.ancestor_start_lsn)
+        }
+    })
+    .map_err(api_error)?;
+    let info = tokio::task::block_in_place(|| timeline_info(&timeline)).map_err(api_error)?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+async fn timeline_info_handler(
+    State(m): State<Manager>,
+    Path((tenant_id, timeline_id)): Path<(String, String)>,
+) -> Result<Json<TimelineInfo>, ApiError> {
+    let tenant = tenant(&m, &tenant_id)?;
+    let timeline_id: TimelineId = parse(&timeline_id)?;
+    let timeline = tenant
+        .get_timeline(timeline_id)
+        .map_err(|e| api_error(e.into()))?;
+    Ok(Json(
+        tokio::task::block_in_place(|| timeline_info(&timeline)).map_err(api_error)?,
+    ))
+}
+
+async fn delete_timeline(
+    State(m): State<Manager>,
+    Path((tenant_id, timeline_id)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tenant = tenant(&m, &tenant_id)?;
+    let timeline_id: TimelineId = parse(&timeline_id)?;
+    tokio::task::block_in_place(|| m.delete_timeline(&tenant, timeline_id)).map_err(api_error)?;
+    Ok(Json(serde_json::json!({ "deleted": true })))
+}
