@@ -8,6 +8,7 @@
 //! * [`import_datadir`], [`basebackup`]: bootstrap from initdb, base backups;
 //! * [`page_service`] (libpq: `pagestream`, `basebackup`) and [`http`].
 
+pub mod background;
 pub mod basebackup;
 pub mod http;
 pub mod import_datadir;
@@ -56,6 +57,8 @@ pub struct PageServerConf {
     pub max_connections: usize,
     /// Size at which the open in-memory layer is written to a layer file.
     pub open_layer_max_bytes: usize,
+    /// Flushing, compaction and GC in the background.
+    pub background: background::BackgroundConf,
 }
 
 impl Default for PageServerConf {
@@ -70,6 +73,7 @@ impl Default for PageServerConf {
             pg_os_user: "postgres".into(),
             max_connections: 1000,
             open_layer_max_bytes: timeline::DEFAULT_OPEN_LAYER_MAX_BYTES,
+            background: background::BackgroundConf::default(),
         }
     }
 }
@@ -122,11 +126,17 @@ pub async fn run(conf: PageServerConf, cancel: CancellationToken) -> anyhow::Res
         conf.max_connections,
         cancel.clone(),
     ));
+    let background_task = tokio::spawn(background::run(
+        manager.clone(),
+        conf.background.clone(),
+        cancel.clone(),
+    ));
     let result = http
         .serve(http_listener, http::routes(manager.clone()), cancel.clone())
         .await;
     cancel.cancel();
     page_service.await.context("page service task")??;
+    background_task.await.context("background task")?;
     tokio::task::block_in_place(|| manager.flush_all());
     result
 }

@@ -44,3 +44,4 @@ def test_compute_restarts_from_pageserver(storage: Storage):
     assert r.status_code == 400, r.text
     assert "beyond" in r.json()["error"] or "ends at" in r.json()["error"]
     assert len(ps.http("GET", f"/v1/tenant/{tenant}/timeline").json()) == len(before)
+
