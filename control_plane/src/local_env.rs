@@ -262,6 +262,8 @@ impl LocalEnv {
                 ps.listen_pg_addr.clone().into(),
                 "--listen-http".into(),
                 ps.listen_http_addr.clone().into(),
+                "--broker-endpoint".into(),
+                self.broker.listen_addr.clone().into(),
             ],
             dir,
             http_addr: ps.listen_http_addr.clone(),
