@@ -23,7 +23,7 @@ use utils::{Lsn, NodeId};
 use crate::timeline::Timeline;
 use crate::walingest::WalIngest;
 
-/// Switch safekeepers when another is this far ahead in commit LSN.
+/// Switch safekeepers when another stays this far ahead in commit LSN.
 const SWITCH_LAG: u64 = 16 * 1024 * 1024;
 /// ... or when the current one sent nothing for this long while another is ahead.
 const STALL: Duration = Duration::from_secs(10);
@@ -135,6 +135,7 @@ async fn stream_from(
     };
     let mut received = start.last;
     let mut last_data = Instant::now();
+    let mut lagging_since: Option<Instant> = None;
     let mut status = tokio::time::interval(STATUS_INTERVAL);
     loop {
         tokio::select! {
@@ -164,9 +165,16 @@ async fn stream_from(
                     candidates.insert(info.safekeeper_id, info);
                     let ahead = candidates.values().map(|c| c.commit_lsn).max().unwrap_or(Lsn::INVALID);
                     let ours = candidates.get(&source.safekeeper_id).map_or(Lsn::INVALID, |c| c.commit_lsn);
+                    // Publications arrive about once a second from each
+                    // safekeeper, so a momentary gap means nothing: only a
+                    // lag that lasts makes us switch.
                     let lagging = ahead.0.saturating_sub(ours.0) > SWITCH_LAG;
+                    if !lagging {
+                        lagging_since = None;
+                    }
+                    let lagging_long = lagging && lagging_since.get_or_insert_with(Instant::now).elapsed() > STALL / 2;
                     let stalled = ahead > received && last_data.elapsed() > STALL;
-                    if lagging || stalled {
+                    if lagging_long || stalled {
                         info!(safekeeper = %source.safekeeper_id, "switching: another safekeeper is ahead ({ahead})");
                         return Ok(());
                     }

@@ -24,8 +24,10 @@ def test_compute_restarts_from_pageserver(storage: Storage):
     ps.wait_for_lsn(tenant, timeline, last)
     main.stop()
 
-    # A new compute from a new base backup has every committed row.
-    again = storage.compute("again", tenant, timeline)
+    # A new compute starts where the safekeepers' WAL ends (as compute_ctl
+    # will: sync, then a base backup at that LSN) and has every committed row.
+    synced = storage.sync_safekeepers(tenant, timeline)
+    again = storage.compute("again", tenant, timeline, lsn=synced)
     assert again.pg.sql("SELECT count(*), sum(key) FROM t") == "500|125250"
     again.pg.sql("INSERT INTO t VALUES (1000, 'after restart')")
     ps.wait_for_lsn(tenant, timeline, again.insert_lsn())
