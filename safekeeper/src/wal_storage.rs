@@ -64,6 +64,8 @@ pub struct PhysicalWal {
     write_lsn: Lsn,
     /// End of the last complete record written.
     written_record_lsn: Lsn,
+    /// Ends of records decoded whose bytes are not all written yet.
+    pending_record_ends: std::collections::VecDeque<Lsn>,
     /// End of the last complete record fsynced.
     flush_lsn: Lsn,
     decoder: Option<WalStreamDecoder>,
@@ -88,6 +90,7 @@ impl PhysicalWal {
             version,
             write_lsn: Lsn::INVALID,
             written_record_lsn: Lsn::INVALID,
+            pending_record_ends: std::collections::VecDeque::new(),
             flush_lsn: Lsn::INVALID,
             decoder: None,
             dirty: BTreeSet::new(),
@@ -154,12 +157,12 @@ impl PhysicalWal {
         self.written_record_lsn
             .align_up(MAXALIGN as u64)
             .min(self.write_lsn)
-            .max(self.written_record_lsn)
     }
 
     fn reset_at(&mut self, lsn: Lsn) -> anyhow::Result<()> {
         self.write_lsn = lsn;
         self.written_record_lsn = lsn;
+        self.pending_record_ends.clear();
         self.flush_lsn = lsn;
         self.decoder = Some(WalStreamDecoder::new(lsn, self.version, self.segment_size)?);
         Ok(())
@@ -242,10 +245,10 @@ impl WalStore for PhysicalWal {
         };
         // Check the WAL before storing it: what cannot be decoded is refused.
         decoder.feed_bytes(data);
-        let mut last_end = None;
+        let mut ends = Vec::new();
         loop {
             match decoder.poll_decode() {
-                Ok(Some(record)) => last_end = Some(record.end_lsn),
+                Ok(Some(record)) => ends.push(record.end_lsn),
                 Ok(None) => break,
                 Err(e) => bail!("refusing WAL at {at}: {e}"),
             }
@@ -255,8 +258,15 @@ impl WalStore for PhysicalWal {
             .wal_bytes_written
             .inc_by(data.len() as u64);
         self.write_lsn = at + data.len() as u64;
-        if let Some(end) = last_end {
+        // A record counts once all its bytes are written; an XLOG_SWITCH
+        // record ends at the segment end, after padding still to come.
+        self.pending_record_ends.extend(ends);
+        while let Some(&end) = self.pending_record_ends.front() {
+            if end > self.write_lsn {
+                break;
+            }
             self.written_record_lsn = end;
+            self.pending_record_ends.pop_front();
         }
         Ok(())
     }

@@ -110,3 +110,53 @@ fn corrupt_wal_is_refused() {
     assert_eq!(wal.flush_lsn(), start);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn switch_record_counts_only_once_its_padding_is_written() {
+    use postgres_format::constants::{RM_XLOG_ID, XLOG_SWITCH};
+    let mut rng = StdRng::seed_from_u64(5);
+    let start = Lsn(SEG as u64 + SIZE_OF_XLOG_LONG_PHD as u64);
+    let (bytes, ends) = make_wal(&mut rng, start, 3);
+    // An XLOG_SWITCH record after them; the rest of the segment is padding.
+    let switch_at = next_record_lsn(*ends.last().unwrap(), SEG);
+    let last_start = next_record_lsn(ends[ends.len() - 2], SEG);
+    let switch = RecordBuilder {
+        rmid: RM_XLOG_ID,
+        info: XLOG_SWITCH,
+        ..Default::default()
+    }
+    .encode(last_start);
+    let mut writer = SegmentWriter::new(V15, SEG, 1, 1);
+    writer.write_record(switch_at, &switch);
+    let segment: Vec<u8> = writer
+        .into_files()
+        .into_iter()
+        .flat_map(|(_, b)| b)
+        .collect();
+    let segment_end = Lsn(2 * SEG as u64);
+    let mut stream = bytes.clone();
+    let tail_from = (switch_at.0 - SEG as u64) as usize;
+    stream.resize((switch_at - start) as usize, 0);
+    stream.extend_from_slice(&segment[tail_from..]);
+    assert_eq!(start + stream.len() as u64, segment_end);
+
+    let dir = tempdir("switch");
+    let mut wal = PhysicalWal::open(&dir, SEG, V15, Lsn::INVALID).unwrap();
+    wal.truncate(start).unwrap();
+    let mut pos = 0;
+    while pos < stream.len() {
+        let n = rng.random_range(1..200_000).min(stream.len() - pos);
+        wal.write(start + pos as u64, &stream[pos..pos + n])
+            .unwrap();
+        pos += n;
+        wal.flush().unwrap();
+        assert!(
+            wal.flush_lsn() <= wal.write_lsn(),
+            "flush {} beyond the bytes written {}",
+            wal.flush_lsn(),
+            wal.write_lsn()
+        );
+    }
+    assert_eq!(wal.flush_lsn(), segment_end);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

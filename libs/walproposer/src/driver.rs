@@ -344,7 +344,10 @@ impl Driver {
                     match recovered {
                         Ok(Ok((at, data))) => {
                             info!("recovered {} bytes of WAL from {at} from the donor", data.len());
-                            self.buffer.prepend(at, &data)?;
+                            // If the buffer moved meanwhile, the next pump asks again.
+                            if let Err(e) = self.buffer.prepend(at, &data) {
+                                warn!("discarding recovered WAL: {e:#}");
+                            }
                         }
                         Ok(Err(e)) => warn!("recovering WAL from the donor: {e:#}"),
                         Err(_) => warn!("the recovery task ended"),
@@ -466,7 +469,13 @@ impl Driver {
         }
         // Keep WAL until every safekeeper has it (a lagging one pins it, up to the limit).
         let oldest = (0..self.links.len())
-            .map(|i| self.proposer.acknowledged(i))
+            .map(|i| {
+                // Never below what a safekeeper acknowledged or still needs.
+                let ack = self.proposer.acknowledged(i);
+                self.proposer
+                    .wal_needed(i)
+                    .map_or(ack, |next| ack.min(next))
+            })
             .min()
             .unwrap_or(Lsn::INVALID)
             .min(self.proposer.commit_lsn());
