@@ -133,7 +133,7 @@ pub fn timeline_info(timeline: &Timeline) -> anyhow::Result<TimelineInfo> {
         gc_cutoff_lsn: timeline.gc_horizon(),
         logical_size: timeline.logical_size(last.last)?,
         physical_size,
-        pg_version: 150000,
+        pg_version: timeline.pg_version.as_str().parse::<u32>().unwrap_or(0) * 10000,
     })
 }
 
