@@ -119,6 +119,15 @@ pub fn import_datadir(
             control.state
         );
     }
+    if control.data_checksum_version != 0 {
+        // Pages are stored with `pd_lsn` set to their record's end, which
+        // would invalidate every page checksum.
+        bail!(
+            "{} has data checksums enabled (version {}): the pageserver supports clusters without data checksums only (initdb without --data-checksums)",
+            pgdata.display(),
+            control.data_checksum_version
+        );
+    }
     let version = fs::read_to_string(pgdata.join("PG_VERSION"))
         .with_context(|| format!("reading {}/PG_VERSION", pgdata.display()))?;
     ensure!(

@@ -87,26 +87,16 @@ impl PersistentLayer {
 
     /// Every key stored in the layer, in order, deduplicated.
     pub fn keys(&self) -> Result<Vec<Key>, LayerError> {
-        let mut out: Vec<Key> = Vec::new();
-        let reader = self.reader()?;
-        let mut push = |k: Key| {
-            if out.last() != Some(&k) {
-                out.push(k);
-            }
-        };
-        match reader.as_ref() {
-            LayerReader::Delta(d) => {
-                for e in d.iter() {
-                    push(e?.0);
-                }
-            }
-            LayerReader::Image(i) => {
-                for e in i.iter() {
-                    push(e?.0);
-                }
-            }
+        self.keys_in(&KeyRange::all())
+    }
+
+    /// The keys stored in the layer within `range`, in order, deduplicated;
+    /// reads only the data blocks that overlap the range.
+    pub fn keys_in(&self, range: &KeyRange) -> Result<Vec<Key>, LayerError> {
+        match self.reader()?.as_ref() {
+            LayerReader::Delta(d) => d.keys_in(range),
+            LayerReader::Image(i) => i.keys_in(range),
         }
-        Ok(out)
     }
 }
 
@@ -160,20 +150,22 @@ impl LayerMap {
     /// The layers a GC at `horizon` may remove: each is below the horizon
     /// and, for every read the timeline must still serve (any LSN at or
     /// above the horizon, and each `retain` LSN at or above the layer's
-    /// start), an image layer no older than the layer's newest LSN and no
-    /// newer than the read covers the layer's whole key range.
+    /// start), image layers no older than the layer's newest LSN and no
+    /// newer than the read cover the layer's whole key range between them.
+    /// (Image layers are made per key partition, so several may be needed
+    /// to cover a delta layer written before the partitions changed.)
     pub fn gc_candidates(&self, horizon: Lsn, retain: &[Lsn]) -> Vec<Arc<PersistentLayer>> {
         let covered = |l: &PersistentLayer, at: Lsn| {
             let newest = Lsn(l.name.lsn_range().end.0 - 1);
-            self.layers.iter().any(|i| {
-                i.image_lsn().is_some_and(|il| {
-                    il >= newest
-                        && il <= at
-                        && i.name != l.name
-                        && (l.image_lsn().is_none() || il > newest)
-                        && i.key_range().covers(&l.key_range())
-                })
-            })
+            let ranges = self.layers.iter().filter_map(|i| {
+                let il = i.image_lsn()?;
+                let usable = il >= newest
+                    && il <= at
+                    && i.name != l.name
+                    && (l.image_lsn().is_none() || il > newest);
+                usable.then(|| i.key_range())
+            });
+            union_covers(ranges, &l.key_range())
         };
         self.layers
             .iter()
@@ -189,6 +181,28 @@ impl LayerMap {
             .cloned()
             .collect()
     }
+}
+
+/// Whether the union of `ranges` holds every key of `target`.
+pub fn union_covers(ranges: impl Iterator<Item = KeyRange>, target: &KeyRange) -> bool {
+    if target.is_empty() {
+        return true;
+    }
+    let mut ranges: Vec<KeyRange> = ranges.filter(|r| r.overlaps(target)).collect();
+    ranges.sort();
+    let mut reached = target.start;
+    for r in ranges {
+        if r.start > reached {
+            return false;
+        }
+        if r.end > reached {
+            reached = r.end;
+            if reached >= target.end {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// The values of `key` at LSNs `<= lsn` found in `layers` (the
@@ -256,5 +270,32 @@ pub fn collect_values(
         // No image of this key at `il`: look below it.
         cont = floor;
         img_bound = il;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u32) -> Key {
+        Key::twophase_file(n)
+    }
+
+    fn range(a: u32, b: u32) -> KeyRange {
+        KeyRange::new(key(a), key(b))
+    }
+
+    #[test]
+    fn union_coverage() {
+        let target = range(10, 20);
+        assert!(union_covers([range(0, 30)].into_iter(), &target));
+        assert!(union_covers([range(15, 20), range(5, 15)].into_iter(), &target));
+        assert!(union_covers([range(10, 12), range(12, 18), range(17, 25)].into_iter(), &target));
+        // A gap, a missing start or end.
+        assert!(!union_covers([range(10, 14), range(15, 20)].into_iter(), &target));
+        assert!(!union_covers([range(11, 20)].into_iter(), &target));
+        assert!(!union_covers([range(10, 19)].into_iter(), &target));
+        assert!(!union_covers(std::iter::empty(), &target));
+        assert!(union_covers(std::iter::empty(), &range(5, 5)));
     }
 }

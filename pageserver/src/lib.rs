@@ -57,6 +57,9 @@ pub struct PageServerConf {
     pub max_connections: usize,
     /// Size at which the open in-memory layer is written to a layer file.
     pub open_layer_max_bytes: usize,
+    /// Keys (pages) per image partition: compaction writes image layers of
+    /// one partition at a time, and flushes split delta layers along them.
+    pub image_partition_keys: usize,
     /// Flushing, compaction and GC in the background.
     pub background: background::BackgroundConf,
 }
@@ -73,6 +76,7 @@ impl Default for PageServerConf {
             pg_os_user: "postgres".into(),
             max_connections: 1000,
             open_layer_max_bytes: timeline::DEFAULT_OPEN_LAYER_MAX_BYTES,
+            image_partition_keys: timeline::DEFAULT_IMAGE_PARTITION_KEYS,
             background: background::BackgroundConf::default(),
         }
     }
@@ -94,6 +98,7 @@ pub async fn run(conf: PageServerConf, cancel: CancellationToken) -> anyhow::Res
     };
     let timeline_conf = timeline::TimelineConf {
         open_layer_max_bytes: conf.open_layer_max_bytes,
+        image_partition_keys: conf.image_partition_keys,
     };
     let initdb = tenant_manager::InitdbConf {
         pg_bin_dir: conf.pg_bin_dir.clone(),

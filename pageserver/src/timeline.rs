@@ -42,18 +42,26 @@ use crate::value::{RustRecord, Value, BLCKSZ};
 /// Default size of the open in-memory layer that triggers a flush.
 pub const DEFAULT_OPEN_LAYER_MAX_BYTES: usize = 64 * 1024 * 1024;
 
+/// Default number of keys in an image partition: 128 MiB of pages.
+pub const DEFAULT_IMAGE_PARTITION_KEYS: usize = 16 * 1024;
+
 /// Storage settings of a timeline.
 #[derive(Clone, Debug)]
 pub struct TimelineConf {
     /// Freeze and flush the open layer once it holds this many bytes (at
     /// the next record boundary, in [`Timeline::advance_last_record`]).
     pub open_layer_max_bytes: usize,
+    /// Target number of keys of a key partition: the unit in which
+    /// [`Timeline::compact`] writes image layers and in which flushes split
+    /// delta layers.
+    pub image_partition_keys: usize,
 }
 
 impl Default for TimelineConf {
     fn default() -> Self {
         TimelineConf {
             open_layer_max_bytes: DEFAULT_OPEN_LAYER_MAX_BYTES,
+            image_partition_keys: DEFAULT_IMAGE_PARTITION_KEYS,
         }
     }
 }
@@ -151,8 +159,15 @@ pub struct Timeline {
     /// The last record whose values are all in layer files.
     disk_consistent: Mutex<RecordLsn>,
     gc_horizon: RwLock<Lsn>,
-    /// Serialises flushes, compaction, GC and metadata writes.
+    /// Serialises flushes, GC and metadata writes.
     flush_lock: Mutex<()>,
+    /// Serialises compaction and GC. Compaction does not take `flush_lock`,
+    /// so ingest (which flushes when its in-memory layer is full) never
+    /// waits for image layers to be written.
+    compaction_lock: Mutex<()>,
+    /// The key partitions: contiguous ranges from [`Key::MIN`] to
+    /// [`Key::MAX`]; empty until the first compaction computes them.
+    partitioning: Mutex<Vec<KeyRange>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -235,6 +250,8 @@ impl Timeline {
             disk_consistent: Mutex::new(last),
             gc_horizon: RwLock::new(gc_horizon),
             flush_lock: Mutex::new(()),
+            compaction_lock: Mutex::new(()),
+            partitioning: Mutex::new(Vec::new()),
         }
     }
 
@@ -655,26 +672,10 @@ impl Timeline {
             let Some(frozen) = next else {
                 return Ok(());
             };
-            let mut written = None;
-            if let Some(key_range) = frozen.layer.key_range() {
-                let name = LayerName::Delta {
-                    key_range,
-                    lsn_range: frozen.layer.lsn_range(),
-                };
-                let mut writer = DeltaLayerWriter::new(
-                    &dir.join(name.to_string()),
-                    key_range,
-                    name.lsn_range(),
-                )?;
-                for (key, lsn, value) in frozen.layer.iter() {
-                    writer.put(key, lsn, value)?;
-                }
-                writer.finish()?;
-                written = Some(name);
-            }
+            let written = self.write_delta_layers(dir, &frozen.layer)?;
             {
                 let mut layers = self.layers.write().unwrap_or_else(|p| p.into_inner());
-                if let Some(name) = written {
+                for name in written {
                     layers
                         .files
                         .insert(Arc::new(PersistentLayer::new(dir, name)));
@@ -689,6 +690,55 @@ impl Timeline {
             }
             self.metadata().save(dir)?;
         }
+    }
+
+    /// Write a frozen layer as delta layer files, one per key partition it
+    /// has values in, each named by the keys it actually holds.
+    fn write_delta_layers(
+        &self,
+        dir: &Path,
+        layer: &InMemoryLayer,
+    ) -> Result<Vec<LayerName>, StorageError> {
+        let partitions = self.partitioning();
+        let lsn_range = layer.lsn_range();
+        let mut written = Vec::new();
+        let mut entries = layer.iter().peekable();
+        let mut partition = 0;
+        while let Some(&(first, _, _)) = entries.peek() {
+            while partition + 1 < partitions.len() && !partitions[partition].contains(&first) {
+                partition += 1;
+            }
+            let limit = partitions.get(partition).map_or(Key::MAX, |p| p.end);
+            let mut group = Vec::new();
+            while let Some(&(key, lsn, value)) = entries.peek() {
+                if key >= limit && partition + 1 < partitions.len() {
+                    break;
+                }
+                group.push((key, lsn, value));
+                entries.next();
+            }
+            let last = group.last().map_or(first, |(key, _, _)| *key);
+            let name = LayerName::Delta {
+                key_range: KeyRange::new(first, last.next()),
+                lsn_range: lsn_range.clone(),
+            };
+            let mut writer = DeltaLayerWriter::new(
+                &dir.join(name.to_string()),
+                name.key_range(),
+                lsn_range.clone(),
+            )?;
+            for (key, lsn, value) in group {
+                writer.put(key, lsn, value)?;
+            }
+            writer.finish()?;
+            written.push(name);
+        }
+        Ok(written)
+    }
+
+    /// The current key partitions (empty before the first compaction).
+    pub fn partitioning(&self) -> Vec<KeyRange> {
+        lock(&self.partitioning).clone()
     }
 
     fn save_metadata(&self) -> Result<(), StorageError> {
@@ -740,7 +790,7 @@ impl Timeline {
     /// `None` if the timeline has no keys of its own or the layer exists.
     pub fn compact_images(&self, lsn: Lsn) -> Result<Option<LayerName>, StorageError> {
         let dir = self.dir_or_err()?;
-        let _guard = lock(&self.flush_lock);
+        let _guard = lock(&self.compaction_lock);
         let dc = self.disk_consistent_lsn();
         if lsn > dc {
             return Err(StorageError::Invalid(format!(
@@ -779,6 +829,92 @@ impl Timeline {
         Ok(Some(name))
     }
 
+    /// Partitioned compaction at the disk-consistent LSN: for each key
+    /// partition with at least `threshold` delta layers above its newest
+    /// image, write an image layer of the partition. Partitions are chunks
+    /// of about [`TimelineConf::image_partition_keys`] keys of the
+    /// timeline's own key space, computed on the first compaction and split
+    /// when one grows past twice that. Runs beside ingest: it holds only the
+    /// compaction lock. Returns the image layers written.
+    pub fn compact(&self, threshold: usize) -> Result<Vec<LayerName>, StorageError> {
+        let dir = self.dir_or_err()?;
+        let _guard = lock(&self.compaction_lock);
+        let lsn = self.disk_consistent_lsn();
+        if lsn <= self.start_lsn {
+            return Ok(Vec::new());
+        }
+        let target = self.conf.image_partition_keys.max(1);
+        let mut partitions = self.partitioning();
+        if partitions.is_empty() {
+            let keys = self.try_own_keys(KeyRange::all())?;
+            partitions = partition_keys(&keys, target);
+            *lock(&self.partitioning) = partitions.clone();
+        }
+        let files: Vec<Arc<PersistentLayer>> = {
+            let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
+            layers.files.iter().cloned().collect()
+        };
+        let mut written = Vec::new();
+        let mut next_partitions = Vec::with_capacity(partitions.len());
+        for range in partitions {
+            let newest_image = files
+                .iter()
+                .filter(|l| l.key_range().covers(&range))
+                .filter_map(|l| l.image_lsn())
+                .max();
+            let deltas_above = files
+                .iter()
+                .filter(|l| {
+                    l.name().is_delta()
+                        && l.key_range().overlaps(&range)
+                        && newest_image.is_none_or(|i| l.name().lsn_range().end.0 > i.0 + 1)
+                })
+                .count();
+            if deltas_above < threshold || newest_image == Some(lsn) {
+                next_partitions.push(range);
+                continue;
+            }
+            let keys = self.try_own_keys(range)?;
+            if keys.is_empty() {
+                next_partitions.push(range);
+                continue;
+            }
+            let name = LayerName::Image {
+                key_range: range,
+                lsn,
+            };
+            let mut writer = ImageLayerWriter::new(&dir.join(name.to_string()), range, lsn)?;
+            for key in &keys {
+                if let Some(image) = self.get(*key, lsn)? {
+                    writer.put(*key, image)?;
+                }
+            }
+            writer.finish()?;
+            {
+                let mut layers = self.layers.write().unwrap_or_else(|p| p.into_inner());
+                layers
+                    .files
+                    .insert(Arc::new(PersistentLayer::new(dir, name.clone())));
+            }
+            written.push(name);
+            if keys.len() > 2 * target {
+                // Split the grown partition; its image covers the parts.
+                let mut parts = partition_keys(&keys, target);
+                if let Some(first) = parts.first_mut() {
+                    first.start = range.start;
+                }
+                if let Some(last) = parts.last_mut() {
+                    last.end = range.end;
+                }
+                next_partitions.extend(parts);
+            } else {
+                next_partitions.push(range);
+            }
+        }
+        *lock(&self.partitioning) = next_partitions;
+        Ok(written)
+    }
+
     /// Remove the layer files that no read at or above `horizon`, nor at any
     /// of `retain_lsns` (the branch points of child timelines), needs: those
     /// entirely below the horizon whose whole key range is covered by a
@@ -787,6 +923,7 @@ impl Timeline {
     /// layers removed.
     pub fn gc(&self, horizon: Lsn, retain_lsns: &[Lsn]) -> Result<Vec<LayerName>, StorageError> {
         let dir = self.dir_or_err()?;
+        let _compaction = lock(&self.compaction_lock);
         let _guard = lock(&self.flush_lock);
         {
             let mut h = self.gc_horizon.write().unwrap_or_else(|p| p.into_inner());
@@ -817,4 +954,23 @@ impl Timeline {
         }
         Ok(removed.iter().map(|l| l.name().clone()).collect())
     }
+}
+
+/// Contiguous key ranges from [`Key::MIN`] to [`Key::MAX`], each holding
+/// about `target` of `keys` (sorted); one range for no keys.
+pub fn partition_keys(keys: &[Key], target: usize) -> Vec<KeyRange> {
+    let target = target.max(1);
+    let mut cuts: Vec<Key> = keys.iter().step_by(target).skip(1).copied().collect();
+    // A last chunk smaller than half the target joins the one before.
+    if !keys.len().is_multiple_of(target) && keys.len() % target < target / 2 {
+        cuts.pop();
+    }
+    let mut out = Vec::with_capacity(cuts.len() + 1);
+    let mut start = Key::MIN;
+    for cut in cuts {
+        out.push(KeyRange::new(start, cut));
+        start = cut;
+    }
+    out.push(KeyRange::new(start, Key::MAX));
+    out
 }

@@ -13,7 +13,6 @@ use anyhow::{bail, Context};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use postgres_format::wal::WalStreamDecoder;
-use postgres_format::PgMajorVersion;
 use pq_proto::replication::{PgTimestamp, PrimaryMessage, StandbyMessage, StandbyStatusUpdate};
 use storage_broker::{BrokerClient, SafekeeperTimelineInfo};
 use tokio_util::sync::CancellationToken;
@@ -97,6 +96,21 @@ async fn sleep_or_cancel(cancel: &CancellationToken, duration: Duration) -> bool
 }
 
 /// Stream from `source` until it fails, falls behind, or `cancel` fires.
+/// The WAL segment size of the timeline's cluster, from its control file.
+fn wal_segment_size(timeline: &Timeline, lsn: Lsn) -> anyhow::Result<usize> {
+    let bytes = timeline
+        .get_control_file(lsn)?
+        .with_context(|| format!("the timeline has no control file at {lsn}"))?;
+    let control = postgres_format::control_file::ControlFile::decode(&bytes, timeline.pg_version)
+        .context("decoding the timeline's control file")?;
+    let size = control.xlog_seg_size as usize;
+    anyhow::ensure!(
+        size.is_power_of_two() && (1 << 20..=1 << 30).contains(&size),
+        "the control file gives an invalid WAL segment size of {size} bytes"
+    );
+    Ok(size)
+}
+
 async fn stream_from(
     timeline: &Arc<Timeline>,
     source: &SafekeeperTimelineInfo,
@@ -124,15 +138,18 @@ async fn stream_from(
         .copy_both(&format!("START_REPLICATION PHYSICAL {}", start.last))
         .await?;
     let (mut receiver, mut sender) = copy.split();
-    let segment_size = postgres_format::constants::DEFAULT_WAL_SEGMENT_SIZE;
-    let mut decoder = WalStreamDecoder::new(start.last, PgMajorVersion::V15, segment_size)?;
+    let (mut ingest, segment_size) = {
+        let timeline = timeline.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let segment_size = wal_segment_size(&timeline, start.last)?;
+            Ok((WalIngest::new(&timeline)?, segment_size))
+        })
+        .await??
+    };
+    let mut decoder = WalStreamDecoder::new(start.last, timeline.pg_version, segment_size)?;
     if start.prev.is_valid() {
         decoder.set_prev_record(start.prev);
     }
-    let mut ingest = {
-        let timeline = timeline.clone();
-        tokio::task::spawn_blocking(move || WalIngest::new(&timeline)).await??
-    };
     let mut received = start.last;
     let mut last_data = Instant::now();
     let mut lagging_since: Option<Instant> = None;

@@ -138,6 +138,21 @@ fn bad_input_is_refused() -> anyhow::Result<()> {
         "{err:#}"
     );
 
+    // Data checksums (the stored pages' pd_lsn would not match them).
+    let checksums = dir.path().join("checksums");
+    run(std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&pgdata)
+        .arg(&checksums))?;
+    let control_path = checksums.join("global/pg_control");
+    let mut control = ControlFile::decode(&std::fs::read(&control_path)?, PgMajorVersion::V15)?;
+    control.data_checksum_version = 1;
+    std::fs::write(&control_path, control.encode())?;
+    let err = import(&checksums)
+        .err()
+        .context("importing a cluster with data checksums")?;
+    assert!(format!("{err:#}").contains("data checksums"), "{err:#}");
+
     // A tablespace.
     let spc = dir.path().join("with-tablespace");
     run(std::process::Command::new("cp")

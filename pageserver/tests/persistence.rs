@@ -26,6 +26,7 @@ const START: RecordLsn = RecordLsn {
 fn conf(max: usize) -> TimelineConf {
     TimelineConf {
         open_layer_max_bytes: max,
+        ..TimelineConf::default()
     }
 }
 
@@ -568,4 +569,99 @@ fn in_memory_timeline_cannot_flush() {
     let tl = Timeline::new_root(TenantId::generate(), tid(1), PgMajorVersion::V15, START);
     assert!(tl.flush().is_err());
     assert!(tl.dir().is_none());
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    files_under(dir)
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+/// A steady update workload over a fixed key space, with the background
+/// work a pageserver does (flush, partitioned compaction, GC at a window
+/// below the last record): the space on disk levels off instead of growing
+/// with the WAL, and every read in the window stays right.
+#[test]
+fn steady_updates_keep_physical_size_bounded() {
+    let mut s = setup(11, 16 * 1024);
+    let conf = TimelineConf {
+        open_layer_max_bytes: 16 * 1024,
+        image_partition_keys: 8,
+    };
+    s.tenant = Tenant::create(&s.workdir.join("bounded"), s.tenant_id, conf).unwrap();
+    let tl = s
+        .tenant
+        .create_root_timeline(tid(1), PgMajorVersion::V15, START)
+        .unwrap();
+    let dir = tl.dir().unwrap().to_path_buf();
+    let window = 400u64; // LSN bytes of history kept
+    let mut sizes = Vec::new();
+    let mut images_per_round = Vec::new();
+    for round in 0..60 {
+        ingest(&mut s, &tl, 40, 0.0);
+        tl.flush().unwrap();
+        images_per_round.push(tl.compact(2).unwrap().len());
+        let horizon =
+            Lsn(tl.last_record_lsn().0.saturating_sub(window)).min(tl.disk_consistent_lsn());
+        if horizon > tl.gc_horizon() && horizon > tl.start_lsn() {
+            s.tenant.gc_timeline(tl.timeline_id, horizon).unwrap();
+        }
+        sizes.push(dir_bytes(&dir));
+        if round % 10 == 9 {
+            check_reads(
+                &tl,
+                &s.model,
+                tl.gc_horizon(),
+                tl.last_record_lsn(),
+                "steady",
+            );
+        }
+    }
+    // 28 keys in partitions of about 8: several partitions.
+    let partitions = tl.partitioning();
+    assert!(partitions.len() >= 3, "{partitions:?}");
+    let early = *sizes[10..30].iter().max().unwrap();
+    let late = *sizes[40..].iter().max().unwrap();
+    assert!(
+        late * 2 <= early * 3,
+        "physical size grows with the WAL: {early} bytes in rounds 10-30, {late} in 40-60 ({sizes:?})"
+    );
+
+    // Updates to one key re-image only its partition.
+    let key = rel_key(0);
+    for _ in 0..3 {
+        let prev = tl.last_record();
+        let record = RecordLsn {
+            last: Lsn(prev.last.0 + 8),
+            prev: prev.last,
+        };
+        let value = Value::Image(page(&mut s.rng));
+        tl.put_batch(record.last, vec![(key, value.clone())])
+            .unwrap();
+        tl.advance_last_record(record);
+        s.model
+            .versions
+            .entry(tl.timeline_id)
+            .or_default()
+            .entry(key)
+            .or_default()
+            .insert(record.last, value.clone());
+        s.model
+            .log
+            .entry(tl.timeline_id)
+            .or_default()
+            .push((record, vec![(key, value)]));
+        tl.flush().unwrap();
+    }
+    let written = tl.compact(2).unwrap();
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert!(written[0].key_range().contains(&key));
+    check_reads(
+        &tl,
+        &s.model,
+        tl.gc_horizon(),
+        tl.last_record_lsn(),
+        "one partition",
+    );
 }

@@ -605,6 +605,26 @@ impl LayerFile {
         })
     }
 
+    /// The distinct keys in `range`, in order, reading only the data
+    /// blocks whose keys overlap it.
+    pub fn keys_in(&self, range: &KeyRange) -> Result<Vec<Key>, LayerError> {
+        let mut out: Vec<Key> = Vec::new();
+        for (i, meta) in self.index.iter().enumerate() {
+            if meta.last.0 < range.start {
+                continue;
+            }
+            if meta.first.0 >= range.end {
+                break;
+            }
+            for entry in self.read_block(i)? {
+                if range.contains(&entry.key) && out.last() != Some(&entry.key) {
+                    out.push(entry.key);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Read, check and decode data block `i`.
     pub fn read_block(&self, i: usize) -> Result<Vec<Entry>, LayerError> {
         let Some(meta) = self.index.get(i) else {

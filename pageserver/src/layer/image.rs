@@ -60,6 +60,11 @@ impl ImageLayerReader {
         Ok(ImageLayerReader { file })
     }
 
+    /// The distinct keys in `range`, in order.
+    pub fn keys_in(&self, range: &KeyRange) -> Result<Vec<Key>, LayerError> {
+        self.file.keys_in(range)
+    }
+
     pub fn path(&self) -> &Path {
         &self.file.path
     }
