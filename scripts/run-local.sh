@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The README's main job: create the local repository (.neon) if needed and
-# start every daemon, then say how to reach them. `make run` builds first.
+# The README's main job: create the local repository (.neon, or
+# $NEON_REPO_DIR) if needed, start every daemon, make sure there is a
+# default tenant with a running endpoint 'main' on its branch 'main', and
+# print how to connect. `make run` builds first. Running it again is safe.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 neon_local=target/debug/neon_local
@@ -8,17 +10,33 @@ if [[ ! -x $neon_local ]]; then
   echo "error: $neon_local not found: run 'make run' (it builds first)" >&2
   exit 1
 fi
-if [[ ! -f .neon/config ]]; then
+repo=${NEON_REPO_DIR:-.neon}
+if [[ ! -f $repo/config ]]; then
   "$neon_local" init
 fi
 "$neon_local" start
-cat <<'MSG'
+if ! grep -q '^default_tenant_id' "$repo/state.toml" 2>/dev/null; then
+  "$neon_local" tenant create --set-default
+fi
+if [[ ! -f $repo/endpoints/main/endpoint.toml ]]; then
+  "$neon_local" endpoint create main
+fi
+status=$("$neon_local" endpoint list | awk '$1 == "main" { print $NF }')
+if [[ $status != running ]]; then
+  "$neon_local" endpoint start main
+fi
+address=$("$neon_local" endpoint list | awk '$1 == "main" { print $2 }')
+port=${address##*:}
+cat <<MSG
 
-The storage broker, pageserver and safekeeper are running; see their status
-with `cargo neon pageserver status` (and likewise for the others), and stop
-everything with `cargo neon stop`.
+Everything runs: the storage broker, the pageserver, the safekeepers, and a
+compute (stock PostgreSQL 15) for the branch 'main' of the default tenant.
+Connect with
 
-Not yet: computes. Tenants, branches and endpoints, and so a psql
-connection string, come with the compute issue (docs/ARCHITECTURE.md keeps
-the status).
+    psql -h 127.0.0.1 -p $port -U cloud_admin postgres
+
+or postgresql://cloud_admin@127.0.0.1:$port/postgres. Then try the README's
+walkthrough (\`cargo neon timeline branch --branch-name dev\`, ...);
+\`cargo neon endpoint list\` shows the computes, and \`cargo neon stop\`
+stops everything.
 MSG

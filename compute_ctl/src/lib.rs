@@ -1,18 +1,34 @@
-//! compute_ctl wraps one stock PostgreSQL compute node: given a spec it will
-//! sync the safekeepers, fetch a base backup, start postgres and apply roles
-//! and databases, and it serves an HTTP API about the compute.
+//! compute_ctl wraps one stock PostgreSQL compute node: given a spec it
+//! syncs the safekeepers, fetches a base backup, starts postgres, runs the
+//! walproposer and applies roles and databases, and it serves an HTTP API
+//! about the compute (`/status`, `/configure`, `/terminate`, `/metrics`).
 //!
-//! This is the process skeleton: without a spec it serves its HTTP API
-//! (`/v1/status` says `"status": "empty"`, `/metrics`). Starting a compute
-//! from a spec is not implemented yet and fails.
+//! * [`compute`]: the compute's life (start sequence, supervision);
+//! * [`basebackup`]: safekeeper sync, the pageserver, the base backup;
+//! * [`config`]: the files written into PGDATA;
+//! * [`pg`]: finding, starting and stopping postgres as its OS user;
+//! * [`spec_apply`]: roles and databases;
+//! * [`monitor`]: client activity;
+//! * [`http`]: the routes.
+
+pub mod basebackup;
+pub mod compute;
+pub mod config;
+pub mod http;
+pub mod monitor;
+pub mod pg;
+pub mod spec_apply;
 
 use std::path::PathBuf;
 
-use axum::Router;
+use anyhow::Context;
+use compute_api::ComputeSpec;
 use daemon_utils::{bind_listener, CancellationToken, HttpServer, ServiceInfo};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tracing::info;
+
+use compute::ComputeNode;
 
 pub const SERVICE: ServiceInfo = daemon_utils::service_info!("compute_ctl");
 
@@ -20,38 +36,74 @@ pub const SERVICE: ServiceInfo = daemon_utils::service_info!("compute_ctl");
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ComputeCtlConf {
-    /// PostgreSQL data directory of the compute.
-    pub pgdata: Option<PathBuf>,
-    /// Compute spec (JSON) to start the compute from.
+    /// PostgreSQL data directory of the compute; emptied on every start.
+    pub pgdata: PathBuf,
+    /// Compute spec (JSON) to start the compute from at launch.
     pub spec_path: Option<PathBuf>,
-    /// The `postgres` executable.
+    /// The `postgres` executable; a bare name is looked up in
+    /// /usr/lib/postgresql/15/bin, `pg_config --bindir` and `PATH`.
     pub pgbin: PathBuf,
     /// HTTP API address.
     pub listen_http_addr: String,
+    /// The OS user postgres runs as when compute_ctl runs as root.
+    pub pg_os_user: Option<String>,
+    /// How often the monitor polls postgres for client activity.
+    pub monitor_interval_ms: u64,
+    /// How long postgres may take to accept connections.
+    pub start_timeout_secs: u64,
 }
 
 impl Default for ComputeCtlConf {
     fn default() -> Self {
         Self {
-            pgdata: None,
+            pgdata: PathBuf::from("pgdata"),
             spec_path: None,
             pgbin: PathBuf::from("postgres"),
             listen_http_addr: "127.0.0.1:3080".into(),
+            pg_os_user: None,
+            monitor_interval_ms: 500,
+            start_timeout_secs: 60,
         }
     }
 }
 
-/// Runs compute_ctl until `cancel` fires.
-pub async fn run(conf: ComputeCtlConf, cancel: CancellationToken) -> anyhow::Result<()> {
-    if let Some(spec) = &conf.spec_path {
-        anyhow::bail!(
-            "cannot start the compute described by {}: starting computes is not implemented yet",
-            spec.display()
-        );
-    }
-    let http = HttpServer::new(SERVICE)?
-        .with_status(|| Map::from_iter([("status".to_owned(), Value::from("empty"))]));
+/// Reads and validates a spec file.
+pub fn load_spec(path: &std::path::Path) -> anyhow::Result<ComputeSpec> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the compute spec {}", path.display()))?;
+    ComputeSpec::from_json(&text).with_context(|| format!("in {}", path.display()))
+}
+
+/// Runs compute_ctl until `cancel` fires (SIGTERM) or `/terminate`; stops
+/// postgres before returning.
+pub async fn run(mut conf: ComputeCtlConf, cancel: CancellationToken) -> anyhow::Result<()> {
+    let spec = conf.spec_path.as_deref().map(load_spec).transpose()?;
+    conf.pgdata = std::path::absolute(&conf.pgdata)
+        .with_context(|| format!("resolving {}", conf.pgdata.display()))?;
+    let node = ComputeNode::new(conf.clone())?;
+    let status_node = node.clone();
+    let http = HttpServer::new(SERVICE)?.with_status(move || {
+        Map::from_iter([(
+            "status".to_owned(),
+            Value::from(status_node.status().as_str()),
+        )])
+    });
+    node.register_metrics(http.registry())?;
     let listener = bind_listener("HTTP", &conf.listen_http_addr).await?;
-    info!("no compute spec given: waiting with an empty compute");
-    http.serve(listener, Router::new(), cancel).await
+    match spec {
+        Some(spec) => {
+            info!(
+                "starting the compute for tenant {} timeline {}",
+                spec.tenant_id, spec.timeline_id
+            );
+            node.start(spec)
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        }
+        None => info!("no compute spec given: waiting for POST /configure"),
+    }
+    let routes = http::routes(node.clone(), cancel.clone());
+    let served = http.serve(listener, routes, cancel).await;
+    let state = node.terminate().await;
+    info!("compute {}", state.status);
+    served
 }

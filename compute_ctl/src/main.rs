@@ -7,27 +7,34 @@ use daemon_utils::{apply_overrides, CommonArgs};
 
 /// compute_ctl: runs and manages one stock PostgreSQL compute node.
 ///
-/// Skeleton: without a spec it serves its HTTP API (/v1/status reports an
-/// empty compute, /metrics). Starting a compute from a spec is not
-/// implemented yet: with --spec it exits with an error. Stops on SIGTERM or
-/// SIGINT.
+/// Given a spec (--spec FILE, or later POST /configure) it syncs the
+/// safekeepers, fetches a base backup from the pageserver into a fresh
+/// PGDATA, starts postgres (as the postgres OS user when run as root), runs
+/// the walproposer, and applies the spec's roles and databases. HTTP API:
+/// GET /status, POST /configure, POST /terminate, GET /metrics. Stops
+/// postgres and exits on SIGTERM.
 #[derive(Parser, Debug)]
 #[command(name = "compute_ctl", version)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
-    /// PostgreSQL data directory of the compute
+    /// PostgreSQL data directory of the compute (emptied on every start)
+    /// [default: ./pgdata]
     #[arg(short = 'D', long)]
     pgdata: Option<PathBuf>,
-    /// Compute spec (JSON file) to start the compute from (not implemented yet)
+    /// Compute spec (JSON file) to start the compute from
     #[arg(short = 'c', long = "spec", value_name = "FILE")]
     spec_path: Option<PathBuf>,
-    /// The postgres executable [default: postgres]
-    #[arg(long)]
+    /// The postgres executable [default: found in /usr/lib/postgresql/15/bin,
+    /// pg_config --bindir or PATH]
+    #[arg(short = 'b', long)]
     pgbin: Option<PathBuf>,
     /// HTTP API address [default: 127.0.0.1:3080]
     #[arg(long = "listen-http", value_name = "ADDR")]
     listen_http_addr: Option<String>,
+    /// OS user postgres runs as when compute_ctl is root [default: postgres]
+    #[arg(long)]
+    pg_os_user: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -36,12 +43,12 @@ fn main() -> ExitCode {
         compute_ctl::SERVICE,
         cli.common.config.as_deref(),
         |conf: &mut ComputeCtlConf| {
-            apply_overrides!(conf, cli, pgbin, listen_http_addr);
-            if cli.pgdata.is_some() {
-                conf.pgdata = cli.pgdata;
-            }
+            apply_overrides!(conf, cli, pgdata, pgbin, listen_http_addr);
             if cli.spec_path.is_some() {
                 conf.spec_path = cli.spec_path;
+            }
+            if cli.pg_os_user.is_some() {
+                conf.pg_os_user = cli.pg_os_user;
             }
         },
         compute_ctl::run,

@@ -49,7 +49,13 @@ pub struct Daemon {
     pub dir: PathBuf,
     /// host:port of its HTTP API.
     pub http_addr: String,
+    /// Print a line when it has started.
+    pub announce: bool,
 }
+
+/// Decides from a `/v1/status` document of the spawned process whether it
+/// is ready (`Ok(true)`), not yet (`Ok(false)`), or failed (`Err`).
+pub type ReadyCheck<'a> = &'a mut dyn FnMut(&Value) -> anyhow::Result<bool>;
 
 impl Daemon {
     pub fn pid_file(&self) -> PathBuf {
@@ -95,6 +101,15 @@ impl Daemon {
     /// was running already. On failure prints the end of its log, and leaves
     /// no process nor pid file behind.
     pub fn start(&self, timeout: Duration) -> anyhow::Result<Option<Child>> {
+        self.start_checked(timeout, &mut |_| Ok(true))
+    }
+
+    /// [`start`](Self::start), ready only once `ready` says so as well.
+    pub fn start_checked(
+        &self,
+        timeout: Duration,
+        ready: ReadyCheck<'_>,
+    ) -> anyhow::Result<Option<Child>> {
         if let Some(pid) = self.running_pid()? {
             println!("{} is already running (pid {pid})", self.name);
             return Ok(None);
@@ -105,12 +120,14 @@ impl Daemon {
             .with_context(|| format!("starting {}", self.name))?;
         let pid = child.id();
         let mut child = Some(child);
-        match self.wait_until_ready(&mut child, timeout) {
+        match self.wait_until_ready(&mut child, timeout, ready) {
             Ok(()) => {
-                println!(
-                    "{} started (pid {pid}), HTTP API on http://{}",
-                    self.name, self.http_addr
-                );
+                if self.announce {
+                    println!(
+                        "{} started (pid {pid}), HTTP API on http://{}",
+                        self.name, self.http_addr
+                    );
+                }
                 Ok(child)
             }
             Err(err) => {
@@ -161,7 +178,12 @@ impl Daemon {
 
     /// Polls `/v1/status` until this very process answers. Sets `child` to
     /// `None` once it has been reaped.
-    fn wait_until_ready(&self, child: &mut Option<Child>, timeout: Duration) -> anyhow::Result<()> {
+    fn wait_until_ready(
+        &self,
+        child: &mut Option<Child>,
+        timeout: Duration,
+        ready: ReadyCheck<'_>,
+    ) -> anyhow::Result<()> {
         let client = http_client()?;
         let url = self.status_url();
         let deadline = Instant::now() + timeout;
@@ -171,7 +193,12 @@ impl Daemon {
                 bail!("{} exited during startup ({status})", self.name);
             }
             let problem = match get_status(&client, &url) {
-                Ok(doc) if doc["pid"] == process.id() => return Ok(()),
+                Ok(doc) if doc["pid"] == process.id() => {
+                    if ready(&doc)? {
+                        return Ok(());
+                    }
+                    format!("not ready yet: {doc}")
+                }
                 Ok(doc) => format!("another process answers there: {doc}"),
                 Err(err) => format!("{err:#}"),
             };
@@ -226,7 +253,9 @@ impl Daemon {
         };
         let Some(pid) = pid else {
             self.remove_pid_file()?;
-            println!("{} is not running", self.name);
+            if self.announce {
+                println!("{} is not running", self.name);
+            }
             return Ok(false);
         };
         let mut exited = || match child.as_mut() {
@@ -249,7 +278,9 @@ impl Daemon {
             }
         }
         self.remove_pid_file()?;
-        println!("{} stopped (pid {pid})", self.name);
+        if self.announce {
+            println!("{} stopped (pid {pid})", self.name);
+        }
         Ok(true)
     }
 
@@ -276,7 +307,7 @@ impl Daemon {
     }
 }
 
-fn http_client() -> anyhow::Result<reqwest::blocking::Client> {
+pub fn http_client() -> anyhow::Result<reqwest::blocking::Client> {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(2))
         // Only local daemons are asked: never through a proxy from the env.
@@ -290,7 +321,7 @@ fn get_status(client: &reqwest::blocking::Client, url: &str) -> anyhow::Result<V
     Ok(response.json()?)
 }
 
-fn wait_for(mut condition: impl FnMut() -> bool, timeout: Duration) -> bool {
+pub fn wait_for(mut condition: impl FnMut() -> bool, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if condition() {
@@ -303,7 +334,7 @@ fn wait_for(mut condition: impl FnMut() -> bool, timeout: Duration) -> bool {
     }
 }
 
-fn send_signal(pid: Pid, signal: Signal, name: &str) -> anyhow::Result<()> {
+pub fn send_signal(pid: Pid, signal: Signal, name: &str) -> anyhow::Result<()> {
     match kill(pid, signal) {
         Ok(()) | Err(Errno::ESRCH) => Ok(()),
         Err(err) => Err(err).with_context(|| format!("sending {signal} to {name} (pid {pid})")),

@@ -1,10 +1,22 @@
 //! neon_local: the control plane for one machine. It keeps a repository
-//! directory (`.neon` by default) holding its `config` and one directory per
-//! daemon, starts the daemons as background processes with a log and a pid
-//! file each, and stops them again.
+//! directory (`.neon` by default) holding its `config`, its `state.toml`
+//! (default tenant, branch names), one directory per daemon and one per
+//! compute endpoint; starts the daemons and endpoints as background
+//! processes with a log and a pid file each, and stops them again.
+//!
+//! * [`local_env`]: the repository and its config;
+//! * [`background_process`]: daemons as child processes;
+//! * [`state`]: default tenant and branch names;
+//! * [`storage`]: the pageserver's and safekeepers' HTTP APIs;
+//! * [`tenants`]: `tenant` and `timeline` commands;
+//! * [`endpoint`]: compute endpoints (compute_ctl and its postgres).
 
 pub mod background_process;
+pub mod endpoint;
 pub mod local_env;
+pub mod state;
+pub mod storage;
+pub mod tenants;
 
 use std::path::Path;
 use std::time::Duration;

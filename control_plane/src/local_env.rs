@@ -21,7 +21,22 @@ pub struct LocalEnv {
     pub broker: BrokerConf,
     pub pageserver: PageserverConf,
     pub safekeepers: Vec<SafekeeperConf>,
+    pub endpoints: EndpointsConf,
     pub binaries: Binaries,
+}
+
+/// Compute endpoints: ports are picked from `base_port` up (postgres, then
+/// compute_ctl's HTTP API), skipping those taken.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EndpointsConf {
+    pub base_port: u16,
+}
+
+impl Default for EndpointsConf {
+    fn default() -> Self {
+        Self { base_port: 55432 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,7 +91,9 @@ impl SafekeeperConf {
 }
 
 /// Paths of the daemon executables; `init` fills those left empty with the
-/// ones next to the neon_local executable.
+/// ones next to the neon_local executable, and `pg_bin_dir` with
+/// PostgreSQL 15's (`$PG_BIN`, /usr/lib/postgresql/15/bin or
+/// `pg_config --bindir`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Binaries {
@@ -85,6 +102,24 @@ pub struct Binaries {
     pub safekeeper: PathBuf,
     pub compute_ctl: PathBuf,
     pub proxy: PathBuf,
+    pub pg_bin_dir: PathBuf,
+}
+
+/// Where PostgreSQL 15's server binaries are, if they can be found.
+pub fn find_pg_bin_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("PG_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let default = Path::new("/usr/lib/postgresql/15/bin");
+    if default.join("postgres").is_file() {
+        return Some(default.to_owned());
+    }
+    let out = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()?;
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    (out.status.success() && dir.join("postgres").is_file()).then_some(dir)
 }
 
 /// Options of `neon_local init`.
@@ -134,7 +169,41 @@ impl LocalEnv {
                 );
             }
         }
+        if b.pg_bin_dir.as_os_str().is_empty() {
+            match find_pg_bin_dir() {
+                Some(dir) => b.pg_bin_dir = dir,
+                None => {
+                    b.pg_bin_dir = PathBuf::from("/usr/lib/postgresql/15/bin");
+                    eprintln!(
+                        "warning: PostgreSQL 15 not found (install postgresql-15, or set PG_BIN or binaries.pg_bin_dir)"
+                    );
+                }
+            }
+        } else if !b.pg_bin_dir.join("postgres").is_file() {
+            eprintln!(
+                "warning: PostgreSQL not found: {} does not exist",
+                b.pg_bin_dir.join("postgres").display()
+            );
+        }
         Ok(env)
+    }
+
+    /// The `postgres` executable.
+    pub fn postgres_binary(&self) -> PathBuf {
+        self.binaries.pg_bin_dir.join("postgres")
+    }
+
+    /// Fails clearly when PostgreSQL is not where the config says.
+    pub fn check_postgres(&self, repo: &Path) -> anyhow::Result<()> {
+        let postgres = self.postgres_binary();
+        if !postgres.is_file() {
+            bail!(
+                "PostgreSQL not found: {} does not exist (install postgresql-15, or set binaries.pg_bin_dir in {})",
+                postgres.display(),
+                repo.join(CONFIG_FILE).display()
+            );
+        }
+        Ok(())
     }
 
     /// Reads the config of the repository at `repo`.
@@ -243,6 +312,7 @@ impl LocalEnv {
             ],
             dir: repo.join("storage_broker"),
             http_addr: self.broker.listen_addr.clone(),
+            announce: true,
         }
     }
 
@@ -264,9 +334,12 @@ impl LocalEnv {
                 ps.listen_http_addr.clone().into(),
                 "--broker-endpoint".into(),
                 self.broker.listen_addr.clone().into(),
+                "--pg-bin-dir".into(),
+                self.binaries.pg_bin_dir.clone().into(),
             ],
             dir,
             http_addr: ps.listen_http_addr.clone(),
+            announce: true,
         }
     }
 
@@ -290,6 +363,7 @@ impl LocalEnv {
             ],
             dir,
             http_addr: sk.listen_http_addr.clone(),
+            announce: true,
         }
     }
 

@@ -1,20 +1,22 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use control_plane::background_process::StopMode;
+use control_plane::endpoint::{self, Endpoint};
 use control_plane::local_env::{InitOptions, LocalEnv};
+use control_plane::tenants;
 use utils::{Lsn, NodeId, TenantId, TimelineId};
 
 /// neon_local: runs the whole system on one machine.
 ///
 /// Keeps a repository directory (by default .neon in the current directory)
-/// with its config and a directory per daemon holding the daemon's log and
-/// pid file, and starts and stops the storage broker, pageserver and
-/// safekeepers as background processes. Tenant, timeline and endpoint
-/// commands are not implemented yet.
+/// with its config, branch names, a directory per daemon and one per compute
+/// endpoint (each with its log and pid file); starts and stops the storage
+/// broker, pageserver, safekeepers and computes as background processes, and
+/// manages tenants, branches and endpoints through them.
 #[derive(Parser, Debug)]
 #[command(name = "neon_local", version)]
 struct Cli {
@@ -50,15 +52,15 @@ enum Command {
     },
     /// Start the storage broker, pageserver and safekeepers
     Start(StartArgs),
-    /// Stop every daemon
+    /// Stop every endpoint and daemon
     Stop(StopArgs),
-    /// Manage tenants (not implemented yet)
+    /// Manage tenants
     #[command(subcommand)]
     Tenant(TenantCmd),
-    /// Manage timelines and branches (not implemented yet)
+    /// Manage timelines and branches
     #[command(subcommand)]
     Timeline(TimelineCmd),
-    /// Manage compute endpoints (not implemented yet)
+    /// Manage compute endpoints
     #[command(subcommand)]
     Endpoint(EndpointCmd),
     /// Start, stop or check the pageserver
@@ -125,26 +127,26 @@ enum SafekeeperCmd {
     },
 }
 
-// The arguments of the commands below are parsed (and so validated) but not
-// used until the commands are implemented.
-#[allow(dead_code)]
 #[derive(Subcommand, Debug)]
 enum TenantCmd {
-    /// Create a tenant with its initial timeline
+    /// Create a tenant on the pageserver with its initial timeline, 'main'
     Create {
         #[arg(long)]
         tenant_id: Option<TenantId>,
+        /// Id of the initial timeline [default: generated]
         #[arg(long)]
         timeline_id: Option<TimelineId>,
         /// Use this tenant when commands do not name one
         #[arg(long)]
         set_default: bool,
+        /// PostgreSQL major version
+        #[arg(long, default_value_t = 15)]
+        pg_version: u32,
     },
-    /// List tenants
+    /// List the pageserver's tenants
     List,
 }
 
-#[allow(dead_code)]
 #[derive(Subcommand, Debug)]
 enum TimelineCmd {
     /// Create a branch from another branch, at its end or at an LSN
@@ -155,10 +157,11 @@ enum TimelineCmd {
         branch_name: String,
         #[arg(long, default_value = "main")]
         ancestor_branch_name: String,
+        /// Branch point [default: the end of the ancestor's WAL]
         #[arg(long)]
         ancestor_start_lsn: Option<Lsn>,
     },
-    /// Create a timeline without ancestor
+    /// Create a timeline without ancestor (a new initdb)
     Create {
         #[arg(long)]
         tenant_id: Option<TenantId>,
@@ -166,6 +169,8 @@ enum TimelineCmd {
         timeline_id: Option<TimelineId>,
         #[arg(long)]
         branch_name: String,
+        #[arg(long, default_value_t = 15)]
+        pg_version: u32,
     },
     /// List timelines as a tree
     List {
@@ -174,29 +179,43 @@ enum TimelineCmd {
     },
 }
 
-#[allow(dead_code)]
 #[derive(Subcommand, Debug)]
 enum EndpointCmd {
-    /// Create a compute endpoint on a branch
+    /// Create a compute endpoint on a branch (read-only at --lsn)
     Create {
         endpoint_id: String,
         #[arg(long)]
         tenant_id: Option<TenantId>,
         #[arg(long, default_value = "main")]
         branch_name: String,
+        /// PostgreSQL port [default: the first free one from endpoints.base_port]
         #[arg(long)]
         pg_port: Option<u16>,
+        /// compute_ctl HTTP port [default: the next free one]
         #[arg(long)]
         http_port: Option<u16>,
+        /// Read-only endpoint showing the branch as of this LSN (time travel)
+        #[arg(long)]
+        lsn: Option<Lsn>,
+        #[arg(long, default_value_t = 15)]
+        pg_version: u32,
     },
-    /// Start an endpoint's compute
-    Start { endpoint_id: String },
+    /// Start an endpoint's compute and wait until postgres runs
+    Start {
+        endpoint_id: String,
+        /// Seconds to wait for the compute to run
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
     /// Stop an endpoint's compute
     Stop {
         endpoint_id: String,
         /// Also delete the endpoint
         #[arg(long)]
         destroy: bool,
+        /// fast: SIGTERM, then SIGKILL after 10 s; immediate: SIGKILL
+        #[arg(short = 'm', long, value_enum, default_value = "fast")]
+        stop_mode: StopMode,
     },
     /// List endpoints
     List {
@@ -214,10 +233,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn not_implemented(command: &str) -> anyhow::Error {
-    anyhow::anyhow!("'{command}' is not implemented yet")
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -249,23 +264,65 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             control_plane::start_daemons(&env()?.all_daemons(&repo), args.timeout())
         }
         Command::Stop(args) => {
-            control_plane::stop_daemons(&env()?.all_daemons(&repo), args.stop_mode)
+            let env = env()?;
+            // Computes first: they write to the storage until they stop.
+            let endpoints = endpoint::stop_all(&repo, &env, args.stop_mode);
+            let daemons = control_plane::stop_daemons(&env.all_daemons(&repo), args.stop_mode);
+            endpoints.and(daemons)
         }
-        Command::Tenant(cmd) => Err(not_implemented(match cmd {
-            TenantCmd::Create { .. } => "tenant create",
-            TenantCmd::List => "tenant list",
-        })),
-        Command::Timeline(cmd) => Err(not_implemented(match cmd {
-            TimelineCmd::Branch { .. } => "timeline branch",
-            TimelineCmd::Create { .. } => "timeline create",
-            TimelineCmd::List { .. } => "timeline list",
-        })),
-        Command::Endpoint(cmd) => Err(not_implemented(match cmd {
-            EndpointCmd::Create { .. } => "endpoint create",
-            EndpointCmd::Start { .. } => "endpoint start",
-            EndpointCmd::Stop { .. } => "endpoint stop",
-            EndpointCmd::List { .. } => "endpoint list",
-        })),
+        Command::Tenant(cmd) => {
+            let env = env()?;
+            match cmd {
+                TenantCmd::Create {
+                    tenant_id,
+                    timeline_id,
+                    set_default,
+                    pg_version,
+                } => tenants::tenant_create(
+                    &repo,
+                    &env,
+                    tenant_id,
+                    timeline_id,
+                    pg_version,
+                    set_default,
+                )
+                .map(drop),
+                TenantCmd::List => tenants::tenant_list(&repo, &env),
+            }
+        }
+        Command::Timeline(cmd) => {
+            let env = env()?;
+            match cmd {
+                TimelineCmd::Branch {
+                    tenant_id,
+                    branch_name,
+                    ancestor_branch_name,
+                    ancestor_start_lsn,
+                } => tenants::timeline_branch(
+                    &repo,
+                    &env,
+                    tenant_id,
+                    &branch_name,
+                    &ancestor_branch_name,
+                    ancestor_start_lsn,
+                ),
+                TimelineCmd::Create {
+                    tenant_id,
+                    timeline_id,
+                    branch_name,
+                    pg_version,
+                } => tenants::timeline_create(
+                    &repo,
+                    &env,
+                    tenant_id,
+                    timeline_id,
+                    &branch_name,
+                    pg_version,
+                ),
+                TimelineCmd::List { tenant_id } => tenants::timeline_list(&repo, &env, tenant_id),
+            }
+        }
+        Command::Endpoint(cmd) => endpoint_command(&repo, &env()?, cmd),
         Command::Pageserver(cmd) => {
             let env = env()?;
             daemon_command(cmd, vec![env.pageserver_daemon(&repo)])
@@ -287,6 +344,69 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     daemon_command(DaemonCmd::Status, env.safekeeper_daemons(&repo, id)?)
                 }
             }
+        }
+    }
+}
+
+fn endpoint_command(repo: &Path, env: &LocalEnv, cmd: EndpointCmd) -> anyhow::Result<()> {
+    match cmd {
+        EndpointCmd::Create {
+            endpoint_id,
+            tenant_id,
+            branch_name,
+            pg_port,
+            http_port,
+            lsn,
+            pg_version,
+        } => {
+            let opts = endpoint::CreateOptions {
+                name: endpoint_id,
+                tenant_id,
+                branch_name,
+                pg_port,
+                http_port,
+                lsn,
+                pg_version,
+            };
+            let state = control_plane::state::State::load(repo)?;
+            Endpoint::create(repo, env, &state, &opts).map(drop)
+        }
+        EndpointCmd::Start {
+            endpoint_id,
+            timeout,
+        } => {
+            let ep = Endpoint::load(repo, &endpoint_id)?;
+            let mode = match ep.conf.lsn {
+                Some(lsn) => format!(" (read-only at {lsn})"),
+                None => String::new(),
+            };
+            println!(
+                "Starting new endpoint {endpoint_id} (PostgreSQL v{}) on timeline {}{mode} ...",
+                ep.conf.pg_version, ep.conf.timeline_id
+            );
+            ep.start(repo, env, Duration::from_secs(timeout))?;
+            println!("Starting postgres at '{}'", ep.connstr());
+            Ok(())
+        }
+        EndpointCmd::Stop {
+            endpoint_id,
+            destroy,
+            stop_mode,
+        } => {
+            let ep = Endpoint::load(repo, &endpoint_id)?;
+            if !ep.stop(env, stop_mode)? {
+                println!("endpoint {endpoint_id} is not running");
+            }
+            if destroy {
+                std::fs::remove_dir_all(&ep.dir)
+                    .with_context(|| format!("removing {}", ep.dir.display()))?;
+                println!("endpoint {endpoint_id} destroyed");
+            }
+            Ok(())
+        }
+        EndpointCmd::List { tenant_id } => {
+            print!("{}", endpoint::list_table(repo, env, tenant_id)?);
+            Ok(())
         }
     }
 }

@@ -289,10 +289,19 @@ mod tests {
     fn union_coverage() {
         let target = range(10, 20);
         assert!(union_covers([range(0, 30)].into_iter(), &target));
-        assert!(union_covers([range(15, 20), range(5, 15)].into_iter(), &target));
-        assert!(union_covers([range(10, 12), range(12, 18), range(17, 25)].into_iter(), &target));
+        assert!(union_covers(
+            [range(15, 20), range(5, 15)].into_iter(),
+            &target
+        ));
+        assert!(union_covers(
+            [range(10, 12), range(12, 18), range(17, 25)].into_iter(),
+            &target
+        ));
         // A gap, a missing start or end.
-        assert!(!union_covers([range(10, 14), range(15, 20)].into_iter(), &target));
+        assert!(!union_covers(
+            [range(10, 14), range(15, 20)].into_iter(),
+            &target
+        ));
         assert!(!union_covers([range(11, 20)].into_iter(), &target));
         assert!(!union_covers([range(10, 19)].into_iter(), &target));
         assert!(!union_covers(std::iter::empty(), &target));

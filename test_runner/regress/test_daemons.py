@@ -26,6 +26,7 @@ from fixtures.daemons import (  # noqa: F401 - the fixtures are used by name
     neon_local,
     pid_alive,
     start_daemon,
+    write_neon_local_config,
 )
 from fixtures.neon_fixtures import PortDistributor, wait_until
 
@@ -149,38 +150,14 @@ def test_config_file_and_flag_override(
     assert daemon.stop() == 0
 
 
-def test_compute_ctl_spec_not_implemented(start_daemon: DaemonFactory, test_output_dir: Path):
+def test_compute_ctl_bad_spec(start_daemon: DaemonFactory, test_output_dir: Path):
+    """A spec that cannot be used stops compute_ctl at once with one line."""
     spec = test_output_dir / "spec.json"
     spec.write_text(json.dumps({"mode": "primary"}))
     daemon = start_daemon("compute_ctl", "--spec", str(spec))
     assert daemon.wait_exit() != 0
-    assert (
-        f"cannot start the compute described by {spec}: "
-        "starting computes is not implemented yet" in daemon.log
-    ), daemon.log
-
-
-def write_neon_local_config(
-    path: Path, ports: PortDistributor, safekeepers: int
-) -> dict[str, str]:
-    """An init config on free ports; returns {daemon name: HTTP address}."""
-    def addr() -> str:
-        return f"127.0.0.1:{ports.get()}"
-
-    http = {"storage_broker": addr(), "pageserver 1": addr()}
-    text = f'[broker]\nlisten_addr = "{http["storage_broker"]}"\n\n'
-    text += (
-        f'[pageserver]\nlisten_pg_addr = "{addr()}"\n'
-        f'listen_http_addr = "{http["pageserver 1"]}"\n'
-    )
-    for i in range(1, safekeepers + 1):
-        http[f"safekeeper {i}"] = addr()
-        text += (
-            f'\n[[safekeepers]]\nid = {i}\nlisten_pg_addr = "{addr()}"\n'
-            f'listen_http_addr = "{http[f"safekeeper {i}"]}"\n'
-        )
-    path.write_text(text)
-    return http
+    assert "invalid compute spec: missing field `tenant_id`" in daemon.log, daemon.log
+    assert f"in {spec}" in daemon.log, daemon.log
 
 
 def test_neon_local_init_start_stop(
@@ -258,24 +235,47 @@ def test_neon_local_start_failure_cleans_up(
     assert neon_local.pid_files() == []
 
 
+NO_DEFAULT_TENANT = (
+    "error: no --tenant-id given and no default tenant: "
+    "create one with `neon_local tenant create --set-default`"
+)
+NOT_RUNNING = (
+    "error: cannot reach the pageserver at http://{pageserver}: "
+    "is it running? (start it with `neon_local start`)"
+)
+NO_ENDPOINT = "error: there is no endpoint named 'main' (see `neon_local endpoint list`)"
+
+
 @pytest.mark.parametrize(
-    "command",
+    "command,error",
     [
-        ["tenant", "create"],
-        ["tenant", "list"],
-        ["timeline", "branch", "--branch-name", "b"],
-        ["timeline", "create", "--branch-name", "b"],
-        ["timeline", "list"],
-        ["endpoint", "create", "main"],
-        ["endpoint", "start", "main"],
-        ["endpoint", "stop", "main"],
-        ["endpoint", "list"],
+        (["tenant", "list"], NOT_RUNNING),
+        (["tenant", "create"], NOT_RUNNING),
+        (["timeline", "list"], NO_DEFAULT_TENANT),
+        (["timeline", "branch", "--branch-name", "b"], NO_DEFAULT_TENANT),
+        (["endpoint", "create", "main"], NO_DEFAULT_TENANT),
+        (["endpoint", "start", "main"], NO_ENDPOINT),
+        (["endpoint", "stop", "main"], NO_ENDPOINT),
     ],
 )
-def test_neon_local_not_implemented(neon_local: NeonLocal, command: list[str]):
+def test_neon_local_commands_need_daemons_and_tenant(
+    neon_local: NeonLocal,
+    port_distributor: PortDistributor,
+    test_output_dir: Path,
+    command: list[str],
+    error: str,
+):
+    """Before `start` and `tenant create`, commands fail with one line and
+    change nothing."""
+    config = test_output_dir / "init.toml"
+    http = write_neon_local_config(config, port_distributor, safekeepers=1)
+    neon_local.run("init", "--config", config)
+    before = sorted(p.relative_to(neon_local.repo_dir) for p in neon_local.repo_dir.rglob("*"))
     result = neon_local.run(*command, check=False)
     assert result.returncode != 0
-    assert result.stderr == f"error: '{command[0]} {command[1]}' is not implemented yet\n"
+    assert result.stderr == error.format(pageserver=http["pageserver 1"]) + "\n"
+    after = sorted(p.relative_to(neon_local.repo_dir) for p in neon_local.repo_dir.rglob("*"))
+    assert after == before
 
 
 def test_neon_local_needs_init(neon_local: NeonLocal):

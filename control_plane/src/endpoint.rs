@@ -1,0 +1,538 @@
+//! Compute endpoints: a named compute_ctl (and its postgres) on a branch,
+//! read-write or read-only at an LSN. Each has a directory
+//! `endpoints/<name>/` holding `endpoint.toml`, the `spec.json` of its
+//! last start, compute_ctl's log and pid file, and `pgdata/`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use compute_api::{ComputeMode, ComputeSpec, ComputeState};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use utils::{Lsn, TenantId, TimelineId};
+
+use crate::background_process::{self, is_alive, send_signal, wait_for, Daemon, StopMode};
+use crate::local_env::LocalEnv;
+use crate::state::{check_name, State};
+use crate::storage::{PageserverClient, SafekeeperClient};
+
+pub const ENDPOINTS_DIR: &str = "endpoints";
+const ENDPOINT_FILE: &str = "endpoint.toml";
+const SPEC_FILE: &str = "spec.json";
+
+/// `endpoint.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConf {
+    pub name: String,
+    pub tenant_id: TenantId,
+    pub timeline_id: TimelineId,
+    pub pg_port: u16,
+    pub http_port: u16,
+    /// Read-only at this LSN; read-write when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<Lsn>,
+    pub pg_version: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub conf: EndpointConf,
+    pub dir: PathBuf,
+}
+
+/// What `endpoint create` is asked for.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub name: String,
+    pub tenant_id: Option<TenantId>,
+    pub branch_name: String,
+    pub pg_port: Option<u16>,
+    pub http_port: Option<u16>,
+    pub lsn: Option<Lsn>,
+    pub pg_version: u32,
+}
+
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+impl Endpoint {
+    pub fn dir_of(repo: &Path, name: &str) -> PathBuf {
+        repo.join(ENDPOINTS_DIR).join(name)
+    }
+
+    pub fn load(repo: &Path, name: &str) -> anyhow::Result<Endpoint> {
+        let dir = Self::dir_of(repo, name);
+        let path = dir.join(ENDPOINT_FILE);
+        if !path.exists() {
+            bail!("there is no endpoint named '{name}' (see `neon_local endpoint list`)");
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let conf: EndpointConf =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        Ok(Endpoint { conf, dir })
+    }
+
+    /// Every endpoint, by name.
+    pub fn list(repo: &Path) -> anyhow::Result<Vec<Endpoint>> {
+        let dir = repo.join(ENDPOINTS_DIR);
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join(ENDPOINT_FILE).is_file())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        names.iter().map(|name| Self::load(repo, name)).collect()
+    }
+
+    /// Creates an endpoint: checks the name, the branch, the ports and the
+    /// LSN, then writes `endpoint.toml`. Nothing is written on failure.
+    pub fn create(
+        repo: &Path,
+        env: &LocalEnv,
+        state: &State,
+        opts: &CreateOptions,
+    ) -> anyhow::Result<Endpoint> {
+        check_name("endpoint", &opts.name)?;
+        let dir = Self::dir_of(repo, &opts.name);
+        if dir.exists() {
+            bail!("endpoint '{}' already exists", opts.name);
+        }
+        let tenant_id = state.tenant(opts.tenant_id)?;
+        let timeline_id = state.require_timeline(tenant_id, &opts.branch_name)?;
+        let others = Self::list(repo)?;
+        let mut taken: HashSet<u16> = others
+            .iter()
+            .flat_map(|e| [e.conf.pg_port, e.conf.http_port])
+            .collect();
+        for (port, what) in [(opts.pg_port, "--pg-port"), (opts.http_port, "--http-port")] {
+            let Some(port) = port else { continue };
+            if let Some(other) = others
+                .iter()
+                .find(|e| e.conf.pg_port == port || e.conf.http_port == port)
+            {
+                bail!(
+                    "{what} {port} is already used by endpoint '{}'",
+                    other.conf.name
+                );
+            }
+        }
+        if opts.pg_port.is_some() && opts.pg_port == opts.http_port {
+            bail!("--pg-port and --http-port must differ");
+        }
+        taken.extend(opts.pg_port);
+        taken.extend(opts.http_port);
+        let mut next_free = |from: u16| -> anyhow::Result<u16> {
+            let mut port = from;
+            while taken.contains(&port) || !port_free(port) {
+                port = port
+                    .checked_add(1)
+                    .context("no free port left for the endpoint")?;
+            }
+            taken.insert(port);
+            Ok(port)
+        };
+        let base = env.endpoints.base_port;
+        let pg_port = match opts.pg_port {
+            Some(port) => port,
+            None => next_free(base)?,
+        };
+        let http_port = match opts.http_port {
+            Some(port) => port,
+            None => next_free(pg_port.max(base))?,
+        };
+        if let Some(lsn) = opts.lsn {
+            check_static_lsn(env, tenant_id, timeline_id, &opts.branch_name, lsn)?;
+        }
+        let conf = EndpointConf {
+            name: opts.name.clone(),
+            tenant_id,
+            timeline_id,
+            pg_port,
+            http_port,
+            lsn: opts.lsn,
+            pg_version: opts.pg_version,
+        };
+        let text = toml::to_string_pretty(&conf).context("serializing the endpoint")?;
+        let tmp = dir.with_file_name(format!(".{}.creating", opts.name));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let written = std::fs::create_dir_all(&tmp)
+            .and_then(|()| std::fs::write(tmp.join(ENDPOINT_FILE), text))
+            .and_then(|()| std::fs::rename(&tmp, &dir))
+            .with_context(|| format!("creating {}", dir.display()));
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        Ok(Endpoint { conf, dir })
+    }
+
+    pub fn pgdata(&self) -> PathBuf {
+        self.dir.join("pgdata")
+    }
+
+    pub fn http_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.conf.http_port)
+    }
+
+    pub fn mode(&self) -> ComputeMode {
+        match self.conf.lsn {
+            Some(lsn) => ComputeMode::Static(lsn),
+            None => ComputeMode::Primary,
+        }
+    }
+
+    /// compute_ctl as a background process.
+    pub fn daemon(&self, env: &LocalEnv) -> Daemon {
+        Daemon {
+            name: format!("endpoint {}", self.conf.name),
+            service: "compute_ctl",
+            binary: env.binaries.compute_ctl.clone(),
+            args: vec![
+                "--pgdata".into(),
+                self.pgdata().into(),
+                "--spec".into(),
+                self.dir.join(SPEC_FILE).into(),
+                "--listen-http".into(),
+                self.http_addr().into(),
+                "--pgbin".into(),
+                env.postgres_binary().into(),
+            ],
+            dir: self.dir.clone(),
+            http_addr: self.http_addr(),
+            announce: false,
+        }
+    }
+
+    pub fn spec(&self, env: &LocalEnv) -> ComputeSpec {
+        ComputeSpec {
+            format_version: compute_api::spec::FORMAT_VERSION,
+            tenant_id: self.conf.tenant_id,
+            timeline_id: self.conf.timeline_id,
+            pageserver_connstring: format!(
+                "postgresql://{}@{}",
+                compute_api::spec::SUPERUSER,
+                env.pageserver.listen_pg_addr
+            ),
+            pageserver_http: env.pageserver.listen_http_addr.clone(),
+            safekeepers: match self.mode() {
+                ComputeMode::Primary => env
+                    .safekeepers
+                    .iter()
+                    .map(|sk| sk.listen_pg_addr.clone())
+                    .collect(),
+                ComputeMode::Static(_) => Vec::new(),
+            },
+            pg_port: self.conf.pg_port,
+            listen_addresses: "127.0.0.1".into(),
+            pg_version: self.conf.pg_version,
+            mode: self.mode(),
+            roles: Vec::new(),
+            databases: Vec::new(),
+            delta_operations: Vec::new(),
+            settings: Default::default(),
+            suspend_timeout_seconds: None,
+        }
+    }
+
+    pub fn connstr(&self) -> String {
+        format!(
+            "postgresql://{}@127.0.0.1:{}/postgres",
+            compute_api::spec::SUPERUSER,
+            self.conf.pg_port
+        )
+    }
+
+    /// compute_ctl's pid if it runs.
+    pub fn running_pid(&self, env: &LocalEnv) -> anyhow::Result<Option<Pid>> {
+        self.daemon(env).running_pid()
+    }
+
+    /// Starts compute_ctl and waits until postgres runs with the spec
+    /// applied. Checks first what can be checked, so that a refused start
+    /// changes nothing; a failed one leaves no process.
+    pub fn start(&self, repo: &Path, env: &LocalEnv, timeout: Duration) -> anyhow::Result<()> {
+        let name = &self.conf.name;
+        let daemon = self.daemon(env);
+        if let Some(pid) = daemon.running_pid()? {
+            bail!("endpoint '{name}' is already running (compute_ctl pid {pid})");
+        }
+        daemon.check_binary()?;
+        env.check_postgres(repo)?;
+        if self.conf.lsn.is_none() {
+            for other in Self::list(repo)? {
+                if other.conf.name != *name
+                    && other.conf.lsn.is_none()
+                    && other.conf.tenant_id == self.conf.tenant_id
+                    && other.conf.timeline_id == self.conf.timeline_id
+                    && other.running_pid(env)?.is_some()
+                {
+                    bail!(
+                        "endpoint '{}' already runs read-write on timeline {}: stop it first (two primaries on one timeline would fence each other)",
+                        other.conf.name,
+                        self.conf.timeline_id
+                    );
+                }
+            }
+        }
+        for (port, what) in [
+            (self.conf.pg_port, "postgres"),
+            (self.conf.http_port, "compute_ctl HTTP"),
+        ] {
+            if !port_free(port) {
+                bail!("cannot start endpoint '{name}': port {port} ({what}) is already in use");
+            }
+        }
+        let pageserver = PageserverClient::new(env)?;
+        pageserver
+            .timeline(self.conf.tenant_id, self.conf.timeline_id)
+            .with_context(|| {
+                format!(
+                    "checking timeline {} on the pageserver",
+                    self.conf.timeline_id
+                )
+            })?;
+        if self.conf.lsn.is_none() {
+            for sk in &env.safekeepers {
+                SafekeeperClient::new(&sk.listen_http_addr)?
+                    .ensure_timeline(
+                        self.conf.tenant_id,
+                        self.conf.timeline_id,
+                        self.conf.pg_version,
+                    )
+                    .with_context(|| format!("creating the timeline on safekeeper {}", sk.id))?;
+            }
+        }
+        let spec_path = self.dir.join(SPEC_FILE);
+        let spec = serde_json::to_string_pretty(&self.spec(env)).context("serializing the spec")?;
+        std::fs::write(&spec_path, spec)
+            .with_context(|| format!("writing {}", spec_path.display()))?;
+
+        let http = background_process::http_client()?;
+        let status_url = format!("http://{}/status", self.http_addr());
+        let mut ready = |doc: &serde_json::Value| -> anyhow::Result<bool> {
+            match doc["status"].as_str() {
+                Some("running") => Ok(true),
+                Some("failed" | "terminated") => {
+                    let state: Option<ComputeState> = http
+                        .get(&status_url)
+                        .send()
+                        .ok()
+                        .and_then(|r| r.json().ok());
+                    let error = state
+                        .and_then(|s| s.error)
+                        .unwrap_or_else(|| "no error recorded".into());
+                    bail!("the compute failed: {error}")
+                }
+                _ => Ok(false),
+            }
+        };
+        let started = daemon.start_checked(timeout, &mut ready);
+        if started.is_err() {
+            self.kill_postgres();
+        }
+        started.map(drop)
+    }
+
+    /// Stops compute_ctl (which stops postgres), then makes sure no
+    /// postgres of this endpoint is left. Returns whether it was running.
+    pub fn stop(&self, env: &LocalEnv, mode: StopMode) -> anyhow::Result<bool> {
+        let was_running = self.daemon(env).stop(None, mode)?;
+        self.kill_postgres();
+        Ok(was_running)
+    }
+
+    /// Kills a postgres left in the endpoint's PGDATA (compute_ctl was
+    /// killed, say), as `postmaster.pid` names it.
+    fn kill_postgres(&self) {
+        let pid_file = self.pgdata().join("postmaster.pid");
+        let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
+            .map(Pid::from_raw)
+        else {
+            return;
+        };
+        let is_postgres = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            let argv0 = c.split(|&b| b == 0).next().unwrap_or_default();
+            argv0.ends_with(b"postgres")
+        });
+        if !is_alive(pid) || !is_postgres {
+            return;
+        }
+        for signal in [Signal::SIGQUIT, Signal::SIGKILL] {
+            if send_signal(pid, signal, "postgres").is_err() {
+                return;
+            }
+            if wait_for(|| !is_alive(pid), Duration::from_secs(5)) {
+                return;
+            }
+        }
+        eprintln!(
+            "warning: postgres (pid {pid}) of endpoint '{}' survived SIGKILL",
+            self.conf.name
+        );
+    }
+
+    /// `running`, `stopped`, or what compute_ctl reports (`init`,
+    /// `failed`, …).
+    pub fn status(&self, env: &LocalEnv) -> String {
+        match self.running_pid(env) {
+            Ok(Some(_)) => {}
+            _ => return "stopped".into(),
+        }
+        let state: Option<ComputeState> = background_process::http_client()
+            .ok()
+            .and_then(|c| {
+                c.get(format!("http://{}/status", self.http_addr()))
+                    .send()
+                    .ok()
+            })
+            .and_then(|r| r.json().ok());
+        match state {
+            Some(state) => state.status.to_string(),
+            None => "unknown".into(),
+        }
+    }
+}
+
+/// A static endpoint's LSN must lie on its branch, above the GC horizon.
+fn check_static_lsn(
+    env: &LocalEnv,
+    tenant_id: TenantId,
+    timeline_id: TimelineId,
+    branch: &str,
+    lsn: Lsn,
+) -> anyhow::Result<()> {
+    let pageserver = PageserverClient::new(env)?;
+    let mut info = pageserver
+        .timeline(tenant_id, timeline_id)
+        .with_context(|| format!("checking --lsn {lsn} on the pageserver"))?;
+    if lsn > info.last_record_lsn {
+        // Committed WAL the pageserver has not ingested yet is on its way.
+        let flushed = crate::storage::quorum_flush_lsn(env, tenant_id, timeline_id)?;
+        if flushed.is_some_and(|f| lsn <= f) {
+            pageserver.wait_for_lsn(tenant_id, timeline_id, lsn, Duration::from_secs(30))?;
+            info = pageserver.timeline(tenant_id, timeline_id)?;
+        }
+    }
+    if lsn > info.last_record_lsn {
+        bail!(
+            "--lsn {lsn} is beyond the end of branch '{branch}' ({})",
+            info.last_record_lsn
+        );
+    }
+    if let Some(start) = info.ancestor_lsn.filter(|&a| lsn < a) {
+        bail!("--lsn {lsn} is before branch '{branch}' starts ({start})");
+    }
+    if lsn < info.gc_cutoff_lsn {
+        bail!(
+            "--lsn {lsn} is below the GC horizon of branch '{branch}' ({}): its pages are gone",
+            info.gc_cutoff_lsn
+        );
+    }
+    Ok(())
+}
+
+/// Stops every running endpoint.
+pub fn stop_all(repo: &Path, env: &LocalEnv, mode: StopMode) -> anyhow::Result<()> {
+    let mut first_error = None;
+    for endpoint in Endpoint::list(repo)? {
+        match endpoint.stop(env, mode) {
+            Ok(true) => println!("Stopped endpoint {}", endpoint.conf.name),
+            Ok(false) => {}
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e.context("some endpoints could not be stopped")),
+        None => Ok(()),
+    }
+}
+
+/// `endpoint list`: a table with the endpoints (of one tenant, if given).
+pub fn list_table(
+    repo: &Path,
+    env: &LocalEnv,
+    tenant_id: Option<TenantId>,
+) -> anyhow::Result<String> {
+    let state = State::load(repo)?;
+    let endpoints: Vec<Endpoint> = Endpoint::list(repo)?
+        .into_iter()
+        .filter(|e| tenant_id.is_none_or(|t| e.conf.tenant_id == t))
+        .collect();
+    // A primary's LSN is where its timeline ends on the pageserver.
+    let pageserver = PageserverClient::new(env)?;
+    let mut last_lsn = std::collections::HashMap::new();
+    for e in &endpoints {
+        if e.conf.lsn.is_none() && !last_lsn.contains_key(&e.conf.timeline_id) {
+            let lsn = pageserver
+                .timeline(e.conf.tenant_id, e.conf.timeline_id)
+                .map(|t| t.last_record_lsn.to_string())
+                .unwrap_or_else(|_| "?".into());
+            last_lsn.insert(e.conf.timeline_id, lsn);
+        }
+    }
+    let mut rows = vec![[
+        "ENDPOINT".to_owned(),
+        "ADDRESS".to_owned(),
+        "TIMELINE".to_owned(),
+        "BRANCH NAME".to_owned(),
+        "LSN".to_owned(),
+        "STATUS".to_owned(),
+    ]];
+    for e in &endpoints {
+        let lsn = match e.conf.lsn {
+            Some(lsn) => lsn.to_string(),
+            None => last_lsn[&e.conf.timeline_id].clone(),
+        };
+        rows.push([
+            e.conf.name.clone(),
+            format!("127.0.0.1:{}", e.conf.pg_port),
+            e.conf.timeline_id.to_string(),
+            state
+                .branch_name(e.conf.tenant_id, e.conf.timeline_id)
+                .unwrap_or("<no name>")
+                .to_owned(),
+            lsn,
+            e.status(env),
+        ]);
+    }
+    Ok(format_table(&rows))
+}
+
+/// Left-aligned columns, two spaces apart.
+pub fn format_table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}

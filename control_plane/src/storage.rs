@@ -1,0 +1,214 @@
+//! The pageserver's and safekeepers' HTTP APIs, as neon_local uses them.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use pageserver_api::models::{
+    TenantCreateRequest, TenantInfo, TimelineCreateRequest, TimelineInfo,
+};
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::StatusCode;
+use safekeeper_api::models::TimelineStatus;
+use serde::de::DeserializeOwned;
+use utils::{Lsn, TenantId, TimelineId};
+
+use crate::local_env::LocalEnv;
+
+fn client(timeout: Duration) -> anyhow::Result<Client> {
+    Client::builder()
+        .timeout(timeout)
+        .no_proxy()
+        .build()
+        .context("creating the HTTP client")
+}
+
+/// Sends `request`; a refused connection says which daemon is not running.
+fn send(request: RequestBuilder, daemon: &str, base: &str) -> anyhow::Result<Response> {
+    request.send().map_err(|e| {
+        if e.is_connect() {
+            anyhow::anyhow!(
+                "cannot reach the {daemon} at {base}: is it running? (start it with `neon_local start`)"
+            )
+        } else {
+            anyhow::anyhow!("asking the {daemon} at {base}: {e}")
+        }
+    })
+}
+
+/// The body of a successful answer, or an error quoting the daemon's.
+fn parse<T: DeserializeOwned>(response: Response, daemon: &str) -> anyhow::Result<T> {
+    let status = response.status();
+    if !status.is_success() {
+        let text = response.text().unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        bail!("the {daemon} refused: {message} ({status})");
+    }
+    response
+        .json()
+        .with_context(|| format!("reading the {daemon}'s answer"))
+}
+
+pub struct PageserverClient {
+    client: Client,
+    base: String,
+}
+
+impl PageserverClient {
+    pub fn new(env: &LocalEnv) -> anyhow::Result<Self> {
+        Ok(PageserverClient {
+            // Bootstrapping a timeline runs initdb.
+            client: client(Duration::from_secs(300))?,
+            base: format!("http://{}", env.pageserver.listen_http_addr),
+        })
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let response = send(
+            self.client.get(format!("{}{path}", self.base)),
+            "pageserver",
+            &self.base,
+        )?;
+        parse(response, "pageserver")
+    }
+
+    fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<T> {
+        let response = send(
+            self.client.post(format!("{}{path}", self.base)).json(body),
+            "pageserver",
+            &self.base,
+        )?;
+        parse(response, "pageserver")
+    }
+
+    pub fn create_tenant(&self, tenant_id: Option<TenantId>) -> anyhow::Result<TenantId> {
+        let info: TenantInfo = self.post("/v1/tenant", &TenantCreateRequest { tenant_id })?;
+        Ok(info.tenant_id)
+    }
+
+    pub fn tenants(&self) -> anyhow::Result<Vec<TenantInfo>> {
+        self.get("/v1/tenant")
+    }
+
+    pub fn create_timeline(
+        &self,
+        tenant_id: TenantId,
+        request: &TimelineCreateRequest,
+    ) -> anyhow::Result<TimelineInfo> {
+        self.post(&format!("/v1/tenant/{tenant_id}/timeline"), request)
+    }
+
+    pub fn timelines(&self, tenant_id: TenantId) -> anyhow::Result<Vec<TimelineInfo>> {
+        self.get(&format!("/v1/tenant/{tenant_id}/timeline"))
+    }
+
+    pub fn timeline(
+        &self,
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+    ) -> anyhow::Result<TimelineInfo> {
+        self.get(&format!("/v1/tenant/{tenant_id}/timeline/{timeline_id}"))
+    }
+
+    /// Waits until the timeline has WAL up to `lsn`; false on timeout.
+    pub fn wait_for_lsn(
+        &self,
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+        lsn: Lsn,
+        timeout: Duration,
+    ) -> anyhow::Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.timeline(tenant_id, timeline_id)?.last_record_lsn >= lsn {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+pub struct SafekeeperClient {
+    client: Client,
+    base: String,
+}
+
+impl SafekeeperClient {
+    pub fn new(http_addr: &str) -> anyhow::Result<Self> {
+        Ok(SafekeeperClient {
+            client: client(Duration::from_secs(30))?,
+            base: format!("http://{http_addr}"),
+        })
+    }
+
+    /// The timeline's status, `None` if the safekeeper does not have it.
+    pub fn timeline(
+        &self,
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+    ) -> anyhow::Result<Option<TimelineStatus>> {
+        let url = format!("{}/v1/tenant/{tenant_id}/timeline/{timeline_id}", self.base);
+        let response = send(self.client.get(url), "safekeeper", &self.base)?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        parse(response, "safekeeper").map(Some)
+    }
+
+    /// Creates the timeline unless it exists.
+    pub fn ensure_timeline(
+        &self,
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+        pg_version: u32,
+    ) -> anyhow::Result<()> {
+        if self.timeline(tenant_id, timeline_id)?.is_some() {
+            return Ok(());
+        }
+        let url = format!("{}/v1/tenant/{tenant_id}/timeline", self.base);
+        let body = serde_json::json!({
+            "timeline_id": timeline_id,
+            "pg_version": pg_version * 10000,
+        });
+        let response = send(self.client.post(url).json(&body), "safekeeper", &self.base)?;
+        if response.status() == StatusCode::CONFLICT {
+            return Ok(());
+        }
+        parse::<serde_json::Value>(response, "safekeeper").map(drop)
+    }
+}
+
+/// The LSN a quorum of the safekeepers has flushed on the timeline: every
+/// commit acknowledged to a client is below it. `None` if no safekeeper
+/// has the timeline.
+pub fn quorum_flush_lsn(
+    env: &LocalEnv,
+    tenant_id: TenantId,
+    timeline_id: TimelineId,
+) -> anyhow::Result<Option<Lsn>> {
+    let mut flushed = Vec::new();
+    for sk in &env.safekeepers {
+        let client = SafekeeperClient::new(&sk.listen_http_addr)?;
+        // A safekeeper that is down counts as having nothing.
+        if let Ok(Some(status)) = client.timeline(tenant_id, timeline_id) {
+            flushed.push(status.flush_lsn);
+        }
+    }
+    if flushed.is_empty() {
+        return Ok(None);
+    }
+    flushed.sort_unstable_by(|a, b| b.cmp(a));
+    let quorum = env.safekeepers.len() / 2 + 1;
+    Ok(Some(
+        flushed.get(quorum - 1).copied().unwrap_or(Lsn::INVALID),
+    ))
+}

@@ -1,0 +1,290 @@
+//! `tenant` and `timeline` commands: the pageserver does the work,
+//! neon_local remembers the default tenant and the branch names.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use pageserver_api::models::{TimelineCreateRequest, TimelineInfo};
+use utils::{Lsn, TenantId, TimelineId};
+
+use crate::local_env::LocalEnv;
+use crate::state::{check_name, State};
+use crate::storage::{quorum_flush_lsn, PageserverClient};
+
+/// The name of a tenant's first timeline.
+pub const DEFAULT_BRANCH: &str = "main";
+
+/// How long branching at the end of a timeline waits for the pageserver to
+/// have what the safekeepers committed.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `tenant create`: the tenant, then its initial timeline named `main`.
+pub fn tenant_create(
+    repo: &Path,
+    env: &LocalEnv,
+    tenant_id: Option<TenantId>,
+    timeline_id: Option<TimelineId>,
+    pg_version: u32,
+    set_default: bool,
+) -> anyhow::Result<TenantId> {
+    let mut state = State::load(repo)?;
+    let pageserver = PageserverClient::new(env)?;
+    let tenant_id = pageserver.create_tenant(tenant_id)?;
+    println!("tenant {tenant_id} successfully created on the pageserver");
+    let timeline = pageserver
+        .create_timeline(
+            tenant_id,
+            &TimelineCreateRequest {
+                new_timeline_id: timeline_id,
+                pg_version: Some(pg_version),
+                ..Default::default()
+            },
+        )
+        .context("creating the initial timeline")?;
+    state.add_branch(tenant_id, DEFAULT_BRANCH, timeline.timeline_id);
+    println!(
+        "Created an initial timeline '{}' at Lsn {} for tenant: {tenant_id}",
+        timeline.timeline_id, timeline.last_record_lsn
+    );
+    if set_default {
+        println!("Setting tenant {tenant_id} as a default one");
+        state.default_tenant_id = Some(tenant_id);
+    }
+    state.save(repo)?;
+    Ok(tenant_id)
+}
+
+pub fn tenant_list(repo: &Path, env: &LocalEnv) -> anyhow::Result<()> {
+    let state = State::load(repo)?;
+    let mut tenants = PageserverClient::new(env)?.tenants()?;
+    tenants.sort_by_key(|t| t.tenant_id.to_string());
+    for t in tenants {
+        let default = if state.default_tenant_id == Some(t.tenant_id) {
+            " (default)"
+        } else {
+            ""
+        };
+        println!("{} {}{default}", t.tenant_id, t.state);
+    }
+    Ok(())
+}
+
+/// `timeline create`: a new timeline from initdb, with a branch name.
+pub fn timeline_create(
+    repo: &Path,
+    env: &LocalEnv,
+    tenant_id: Option<TenantId>,
+    timeline_id: Option<TimelineId>,
+    branch_name: &str,
+    pg_version: u32,
+) -> anyhow::Result<()> {
+    let mut state = State::load(repo)?;
+    let tenant_id = state.tenant(tenant_id)?;
+    check_new_branch(&state, tenant_id, branch_name)?;
+    let timeline = PageserverClient::new(env)?.create_timeline(
+        tenant_id,
+        &TimelineCreateRequest {
+            new_timeline_id: timeline_id,
+            pg_version: Some(pg_version),
+            ..Default::default()
+        },
+    )?;
+    state.add_branch(tenant_id, branch_name, timeline.timeline_id);
+    state.save(repo)?;
+    println!(
+        "Created timeline '{}' at Lsn {} for tenant: {tenant_id}",
+        timeline.timeline_id, timeline.last_record_lsn
+    );
+    Ok(())
+}
+
+fn check_new_branch(state: &State, tenant_id: TenantId, name: &str) -> anyhow::Result<()> {
+    check_name("branch", name)?;
+    if let Some(id) = state.timeline(tenant_id, name) {
+        bail!("branch '{name}' already exists in tenant {tenant_id} (timeline {id})");
+    }
+    Ok(())
+}
+
+/// `timeline branch`: a branch of another branch at an LSN, or at its end.
+pub fn timeline_branch(
+    repo: &Path,
+    env: &LocalEnv,
+    tenant_id: Option<TenantId>,
+    branch_name: &str,
+    ancestor_branch_name: &str,
+    ancestor_start_lsn: Option<Lsn>,
+) -> anyhow::Result<()> {
+    let mut state = State::load(repo)?;
+    let tenant_id = state.tenant(tenant_id)?;
+    check_new_branch(&state, tenant_id, branch_name)?;
+    let ancestor = state.require_timeline(tenant_id, ancestor_branch_name)?;
+    let pageserver = PageserverClient::new(env)?;
+    if ancestor_start_lsn.is_none() {
+        // "The end" of the ancestor is what its computes committed: wait
+        // until the pageserver has it from the safekeepers.
+        if let Some(flushed) = quorum_flush_lsn(env, tenant_id, ancestor)? {
+            if !pageserver.wait_for_lsn(tenant_id, ancestor, flushed, CATCH_UP_TIMEOUT)? {
+                eprintln!(
+                    "warning: the pageserver has not caught up with the safekeepers' {flushed} on '{ancestor_branch_name}' within {CATCH_UP_TIMEOUT:?}; branching at what it has"
+                );
+            }
+        }
+    }
+    let timeline = pageserver.create_timeline(
+        tenant_id,
+        &TimelineCreateRequest {
+            ancestor_timeline_id: Some(ancestor),
+            ancestor_start_lsn,
+            ..Default::default()
+        },
+    )?;
+    state.add_branch(tenant_id, branch_name, timeline.timeline_id);
+    state.save(repo)?;
+    let lsn = timeline.ancestor_lsn.unwrap_or(timeline.last_record_lsn);
+    println!(
+        "Created timeline '{}' at Lsn {lsn} for tenant: {tenant_id}. Ancestor timeline: '{ancestor_branch_name}'",
+        timeline.timeline_id
+    );
+    Ok(())
+}
+
+/// `timeline list`: the tenant's timelines as a tree.
+pub fn timeline_list(
+    repo: &Path,
+    env: &LocalEnv,
+    tenant_id: Option<TenantId>,
+) -> anyhow::Result<()> {
+    let state = State::load(repo)?;
+    let tenant_id = state.tenant(tenant_id)?;
+    let timelines = PageserverClient::new(env)?.timelines(tenant_id)?;
+    print!(
+        "{}",
+        timeline_tree(&timelines, |id| state.branch_name(tenant_id, id))
+    );
+    Ok(())
+}
+
+/// Renders timelines as a tree:
+///
+/// ```text
+/// (L) main [de200bd42b49cc1814412c7e592dd6e9]
+/// (L) ┣━ @0/16F9A00: migration_check [b3b863fa45fa9e57e615f9f2d944e601]
+/// (L) ┃  ┗━ @0/1700000: deeper [...]
+/// (L) ┗━ @0/1710000: other [...]
+/// ```
+///
+/// Roots by name; children by branch point, then name.
+pub fn timeline_tree<'a>(
+    timelines: &[TimelineInfo],
+    name_of: impl Fn(TimelineId) -> Option<&'a str>,
+) -> String {
+    let ids: std::collections::HashSet<TimelineId> =
+        timelines.iter().map(|t| t.timeline_id).collect();
+    let mut children: HashMap<Option<TimelineId>, Vec<&TimelineInfo>> = HashMap::new();
+    for t in timelines {
+        let parent = t.ancestor_timeline_id.filter(|a| ids.contains(a));
+        children.entry(parent).or_default().push(t);
+    }
+    let name = |t: &TimelineInfo| name_of(t.timeline_id).unwrap_or("<no name>").to_owned();
+    for (parent, list) in children.iter_mut() {
+        if parent.is_none() {
+            list.sort_by_key(|t| (name(t) != "main", name(t)));
+        } else {
+            list.sort_by_key(|t| (t.ancestor_lsn, name(t)));
+        }
+    }
+    fn walk(
+        out: &mut String,
+        t: &TimelineInfo,
+        is_last: &mut Vec<bool>,
+        children: &HashMap<Option<TimelineId>, Vec<&TimelineInfo>>,
+        name: &dyn Fn(&TimelineInfo) -> String,
+    ) {
+        out.push_str("(L) ");
+        if let Some((last, ancestors)) = is_last.split_last() {
+            for &ended in ancestors {
+                out.push_str(if ended { "   " } else { "┃  " });
+            }
+            let symbol = if *last { "┗━" } else { "┣━" };
+            let lsn = t.ancestor_lsn.unwrap_or_default();
+            let _ = write!(out, "{symbol} @{lsn}: ");
+        }
+        let _ = writeln!(out, "{} [{}]", name(t), t.timeline_id);
+        if let Some(kids) = children.get(&Some(t.timeline_id)) {
+            for (i, kid) in kids.iter().enumerate() {
+                is_last.push(i + 1 == kids.len());
+                walk(out, kid, is_last, children, name);
+                is_last.pop();
+            }
+        }
+    }
+    let mut out = String::new();
+    for root in children.get(&None).into_iter().flatten() {
+        walk(&mut out, root, &mut Vec::new(), &children, &name);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: TimelineId, ancestor: Option<(TimelineId, u64)>) -> TimelineInfo {
+        TimelineInfo {
+            tenant_id: TenantId::generate(),
+            timeline_id: id,
+            ancestor_timeline_id: ancestor.map(|a| a.0),
+            ancestor_lsn: ancestor.map(|a| Lsn(a.1)),
+            last_record_lsn: Lsn(0x16F9A00),
+            prev_record_lsn: Lsn(0),
+            disk_consistent_lsn: Lsn(0),
+            remote_consistent_lsn: Lsn(0),
+            gc_cutoff_lsn: Lsn(0),
+            logical_size: 0,
+            physical_size: 0,
+            pg_version: 15,
+        }
+    }
+
+    #[test]
+    fn tree_like_the_readme() {
+        let (main, mc, deep, other) = (
+            TimelineId::generate(),
+            TimelineId::generate(),
+            TimelineId::generate(),
+            TimelineId::generate(),
+        );
+        let names = HashMap::from([
+            (main, "main"),
+            (mc, "migration_check"),
+            (deep, "deeper"),
+            (other, "other"),
+        ]);
+        let one = vec![info(main, None), info(mc, Some((main, 0x16F9A00)))];
+        let text = timeline_tree(&one, |id| names.get(&id).copied());
+        assert_eq!(
+            text,
+            format!("(L) main [{main}]\n(L) ┗━ @0/16F9A00: migration_check [{mc}]\n")
+        );
+        let all = vec![
+            info(other, Some((main, 0x1710000))),
+            info(deep, Some((mc, 0x1700000))),
+            info(main, None),
+            info(mc, Some((main, 0x16F9A00))),
+        ];
+        let text = timeline_tree(&all, |id| names.get(&id).copied());
+        assert_eq!(
+            text,
+            format!(
+                "(L) main [{main}]\n\
+                 (L) ┣━ @0/16F9A00: migration_check [{mc}]\n\
+                 (L) ┃  ┗━ @0/1700000: deeper [{deep}]\n\
+                 (L) ┗━ @0/1710000: other [{other}]\n"
+            )
+        );
+    }
+}

@@ -1,0 +1,281 @@
+"""The README transcript (shared/seeds/readme.txt), command by command,
+through neon_local: tenants, branches, endpoints and psql on them; time
+travel with read-only endpoints; and the errors users meet.
+
+Each test has its own repository and ports (``init --config``), so tests
+do not collide; otherwise the commands are the README's.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from fixtures.daemons import (  # noqa: F401 - the fixtures are used by name
+    NeonLocal,
+    http_session,
+    neon_local,
+    pid_alive,
+    write_neon_local_config,
+)
+from fixtures.neon_fixtures import PortDistributor, wait_until
+from fixtures.pg import PgBin
+from fixtures.wal_service import lsn_int
+
+ID = r"[0-9a-f]{32}"
+LSN = r"[0-9A-F]+/[0-9A-F]+"
+
+
+class Cluster:
+    """A started neon_local repository, with psql."""
+
+    def __init__(self, nl: NeonLocal, pg_bin: PgBin, http: dict[str, str]):
+        self.nl, self.pg_bin, self.http = nl, pg_bin, http
+
+    def run(self, *args: str) -> str:
+        return self.nl.run(*args).stdout
+
+    def fail(self, *args: str) -> str:
+        """Runs a command that must fail with exactly one line on stderr."""
+        result = self.nl.run(*args, check=False)
+        assert result.returncode != 0, result.stdout
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        return lines[0]
+
+    def psql(self, port: int, sql: str, check: bool = True, user: str = "cloud_admin"):
+        result = self.pg_bin.run(
+            ["psql", "-X", "-qAt", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(port),
+             "-U", user, "postgres", "-c", sql],
+            as_pg_user=False, check=check,
+        )
+        return result.stdout.strip() if check else result
+
+    def endpoints(self) -> dict[str, list[str]]:
+        """`endpoint list` as {name: [address, timeline, branch, lsn, status]}."""
+        lines = self.run("endpoint", "list").splitlines()
+        assert lines[0].split() == ["ENDPOINT", "ADDRESS", "TIMELINE", "BRANCH", "NAME", "LSN", "STATUS"]
+        return {fields[0]: fields[1:] for fields in (line.split() for line in lines[1:])}
+
+    def repo_files(self) -> list[Path]:
+        return sorted(p.relative_to(self.nl.repo_dir) for p in self.nl.repo_dir.rglob("*")
+                      if "pgdata" not in p.parts and p.suffix != ".log")
+
+
+@pytest.fixture
+def cluster(request: pytest.FixtureRequest, neon_local: NeonLocal, port_distributor: PortDistributor,
+            test_output_dir: Path, pg_bin: PgBin) -> Iterator[Cluster]:
+    """An initialised repository on free ports, with one safekeeper (as
+    `init` makes by default) or as many as the test's parameter says."""
+    safekeepers = getattr(request, "param", 1)
+    config = test_output_dir / "init.toml"
+    http = write_neon_local_config(config, port_distributor, safekeepers=safekeepers, endpoint_ports=10)
+    neon_local.run("init", "--config", config, "--num-safekeepers", str(safekeepers))
+    yield Cluster(neon_local, pg_bin, http)
+
+
+def start_port(output: str, name: str, timeline: str) -> int:
+    m = re.fullmatch(
+        rf"Starting new endpoint {name} \(PostgreSQL v15\) on timeline {timeline} \.\.\.\n"
+        r"Starting postgres at 'postgresql://cloud_admin@127\.0\.0\.1:(\d+)/postgres'\n",
+        output,
+    )
+    assert m, output
+    return int(m[1])
+
+
+@pytest.mark.parametrize("cluster", [1, 3], indirect=True, ids=["1sk", "3sk"])
+def test_readme_transcript(cluster: Cluster):
+    nl = cluster.nl
+    out = cluster.run("start")
+    assert "storage_broker started" in out and "pageserver 1 started" in out and "safekeeper 1 started" in out
+    safekeepers = len(re.findall(r"safekeeper \d+ started", out))
+
+    out = cluster.run("tenant", "create", "--set-default")
+    m = re.fullmatch(
+        rf"tenant ({ID}) successfully created on the pageserver\n"
+        rf"Created an initial timeline '({ID})' at Lsn ({LSN}) for tenant: \1\n"
+        r"Setting tenant \1 as a default one\n",
+        out,
+    )
+    assert m, out
+    tenant, main_tl = m[1], m[2]
+    assert cluster.run("tenant", "list") == f"{tenant} active (default)\n"
+
+    assert cluster.run("endpoint", "create", "main") == ""
+    main_port = start_port(cluster.run("endpoint", "start", "main"), "main", main_tl)
+    eps = cluster.endpoints()
+    assert list(eps) == ["main"]
+    assert eps["main"][:3] == [f"127.0.0.1:{main_port}", main_tl, "main"]
+    assert re.fullmatch(LSN, eps["main"][3]) and eps["main"][4] == "running"
+
+    assert cluster.psql(main_port, "CREATE TABLE t(key int primary key, value text)") == ""
+    cluster.psql(main_port, "insert into t values(1,1)")
+    assert cluster.psql(main_port, "select * from t") == "1|1"
+
+    out = cluster.run("timeline", "branch", "--branch-name", "migration_check")
+    m = re.fullmatch(
+        rf"Created timeline '({ID})' at Lsn ({LSN}) for tenant: {tenant}\. Ancestor timeline: 'main'\n", out)
+    assert m, out
+    branch_tl, branch_lsn = m[1], m[2]
+    assert cluster.run("timeline", "list") == (
+        f"(L) main [{main_tl}]\n"
+        f"(L) ┗━ @{branch_lsn}: migration_check [{branch_tl}]\n"
+    )
+
+    assert cluster.run("endpoint", "create", "migration_check", "--branch-name", "migration_check") == ""
+    branch_port = start_port(cluster.run("endpoint", "start", "migration_check"), "migration_check", branch_tl)
+    assert branch_port == main_port + 2  # main's compute_ctl has main_port + 1
+    eps = cluster.endpoints()
+    assert list(eps) == ["main", "migration_check"]
+    assert eps["migration_check"][:3] == [f"127.0.0.1:{branch_port}", branch_tl, "migration_check"]
+    assert lsn_int(eps["migration_check"][3]) >= lsn_int(branch_lsn)
+    assert [e[4] for e in eps.values()] == ["running", "running"]
+
+    # The branch has main's data; its changes stay on the branch.
+    assert cluster.psql(branch_port, "select * from t") == "1|1"
+    cluster.psql(branch_port, "insert into t values(2,2)")
+    assert cluster.psql(main_port, "select * from t") == "1|1"
+    assert cluster.psql(branch_port, "select * from t order by key") == "1|1\n2|2"
+
+    # `stop` leaves nothing running: daemons, compute_ctls, postgres.
+    session = http_session()
+    postmasters = [session.get(f"http://127.0.0.1:{port + 1}/status", timeout=5).json()["postgres_pid"]
+                   for port in (main_port, branch_port)]
+    pids = nl.pids()
+    assert len(pids) == 4 + safekeepers  # broker, pageserver, safekeepers, two compute_ctls
+    assert all(pid_alive(p) for p in postmasters)
+    out = cluster.run("stop")
+    assert "Stopped endpoint main" in out and "Stopped endpoint migration_check" in out
+    assert not [p for p in pids + postmasters if pid_alive(p)]
+    assert nl.pid_files() == [] and nl.postmaster_pids() == []
+    assert [e[4] for e in cluster.endpoints().values()] == ["stopped", "stopped"]
+
+    # Everything comes back after a restart, from the storage.
+    cluster.run("start")
+    cluster.run("endpoint", "start", "main")
+    assert cluster.psql(main_port, "select * from t") == "1|1"
+    cluster.run("endpoint", "stop", "main", "--destroy")
+    assert list(cluster.endpoints()) == ["migration_check"]
+    cluster.run("stop")
+
+
+def test_time_travel(cluster: Cluster):
+    """A read-only endpoint at an LSN sees the branch as of that LSN and
+    refuses writes, whatever the session sets."""
+    cluster.run("start")
+    cluster.run("tenant", "create", "--set-default")
+    cluster.run("endpoint", "create", "main")
+    cluster.run("endpoint", "start", "main")
+    port = int(cluster.endpoints()["main"][0].split(":")[1])
+    cluster.psql(port, "CREATE TABLE t(key int primary key)")
+    points = []
+    for i in range(1, 4):
+        cluster.psql(port, f"INSERT INTO t SELECT generate_series({(i - 1) * 10 + 1}, {i * 10})")
+        points.append((cluster.psql(port, "SELECT pg_current_wal_flush_lsn()"), i * 10))
+
+    for n, (lsn, rows) in enumerate(points):
+        name = f"past{n}"
+        cluster.run("endpoint", "create", name, "--lsn", lsn)
+        out = cluster.run("endpoint", "start", name)
+        assert f"(read-only at {lsn})" in out, out
+        past = int(re.search(r"127\.0\.0\.1:(\d+)/postgres", out)[1])
+        assert cluster.psql(past, "SELECT count(*), max(key) FROM t") == f"{rows}|{rows}"
+        ep = cluster.endpoints()[name]
+        assert ep[3] == lsn and ep[4] == "running"
+        for sql in [
+            "INSERT INTO t VALUES (1000)",
+            "SET default_transaction_read_only = off; INSERT INTO t VALUES (1000)",
+            "BEGIN READ WRITE; INSERT INTO t VALUES (1000); COMMIT",
+            "CREATE TABLE u(x int)",
+        ]:
+            result = cluster.psql(past, sql, check=False)
+            assert result.returncode != 0
+            assert "read-only" in result.stderr or "recovery" in result.stderr, result.stderr
+        cluster.run("endpoint", "stop", name)
+
+    # main went on meanwhile.
+    assert cluster.psql(port, "SELECT count(*) FROM t") == "30"
+
+    # An LSN beyond the end of the branch is refused, creating nothing.
+    before = cluster.repo_files()
+    err = cluster.fail("endpoint", "create", "future", "--lsn", "FF/0")
+    assert err.startswith("error: --lsn FF/0 is beyond the end of branch 'main' ("), err
+    assert cluster.repo_files() == before
+    cluster.run("stop")
+
+
+def test_errors(cluster: Cluster, port_distributor: PortDistributor):
+    """Each mistake gets one line, a non-zero exit and no partial state."""
+    cluster.run("start")
+    out = cluster.run("tenant", "create", "--set-default")
+    tenant = re.search(rf"tenant ({ID})", out)[1]
+    cluster.run("endpoint", "create", "main")
+    port = int(cluster.endpoints()["main"][0].split(":")[1])
+    before = cluster.repo_files()
+
+    # Unknown branch.
+    err = cluster.fail("endpoint", "create", "ep", "--branch-name", "nope")
+    assert err == f"error: tenant {tenant} has no branch named 'nope' (it has main)"
+    err = cluster.fail("timeline", "branch", "--branch-name", "b", "--ancestor-branch-name", "nope")
+    assert err == f"error: tenant {tenant} has no branch named 'nope' (it has main)"
+    # Duplicates.
+    assert cluster.fail("endpoint", "create", "main") == "error: endpoint 'main' already exists"
+    assert cluster.fail("timeline", "branch", "--branch-name", "main").startswith(
+        f"error: branch 'main' already exists in tenant {tenant}")
+    err = cluster.fail("endpoint", "create", "ep", "--pg-port", str(port + 1))
+    assert err == f"error: --pg-port {port + 1} is already used by endpoint 'main'"
+    assert cluster.fail("endpoint", "create", "bad/name").startswith("error: invalid endpoint name 'bad/name'")
+    assert cluster.repo_files() == before
+
+    # Port already in use.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        err = cluster.fail("endpoint", "start", "main")
+    assert err == f"error: cannot start endpoint 'main': port {port} (postgres) is already in use"
+    assert len(cluster.nl.pids()) == 3 and cluster.nl.postmaster_pids() == []
+
+    # Starting twice.
+    cluster.run("endpoint", "start", "main")
+    pids = cluster.nl.pids()
+    err = cluster.fail("endpoint", "start", "main")
+    assert re.fullmatch(r"error: endpoint 'main' is already running \(compute_ctl pid \d+\)", err), err
+    assert cluster.nl.pids() == pids
+    # A second read-write endpoint on the same branch would fence the first.
+    cluster.run("endpoint", "create", "second")
+    err = cluster.fail("endpoint", "start", "second")
+    assert err.startswith("error: endpoint 'main' already runs read-write on timeline "), err
+    assert cluster.psql(port, "SELECT 1") == "1"
+    cluster.run("endpoint", "stop", "main")
+    cluster.run("endpoint", "stop", "second", "--destroy")
+
+    # PostgreSQL not found, a compute_ctl binary missing: the repository's
+    # config names them.
+    config = cluster.nl.repo_dir / "config"
+    good = config.read_text()
+    config.write_text(re.sub(r'(?m)^pg_bin_dir = ".*"$', 'pg_bin_dir = "/nonexistent/pg"', good))
+    err = cluster.fail("endpoint", "start", "main")
+    assert err.startswith("error: PostgreSQL not found: /nonexistent/pg/postgres does not exist"), err
+    config.write_text(re.sub(r'(?m)^compute_ctl = ".*"$', 'compute_ctl = "/nonexistent/compute_ctl"', good))
+    err = cluster.fail("endpoint", "start", "main")
+    assert err == "error: /nonexistent/compute_ctl not found: build the daemons with `cargo build --bins`"
+    assert len(cluster.nl.pids()) == 3 and cluster.nl.postmaster_pids() == []
+    config.write_text(good)
+
+    # A daemon binary missing: nothing starts.
+    cluster.run("stop")
+    config.write_text(re.sub(r'(?m)^pageserver = ".*"$', 'pageserver = "/nonexistent/pageserver"', good))
+    err = cluster.fail("start")
+    assert err == "error: /nonexistent/pageserver not found: build the daemons with `cargo build --bins`"
+    assert cluster.nl.pid_files() == []
+    config.write_text(good)
+    cluster.run("start")
+    cluster.run("endpoint", "start", "main")
+    assert cluster.endpoints()["main"][4] == "running"
+    cluster.run("stop")
+    assert cluster.nl.pid_files() == [] and cluster.nl.postmaster_pids() == []
