@@ -1,15 +1,28 @@
 //! The proxy is the single PostgreSQL-protocol entry point: it finds the
-//! endpoint a client asks for, wakes its compute if needed and forwards the
-//! connection.
-//!
-//! This is the process skeleton: it serves the management API
-//! (`/v1/status`, `/metrics`). The PostgreSQL listener is not implemented
-//! yet, so `listen_pg_addr` is not bound.
+//! endpoint a client asks for ([`routing`]), asks the control plane to
+//! wake its compute ([`control_plane`]), and relays the connection
+//! ([`connection`]). Authentication passes through to the compute.
 
+pub mod connection;
+pub mod control_plane;
+pub mod metrics;
+pub mod routing;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
 use axum::Router;
 use daemon_utils::{bind_listener, CancellationToken, HttpServer, ServiceInfo};
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::connection::{CancelMap, Shared};
+use crate::control_plane::ControlPlane;
+use crate::metrics::Metrics;
 
 pub const SERVICE: ServiceInfo = daemon_utils::service_info!("proxy");
 
@@ -17,10 +30,25 @@ pub const SERVICE: ServiceInfo = daemon_utils::service_info!("proxy");
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyConf {
-    /// PostgreSQL protocol address for clients (not served yet).
+    /// PostgreSQL protocol address for clients.
     pub listen_pg_addr: String,
     /// HTTP management API address.
     pub listen_http_addr: String,
+    /// The control plane's API (wake_compute), e.g. neon_local's.
+    pub control_plane_api: String,
+    /// TLS certificate chain (PEM); with `tls_key_path`, clients may use TLS
+    /// and the first label of their SNI name picks the endpoint.
+    pub tls_cert_path: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key_path: Option<PathBuf>,
+    /// Client connections at most.
+    pub max_connections: usize,
+    /// Seconds a client has to send its startup packet.
+    pub startup_timeout_seconds: f64,
+    /// Seconds to wait for a compute to wake (a cold start included).
+    pub wake_timeout_seconds: f64,
+    /// Seconds to wait for a TCP connection to a compute.
+    pub connect_timeout_seconds: f64,
 }
 
 impl Default for ProxyConf {
@@ -28,17 +56,118 @@ impl Default for ProxyConf {
         Self {
             listen_pg_addr: "127.0.0.1:5432".into(),
             listen_http_addr: "127.0.0.1:7001".into(),
+            control_plane_api: "http://127.0.0.1:1234".into(),
+            tls_cert_path: None,
+            tls_key_path: None,
+            max_connections: 1000,
+            startup_timeout_seconds: 10.0,
+            wake_timeout_seconds: 120.0,
+            connect_timeout_seconds: 10.0,
         }
     }
 }
 
+fn tls_acceptor(conf: &ProxyConf) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = match (&conf.tls_cert_path, &conf.tls_key_path) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        _ => anyhow::bail!("TLS needs both tls_cert_path and tls_key_path"),
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading the TLS certificate {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing the TLS certificate {}", cert.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert.display());
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading the TLS key {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("choosing TLS versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("setting up TLS with the certificate and key")?;
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+}
+
 /// Runs the proxy until `cancel` fires.
 pub async fn run(conf: ProxyConf, cancel: CancellationToken) -> anyhow::Result<()> {
-    let http = HttpServer::new(SERVICE)?;
-    let listener = bind_listener("HTTP", &conf.listen_http_addr).await?;
+    let seconds = |s: f64| Duration::from_secs_f64(s.max(0.001));
+    let shared = Arc::new(Shared {
+        control_plane: ControlPlane::new(
+            &conf.control_plane_api,
+            seconds(conf.wake_timeout_seconds),
+        )?,
+        tls: tls_acceptor(&conf)?,
+        cancel_map: CancelMap::default(),
+        metrics: Metrics::new(),
+        startup_timeout: seconds(conf.startup_timeout_seconds),
+        connect_timeout: seconds(conf.connect_timeout_seconds),
+    });
+    let status = shared.clone();
+    let tls_on = shared.tls.is_some();
+    let http = HttpServer::new(SERVICE)?.with_status(move || {
+        Map::from_iter([
+            (
+                "active_sessions".to_owned(),
+                Value::from(status.metrics.active.get()),
+            ),
+            ("tls".to_owned(), Value::from(tls_on)),
+        ])
+    });
+    shared.metrics.register(http.registry())?;
+    let pg_listener = bind_listener("PostgreSQL", &conf.listen_pg_addr).await?;
+    let http_listener = bind_listener("HTTP", &conf.listen_http_addr).await?;
     info!(
-        "client connections on {} are not served yet",
-        conf.listen_pg_addr
+        "serving clients on {} (TLS {}), waking computes through {}",
+        conf.listen_pg_addr,
+        if tls_on { "on" } else { "off" },
+        conf.control_plane_api
     );
-    http.serve(listener, Router::new(), cancel).await
+    let http_task = tokio::spawn(http.serve(http_listener, Router::new(), cancel.clone()));
+    let limit = Arc::new(Semaphore::new(conf.max_connections.max(1)));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = pg_listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        shared.metrics.connections.inc();
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tokio::spawn(refuse_too_many(tcp));
+            continue;
+        };
+        let (shared, cancel) = (shared.clone(), cancel.clone());
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                if let Err(e) = connection::handle(tcp, peer, shared, cancel).await {
+                    info!("connection ended: {e:#}");
+                }
+            }
+            .instrument(info_span!("client", %peer)),
+        );
+    }
+    http_task.await.context("the HTTP server task")??;
+    Ok(())
+}
+
+async fn refuse_too_many(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let mut out = bytes::BytesMut::new();
+    let fields = pq_proto::ErrorFields::fatal("53300", "too many connections to the proxy");
+    if pq_proto::BeMessage::ErrorResponse(&fields)
+        .write(&mut out)
+        .is_ok()
+    {
+        let _ = tcp.write_all(&out).await;
+    }
 }

@@ -1,3 +1,4 @@
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -7,20 +8,35 @@ use proxy::ProxyConf;
 /// The proxy: the PostgreSQL-protocol entry point that wakes computes on
 /// demand and forwards client connections to them.
 ///
-/// Skeleton: only the HTTP management API (/v1/status, /metrics) is served
-/// so far; client connections are not accepted yet. Stops on SIGTERM or
-/// SIGINT.
+/// A client names its endpoint in the startup options (`endpoint=NAME` or
+/// `branch=NAME`, also as `-c endpoint=NAME`), or by the first label of
+/// its TLS SNI name; with neither it gets the default branch. The proxy
+/// asks the control plane to wake that compute and then relays the
+/// connection; authentication passes through to PostgreSQL. Stops on
+/// SIGTERM or SIGINT.
 #[derive(Parser, Debug)]
 #[command(name = "proxy", version)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
-    /// PostgreSQL protocol address for clients (not served yet) [default: 127.0.0.1:5432]
+    /// PostgreSQL protocol address for clients [default: 127.0.0.1:5432]
     #[arg(long = "listen-pg", value_name = "ADDR")]
     listen_pg_addr: Option<String>,
     /// HTTP management API address [default: 127.0.0.1:7001]
     #[arg(long = "listen-http", value_name = "ADDR")]
     listen_http_addr: Option<String>,
+    /// The control plane's API URL [default: http://127.0.0.1:1234]
+    #[arg(long = "control-plane-api", value_name = "URL")]
+    control_plane_api: Option<String>,
+    /// TLS certificate chain (PEM); TLS is on when this and --tls-key are given
+    #[arg(long = "tls-cert", value_name = "FILE")]
+    tls_cert_path: Option<PathBuf>,
+    /// TLS private key (PEM)
+    #[arg(long = "tls-key", value_name = "FILE")]
+    tls_key_path: Option<PathBuf>,
+    /// Seconds to wait for a compute to wake [default: 120]
+    #[arg(long = "wake-timeout", value_name = "SECONDS")]
+    wake_timeout_seconds: Option<f64>,
 }
 
 fn main() -> ExitCode {
@@ -28,7 +44,22 @@ fn main() -> ExitCode {
     daemon_utils::launch(
         proxy::SERVICE,
         cli.common.config.as_deref(),
-        |conf: &mut ProxyConf| apply_overrides!(conf, cli, listen_pg_addr, listen_http_addr),
+        |conf: &mut ProxyConf| {
+            apply_overrides!(
+                conf,
+                cli,
+                listen_pg_addr,
+                listen_http_addr,
+                control_plane_api,
+                wake_timeout_seconds
+            );
+            if cli.tls_cert_path.is_some() {
+                conf.tls_cert_path = cli.tls_cert_path;
+            }
+            if cli.tls_key_path.is_some() {
+                conf.tls_key_path = cli.tls_key_path;
+            }
+        },
         proxy::run,
     )
 }

@@ -27,7 +27,7 @@ pub enum StartupRequest {
 
 /// One packet of the startup phase.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum StartupPacket {
+pub enum StartupPacket {
     SslRequest,
     GssEncRequest,
     Cancel(CancelKey),
@@ -83,7 +83,7 @@ impl StartupParams {
 
 /// Parses one startup-phase packet (Int32 length, Int32 code, body) from the
 /// front of `buf`. `Ok(None)` means more bytes are needed.
-pub(crate) fn parse_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, ProtocolError> {
+pub fn parse_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, ProtocolError> {
     let Some(&[a, b, c, d]) = buf.get(..4) else {
         return Ok(None);
     };

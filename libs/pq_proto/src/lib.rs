@@ -34,7 +34,10 @@ use std::fmt;
 
 pub use backend::{BeMessage, ColumnDesc, TransactionStatus};
 pub use client::{connect, Client, ClientError, CopyBoth, CopyOut, CopyReceiver, CopySender, Row};
-pub use frontend::{ExtendedMessage, FeMessage, ReplicationMode, StartupParams, StartupRequest};
+pub use frontend::{
+    parse_startup, ExtendedMessage, FeMessage, ReplicationMode, StartupPacket, StartupParams,
+    StartupRequest,
+};
 pub use server::PostgresBackend;
 
 /// Default limit on the body of one message: 16 MiB of payload plus room for

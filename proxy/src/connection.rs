@@ -1,0 +1,405 @@
+//! One client connection: the startup phase (TLS if asked and configured),
+//! routing, waking the compute, then relaying bytes both ways.
+//!
+//! The proxy does not authenticate: after it has passed the startup packet
+//! on, the compute's authentication exchange (SCRAM included) travels
+//! through untouched. It reads the compute's messages only up to the first
+//! `ReadyForQuery`, to learn the session's cancel key, and copies raw bytes
+//! after that.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::{BufMut, BytesMut};
+use pq_proto::{parse_startup, BeMessage, CancelKey, ErrorFields, StartupPacket, StartupParams};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::control_plane::{ControlPlane, WakeError};
+use crate::metrics::Metrics;
+use crate::routing::{route, Target};
+
+/// A client or compute byte stream (plain TCP or TLS).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// The largest message of the compute's that the proxy parses (during the
+/// startup phase only; later bytes are copied without parsing).
+const MAX_STARTUP_REPLY_LEN: usize = 1 << 20;
+const CANCEL_REQUEST_CODE: i32 = (1234 << 16) | 5678;
+
+/// Cancel keys of the sessions relayed now, and the compute each is on.
+#[derive(Default)]
+pub struct CancelMap {
+    sessions: Mutex<HashMap<CancelKey, SocketAddr>>,
+}
+
+impl CancelMap {
+    fn insert(&self, key: CancelKey, compute: SocketAddr) {
+        self.lock().insert(key, compute);
+    }
+
+    fn remove(&self, key: &CancelKey) {
+        self.lock().remove(key);
+    }
+
+    fn get(&self, key: &CancelKey) -> Option<SocketAddr> {
+        self.lock().get(key).copied()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CancelKey, SocketAddr>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What every connection shares.
+pub struct Shared {
+    pub control_plane: ControlPlane,
+    pub tls: Option<TlsAcceptor>,
+    pub cancel_map: CancelMap,
+    pub metrics: Metrics,
+    pub startup_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// What the startup phase ended with.
+enum Startup {
+    Session {
+        params: StartupParams,
+        sni: Option<String>,
+    },
+    Cancel(CancelKey),
+}
+
+/// An error to report to the client as a FATAL ErrorResponse.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct ClientError {
+    code: &'static str,
+    message: String,
+}
+
+fn client_error(code: &'static str, message: impl Into<String>) -> ClientError {
+    ClientError {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Serve one client connection until it ends or `cancel` fires.
+pub async fn handle(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    tcp.set_nodelay(true)?;
+    let mut stream: Option<Box<dyn Stream>> = Some(Box::new(tcp));
+    let mut buf = BytesMut::new();
+    let startup = tokio::time::timeout(
+        shared.startup_timeout,
+        read_startup(&mut stream, &mut buf, shared.tls.as_ref()),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(client_error(
+            "08P01",
+            "timed out waiting for the startup packet",
+        ))
+    });
+    let Some(mut stream) = stream else {
+        bail!("the TLS handshake failed");
+    };
+    let result = match startup {
+        Ok(Startup::Cancel(key)) => {
+            forward_cancel(&shared, key).await;
+            return Ok(());
+        }
+        Ok(Startup::Session { params, sni }) => {
+            session(&mut stream, params, sni, &shared, &cancel).await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            info!(%peer, "refusing the connection: {}", e.message);
+            shared.metrics.refused.inc();
+            let mut out = BytesMut::new();
+            BeMessage::ErrorResponse(&ErrorFields::fatal(e.code, e.message.clone()))
+                .write(&mut out)
+                .context("encoding an ErrorResponse")?;
+            // The client may be gone already.
+            let _ = stream.write_all(&out).await;
+            let _ = stream.flush().await;
+            let _ = stream.shutdown().await;
+            Ok(())
+        }
+    }
+}
+
+/// Read startup-phase packets until a `StartupMessage` or `CancelRequest`,
+/// answering `SSLRequest` (`S` and a TLS handshake when TLS is configured,
+/// `N` otherwise) and `GSSENCRequest` (`N`), each at most once. A failed
+/// TLS handshake leaves `stream` empty.
+async fn read_startup(
+    stream: &mut Option<Box<dyn Stream>>,
+    buf: &mut BytesMut,
+    tls: Option<&TlsAcceptor>,
+) -> Result<Startup, ClientError> {
+    let (mut ssl_seen, mut gss_seen) = (false, false);
+    let mut sni = None;
+    loop {
+        let Some(s) = stream.as_mut() else {
+            return Err(client_error("08006", "no connection"));
+        };
+        let packet = loop {
+            match parse_startup(buf) {
+                Ok(Some(packet)) => break packet,
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(client_error(
+                        "08P01",
+                        format!("invalid startup packet: {e}"),
+                    ))
+                }
+            }
+            let n = s
+                .read_buf(buf)
+                .await
+                .map_err(|e| client_error("08006", format!("reading the startup packet: {e}")))?;
+            if n == 0 {
+                return Err(client_error(
+                    "08P01",
+                    "the connection ended inside the startup packet",
+                ));
+            }
+        };
+        let is_ssl = match packet {
+            StartupPacket::Cancel(key) => return Ok(Startup::Cancel(key)),
+            StartupPacket::Startup { params, .. } => return Ok(Startup::Session { params, sni }),
+            StartupPacket::SslRequest => true,
+            StartupPacket::GssEncRequest => false,
+        };
+        let seen = if is_ssl { &mut ssl_seen } else { &mut gss_seen };
+        if *seen {
+            return Err(client_error("08P01", "repeated encryption request"));
+        }
+        *seen = true;
+        if !buf.is_empty() {
+            return Err(client_error(
+                "08P01",
+                "data sent after an encryption request before its answer",
+            ));
+        }
+        let acceptor = tls.filter(|_| is_ssl);
+        let answer: &[u8] = if acceptor.is_some() { b"S" } else { b"N" };
+        let io = |e: std::io::Error| client_error("08006", e.to_string());
+        s.write_all(answer).await.map_err(io)?;
+        s.flush().await.map_err(io)?;
+        if let Some(acceptor) = acceptor {
+            let Some(plain) = stream.take() else {
+                return Err(client_error("08006", "no connection"));
+            };
+            match acceptor.accept(plain).await {
+                Ok(tls_stream) => {
+                    sni = tls_stream.get_ref().1.server_name().map(str::to_owned);
+                    *stream = Some(Box::new(tls_stream));
+                }
+                Err(e) => {
+                    debug!("TLS handshake failed: {e}");
+                    return Err(client_error("08006", format!("TLS handshake failed: {e}")));
+                }
+            }
+        }
+    }
+}
+
+/// Route, wake, connect and relay one session.
+async fn session(
+    client: &mut Box<dyn Stream>,
+    params: StartupParams,
+    sni: Option<String>,
+    shared: &Shared,
+    cancel: &CancellationToken,
+) -> Result<(), ClientError> {
+    let routed = route(params.get("options"), sni.as_deref())
+        .map_err(|e| client_error("08004", e.to_string()))?;
+    let started = Instant::now();
+    let woken = shared.control_plane.wake(&routed.target).await;
+    shared
+        .metrics
+        .wake_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let woken = woken.map_err(|e| match e {
+        WakeError::NotFound(message) => client_error("3D000", message),
+        WakeError::Failed(_) | WakeError::Unavailable(_) => {
+            shared.metrics.wake_failures.inc();
+            warn!(target = %routed.target, "waking the compute failed: {e}");
+            client_error("57P03", format!("{}: {e}", describe(&routed.target)))
+        }
+    })?;
+    let address: SocketAddr = tokio::net::lookup_host(&woken.address)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            client_error(
+                "08006",
+                format!(
+                    "the control plane gave an unusable address {:?}",
+                    woken.address
+                ),
+            )
+        })?;
+    let compute = tokio::time::timeout(shared.connect_timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| {
+            client_error(
+                "08006",
+                format!("connecting to the compute at {address} timed out"),
+            )
+        })?
+        .map_err(|e| {
+            client_error(
+                "08006",
+                format!("connecting to the compute at {address}: {e}"),
+            )
+        })?;
+    let _ = compute.set_nodelay(true);
+    info!(target = %routed.target, endpoint = %woken.endpoint, %address, "relaying");
+    let mut startup = BytesMut::new();
+    let forwarded = params.iter().filter_map(|(k, v)| {
+        if k == "options" {
+            routed.options.as_deref().map(|o| (k, o))
+        } else {
+            Some((k, v))
+        }
+    });
+    encode_startup(forwarded, &mut startup);
+    shared.metrics.active.inc();
+    let result = relay(client, compute, startup, address, shared, cancel).await;
+    shared.metrics.active.dec();
+    if let Err(e) = result {
+        debug!("relay ended: {e:#}");
+    }
+    Ok(())
+}
+
+fn describe(target: &Target) -> String {
+    match target {
+        Target::Default => "the default branch".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// A protocol 3.0 `StartupMessage` with `params`.
+fn encode_startup<'a>(params: impl Iterator<Item = (&'a str, &'a str)>, out: &mut BytesMut) {
+    let start = out.len();
+    out.put_i32(0);
+    out.put_i32(3 << 16);
+    for (k, v) in params {
+        out.put_slice(k.as_bytes());
+        out.put_u8(0);
+        out.put_slice(v.as_bytes());
+        out.put_u8(0);
+    }
+    out.put_u8(0);
+    let len = (out.len() - start) as i32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Send the startup packet, then copy both ways until either side ends.
+async fn relay(
+    client: &mut Box<dyn Stream>,
+    mut compute: TcpStream,
+    startup: BytesMut,
+    address: SocketAddr,
+    shared: &Shared,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    compute.write_all(&startup).await?;
+    let (mut compute_read, mut compute_write) = compute.split();
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let mut key: Option<CancelKey> = None;
+    let to_compute = async {
+        tokio::io::copy(&mut client_read, &mut compute_write).await?;
+        compute_write.shutdown().await?;
+        anyhow::Ok(())
+    };
+    let to_client = async {
+        // The startup phase, message by message, up to ReadyForQuery.
+        loop {
+            let mut header = [0u8; 5];
+            compute_read.read_exact(&mut header).await?;
+            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            if !(4..=MAX_STARTUP_REPLY_LEN).contains(&len) {
+                bail!("the compute sent a message of {len} bytes during startup");
+            }
+            let mut body = vec![0u8; len - 4];
+            compute_read.read_exact(&mut body).await?;
+            if header[0] == b'K' && body.len() == 8 {
+                let k = CancelKey {
+                    process_id: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+                    secret_key: i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
+                };
+                shared.cancel_map.insert(k, address);
+                key = Some(k);
+            }
+            client_write.write_all(&header).await?;
+            client_write.write_all(&body).await?;
+            if matches!(header[0], b'Z' | b'E') {
+                break;
+            }
+        }
+        client_write.flush().await?;
+        tokio::io::copy(&mut compute_read, &mut client_write).await?;
+        client_write.shutdown().await?;
+        anyhow::Ok(())
+    };
+    let result = tokio::select! {
+        r = async { tokio::try_join!(to_compute, to_client).map(|_| ()) } => r,
+        _ = cancel.cancelled() => Ok(()),
+    };
+    if let Some(k) = key {
+        shared.cancel_map.remove(&k);
+    }
+    result
+}
+
+/// Pass a `CancelRequest` on to the compute whose session has that key;
+/// an unknown key is ignored, as PostgreSQL does.
+async fn forward_cancel(shared: &Shared, key: CancelKey) {
+    let Some(address) = shared.cancel_map.get(&key) else {
+        debug!("cancel request with an unknown key");
+        return;
+    };
+    let mut packet = BytesMut::with_capacity(16);
+    packet.put_i32(16);
+    packet.put_i32(CANCEL_REQUEST_CODE);
+    packet.put_i32(key.process_id);
+    packet.put_i32(key.secret_key);
+    let sent = async {
+        let mut s = TcpStream::connect(address).await?;
+        s.write_all(&packet).await?;
+        s.shutdown().await?;
+        // Wait for the compute to close, as libpq's PQcancel does.
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await?;
+        std::io::Result::Ok(())
+    };
+    match tokio::time::timeout(shared.connect_timeout, sent).await {
+        Ok(Ok(())) => {
+            shared.metrics.cancels.inc();
+            info!(%address, "forwarded a cancel request");
+        }
+        Ok(Err(e)) => warn!(%address, "forwarding a cancel request: {e}"),
+        Err(_) => warn!(%address, "forwarding a cancel request timed out"),
+    }
+}

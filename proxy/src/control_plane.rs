@@ -1,0 +1,122 @@
+//! The control plane's wake API, as the proxy uses it.
+//!
+//! `POST <base>/v1/wake_compute` with `{"endpoint": name}`,
+//! `{"branch": name}` or `{}` (the default branch) answers, once the
+//! compute accepts connections, `{"endpoint": name, "address":
+//! "host:port"}`. The control plane creates and starts an endpoint for a
+//! branch that has none, and lets concurrent wakes of one endpoint wait for
+//! a single start. Errors come as `{"error": message}`: 404 for an unknown
+//! name, other codes for a failed start.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::routing::Target;
+
+#[derive(Debug, Serialize, Default)]
+pub struct WakeRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+}
+
+impl From<&Target> for WakeRequest {
+    fn from(target: &Target) -> Self {
+        match target {
+            Target::Endpoint(name) => WakeRequest {
+                endpoint: Some(name.clone()),
+                ..Default::default()
+            },
+            Target::Branch(name) => WakeRequest {
+                branch: Some(name.clone()),
+                ..Default::default()
+            },
+            Target::Default => WakeRequest::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Eq)]
+pub struct WakeResponse {
+    pub endpoint: String,
+    /// `host:port` of the compute's PostgreSQL.
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WakeError {
+    /// No such endpoint or branch.
+    #[error("{0}")]
+    NotFound(String),
+    /// The control plane answered, but could not start the compute.
+    #[error("could not start the compute: {0}")]
+    Failed(String),
+    /// The control plane could not be reached or answered nonsense.
+    #[error("the control plane is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A client of the control plane's wake API.
+#[derive(Clone)]
+pub struct ControlPlane {
+    client: reqwest::Client,
+    wake_url: String,
+}
+
+impl ControlPlane {
+    /// `base` is the API's URL, e.g. `http://127.0.0.1:1234`; `timeout`
+    /// bounds one wake, a compute start included.
+    pub fn new(base: &str, timeout: Duration) -> anyhow::Result<ControlPlane> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))?;
+        Ok(ControlPlane {
+            client,
+            wake_url: format!("{}/v1/wake_compute", base.trim_end_matches('/')),
+        })
+    }
+
+    /// Wake the compute of `target` and return where it listens.
+    pub async fn wake(&self, target: &Target) -> Result<WakeResponse, WakeError> {
+        let response = self
+            .client
+            .post(&self.wake_url)
+            .json(&WakeRequest::from(target))
+            .send()
+            .await
+            .map_err(|e| WakeError::Unavailable(format!("{}: {e}", self.wake_url)))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| WakeError::Unavailable(format!("reading the answer: {e}")))?;
+        if status.is_success() {
+            return serde_json::from_slice(&body).map_err(|e| {
+                WakeError::Unavailable(format!("unreadable answer ({e}): {}", lossy(&body)))
+            });
+        }
+        let message = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| lossy(&body));
+        Err(if status == reqwest::StatusCode::NOT_FOUND {
+            WakeError::NotFound(message)
+        } else if status.is_server_error() || status.is_client_error() {
+            WakeError::Failed(message)
+        } else {
+            WakeError::Unavailable(format!("HTTP {status}: {message}"))
+        })
+    }
+}
+
+fn lossy(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(500)]);
+    text.trim().to_owned()
+}
