@@ -244,7 +244,7 @@ mod tests {
             disk_consistent_lsn: Lsn(0),
             remote_consistent_lsn: Lsn(0),
             gc_cutoff_lsn: Lsn(0),
-            logical_size: 0,
+            logical_size: None,
             physical_size: 0,
             pg_version: 15,
         }

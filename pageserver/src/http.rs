@@ -70,6 +70,10 @@ pub fn routes(manager: Manager) -> Router {
             "/v1/tenant/{tenant_id}/timeline/{timeline_id}",
             get(timeline_info_handler).delete(delete_timeline),
         )
+        .route(
+            "/v1/tenant/{tenant_id}/timeline/{timeline_id}/checkpoint",
+            axum::routing::post(checkpoint_timeline),
+        )
         .with_state(manager)
 }
 
@@ -106,7 +110,9 @@ async fn tenant_info(
     Ok(Json(tenant_info_of(&tenant)))
 }
 
-pub fn timeline_info(timeline: &Timeline) -> anyhow::Result<TimelineInfo> {
+/// What the API says of a timeline; `with_logical_size` computes the
+/// logical size (a read of every relation's size, so not O(1)).
+pub fn timeline_info(timeline: &Timeline, with_logical_size: bool) -> anyhow::Result<TimelineInfo> {
     let last = timeline.last_record();
     let physical_size = timeline
         .dir()
@@ -131,7 +137,11 @@ pub fn timeline_info(timeline: &Timeline) -> anyhow::Result<TimelineInfo> {
         disk_consistent_lsn: timeline.disk_consistent_lsn(),
         remote_consistent_lsn: Lsn::INVALID,
         gc_cutoff_lsn: timeline.gc_horizon(),
-        logical_size: timeline.logical_size(last.last)?,
+        logical_size: if with_logical_size {
+            Some(timeline.logical_size(last.last)?)
+        } else {
+            None
+        },
         physical_size,
         pg_version: timeline.pg_version.as_str().parse::<u32>().unwrap_or(0) * 10000,
     })
@@ -146,7 +156,7 @@ async fn list_timelines(
         tenant
             .timelines()
             .iter()
-            .map(|t| timeline_info(t))
+            .map(|t| timeline_info(t, false))
             .collect::<anyhow::Result<Vec<_>>>()
     })
     .map_err(api_error)?;
@@ -182,7 +192,8 @@ async fn create_timeline(
         }
     })
     .map_err(api_error)?;
-    let info = tokio::task::block_in_place(|| timeline_info(&timeline)).map_err(api_error)?;
+    let info =
+        tokio::task::block_in_place(|| timeline_info(&timeline, false)).map_err(api_error)?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -196,8 +207,33 @@ async fn timeline_info_handler(
         .get_timeline(timeline_id)
         .map_err(|e| api_error(e.into()))?;
     Ok(Json(
-        tokio::task::block_in_place(|| timeline_info(&timeline)).map_err(api_error)?,
+        tokio::task::block_in_place(|| timeline_info(&timeline, true)).map_err(api_error)?,
     ))
+}
+
+/// `POST .../checkpoint`: flush what is in memory and write image layers
+/// of every key partition with deltas above its newest image, now (what
+/// the background loop does over time). For tests and benchmarks.
+async fn checkpoint_timeline(
+    State(m): State<Manager>,
+    Path((tenant_id, timeline_id)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tenant = tenant(&m, &tenant_id)?;
+    let timeline_id: TimelineId = parse(&timeline_id)?;
+    let timeline = tenant
+        .get_timeline(timeline_id)
+        .map_err(|e| api_error(e.into()))?;
+    let images = tokio::task::block_in_place(|| -> anyhow::Result<_> {
+        if timeline.last_record_lsn() > timeline.disk_consistent_lsn() {
+            timeline.flush()?;
+        }
+        Ok(timeline.compact(1)?)
+    })
+    .map_err(api_error)?;
+    Ok(Json(serde_json::json!({
+        "disk_consistent_lsn": timeline.disk_consistent_lsn(),
+        "image_layers_written": images.len(),
+    })))
 }
 
 async fn delete_timeline(

@@ -44,8 +44,11 @@ pub struct TimelineInfo {
     pub disk_consistent_lsn: Lsn,
     pub remote_consistent_lsn: Lsn,
     pub gc_cutoff_lsn: Lsn,
-    /// Bytes of relation data at the last record.
-    pub logical_size: u64,
+    /// Bytes of relation data at the last record. Computed for the
+    /// timeline detail only (it reads every relation's size): creation and
+    /// listing leave it out, so they take the same time whatever the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logical_size: Option<u64>,
     /// Bytes of this timeline's layer files.
     pub physical_size: u64,
     pub pg_version: u32,
