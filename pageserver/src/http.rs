@@ -10,10 +10,10 @@ use daemon_utils::ApiError;
 use pageserver_api::models::{
     TenantCreateRequest, TenantInfo, TimelineCreateRequest, TimelineInfo,
 };
-use utils::{Lsn, TenantId, TimelineId};
+use utils::{TenantId, TimelineId};
 
 use crate::tenant::{Tenant, TenantError, TenantState};
-use crate::tenant_manager::{AlreadyExists, TenantManager};
+use crate::tenant_manager::{AlreadyExists, AttachError, TenantManager};
 use crate::timeline::{BranchError, Timeline};
 
 type Manager = Arc<TenantManager>;
@@ -31,6 +31,14 @@ where
 fn api_error(e: anyhow::Error) -> ApiError {
     let status = if e.downcast_ref::<AlreadyExists>().is_some() {
         StatusCode::CONFLICT
+    } else if let Some(a) = e.downcast_ref::<AttachError>() {
+        match a {
+            AttachError::NoRemoteStorage(_) => StatusCode::BAD_REQUEST,
+            AttachError::NotFound(_) => StatusCode::NOT_FOUND,
+            AttachError::AlreadyExists(_) => StatusCode::CONFLICT,
+            AttachError::Broken { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            AttachError::NotUploaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
     } else if let Some(t) = e.downcast_ref::<TenantError>() {
         match t {
             TenantError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -62,6 +70,14 @@ pub fn routes(manager: Manager) -> Router {
     Router::new()
         .route("/v1/tenant", get(list_tenants).post(create_tenant))
         .route("/v1/tenant/{tenant_id}", get(tenant_info))
+        .route(
+            "/v1/tenant/{tenant_id}/attach",
+            axum::routing::post(attach_tenant),
+        )
+        .route(
+            "/v1/tenant/{tenant_id}/detach",
+            axum::routing::post(detach_tenant),
+        )
         .route(
             "/v1/tenant/{tenant_id}/timeline",
             get(list_timelines).post(create_timeline),
@@ -135,7 +151,7 @@ pub fn timeline_info(timeline: &Timeline, with_logical_size: bool) -> anyhow::Re
         last_record_lsn: last.last,
         prev_record_lsn: last.prev,
         disk_consistent_lsn: timeline.disk_consistent_lsn(),
-        remote_consistent_lsn: Lsn::INVALID,
+        remote_consistent_lsn: timeline.remote_consistent_lsn(),
         gc_cutoff_lsn: timeline.gc_horizon(),
         logical_size: if with_logical_size {
             Some(timeline.logical_size(last.last)?)
@@ -243,5 +259,42 @@ async fn delete_timeline(
     let tenant = tenant(&m, &tenant_id)?;
     let timeline_id: TimelineId = parse(&timeline_id)?;
     tokio::task::block_in_place(|| m.delete_timeline(&tenant, timeline_id)).map_err(api_error)?;
+    if let Some(remote) = m.remote() {
+        crate::remote_timeline::delete_timeline(remote, tenant.tenant_id, timeline_id)
+            .await
+            .map_err(|e| api_error(e.context("deleting the timeline from remote storage")))?;
+    }
     Ok(Json(serde_json::json!({ "deleted": true })))
+}
+
+/// `POST /v1/tenant/{t}/attach`: download the tenant from remote storage.
+async fn attach_tenant(
+    State(m): State<Manager>,
+    Path(tenant_id): Path<String>,
+) -> Result<(StatusCode, Json<TenantInfo>), ApiError> {
+    let tenant_id: TenantId = parse(&tenant_id)?;
+    let tenant = m.attach_tenant(tenant_id).await.map_err(api_error)?;
+    Ok((StatusCode::CREATED, Json(tenant_info_of(&tenant))))
+}
+
+#[derive(serde::Deserialize, Default)]
+struct DetachQuery {
+    /// Seconds to wait for uploads to catch up (default 60).
+    timeout_seconds: Option<f64>,
+}
+
+/// `POST /v1/tenant/{t}/detach`: flush, wait until remote storage holds
+/// everything, then remove the local copy.
+async fn detach_tenant(
+    State(m): State<Manager>,
+    Path(tenant_id): Path<String>,
+    query: axum::extract::Query<DetachQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tenant_id: TenantId = parse(&tenant_id)?;
+    let timeout =
+        std::time::Duration::from_secs_f64(query.timeout_seconds.unwrap_or(60.0).max(0.0));
+    m.detach_tenant(tenant_id, timeout)
+        .await
+        .map_err(api_error)?;
+    Ok(Json(serde_json::json!({ "detached": true })))
 }

@@ -16,8 +16,10 @@ pub mod inmemory_layer;
 pub mod key;
 pub mod layer;
 pub mod layer_map;
+pub mod metrics;
 pub mod page_service;
 pub mod pgdatadir;
+pub mod remote_timeline;
 pub mod tenant;
 pub mod tenant_manager;
 pub mod timeline;
@@ -62,6 +64,9 @@ pub struct PageServerConf {
     pub image_partition_keys: usize,
     /// Flushing, compaction and GC in the background.
     pub background: background::BackgroundConf,
+    /// Object storage for layer files (`{ local_path = "..." }` or an S3
+    /// bucket); without it, layers stay on local disk only.
+    pub remote_storage: Option<remote_storage::RemoteStorageConfig>,
 }
 
 impl Default for PageServerConf {
@@ -78,6 +83,7 @@ impl Default for PageServerConf {
             open_layer_max_bytes: timeline::DEFAULT_OPEN_LAYER_MAX_BYTES,
             image_partition_keys: timeline::DEFAULT_IMAGE_PARTITION_KEYS,
             background: background::BackgroundConf::default(),
+            remote_storage: None,
         }
     }
 }
@@ -96,6 +102,16 @@ pub async fn run(conf: PageServerConf, cancel: CancellationToken) -> anyhow::Res
             None
         }
     };
+    let remote = match &conf.remote_storage {
+        Some(config) => {
+            let storage = remote_storage::GenericRemoteStorage::from_config(config)
+                .await
+                .context("setting up remote storage")?;
+            info!("uploading layers to {storage:?}");
+            Some(storage)
+        }
+        None => None,
+    };
     let timeline_conf = timeline::TimelineConf {
         open_layer_max_bytes: conf.open_layer_max_bytes,
         image_partition_keys: conf.image_partition_keys,
@@ -110,11 +126,15 @@ pub async fn run(conf: PageServerConf, cancel: CancellationToken) -> anyhow::Res
             timeline_conf,
             initdb,
             broker,
+            remote,
             cancel.clone(),
         )
     })
     .context("loading tenants")?;
     let http = HttpServer::new(SERVICE)?.with_node_id(conf.id);
+    metrics::get()
+        .register(http.registry())
+        .context("registering the pageserver's metrics")?;
     let http_listener = bind_listener("HTTP", &conf.listen_http_addr).await?;
     let pg_listener = bind_listener("page service", &conf.listen_pg_addr).await?;
     info!(

@@ -168,6 +168,9 @@ pub struct Timeline {
     /// The key partitions: contiguous ranges from [`Key::MIN`] to
     /// [`Key::MAX`]; empty until the first compaction computes them.
     partitioning: Mutex<Vec<KeyRange>>,
+    /// The disk-consistent LSN of the last index uploaded to remote
+    /// storage (invalid without remote storage or before the first upload).
+    remote_consistent: Mutex<Lsn>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -252,6 +255,7 @@ impl Timeline {
             flush_lock: Mutex::new(()),
             compaction_lock: Mutex::new(()),
             partitioning: Mutex::new(Vec::new()),
+            remote_consistent: Mutex::new(Lsn::INVALID),
         }
     }
 
@@ -454,6 +458,35 @@ impl Timeline {
 
     pub fn disk_consistent_lsn(&self) -> Lsn {
         self.disk_consistent().last
+    }
+
+    /// The disk-consistent LSN that remote storage holds (see
+    /// [`crate::remote_timeline`]).
+    pub fn remote_consistent_lsn(&self) -> Lsn {
+        *lock(&self.remote_consistent)
+    }
+
+    pub fn set_remote_consistent_lsn(&self, lsn: Lsn) {
+        let mut r = lock(&self.remote_consistent);
+        if lsn > *r {
+            *r = lsn;
+        }
+    }
+
+    /// What remote storage should hold: the metadata and the layer files
+    /// up to the disk-consistent LSN (path and name), taken together.
+    pub fn remote_snapshot(&self) -> (TimelineMetadata, Vec<(LayerName, PathBuf)>) {
+        let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
+        let metadata = self.metadata();
+        let limit = metadata.disk_consistent.last.0.saturating_add(1);
+        let mut files: Vec<(LayerName, PathBuf)> = layers
+            .files
+            .iter()
+            .filter(|l| l.name().lsn_range().end.0 <= limit)
+            .map(|l| (l.name().clone(), l.path().to_owned()))
+            .collect();
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        (metadata, files)
     }
 
     /// The metadata as the metadata file holds it (or would).

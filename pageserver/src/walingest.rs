@@ -98,6 +98,7 @@ impl WalIngest {
 
     /// Decode and apply one record, stored at its end LSN.
     pub fn ingest_record(&mut self, timeline: &Timeline, record: &RawRecord) -> anyhow::Result<()> {
+        crate::metrics::get().wal_records_ingested.inc();
         let start = record.start_lsn;
         let end = record.end_lsn;
         let decoded = DecodedRecord::decode(start, record.bytes.clone())
@@ -153,6 +154,7 @@ impl WalIngest {
                 }
                 None => {
                     self.unhandled_records += 1;
+                    crate::metrics::get().unhandled_wal_records.inc();
                     error!(
                         "WAL record at {} (rmgr {}, info {:#04x}) changes block {} of {} fork {} without an image, and the pageserver has no redo for it: this page is now stale (run computes with wal_consistency_checking = all)",
                         record.lsn,
@@ -354,6 +356,7 @@ impl WalIngest {
             ParsedRecord::Other => {
                 if record.header.rmid == RM_TBLSPC_ID {
                     self.unhandled_records += 1;
+                    crate::metrics::get().unhandled_wal_records.inc();
                     error!(
                         "WAL record at {} (rmgr Tablespace, info {:#04x}): tablespaces are not supported; the timeline does not follow this change",
                         record.lsn, record.header.info

@@ -204,8 +204,9 @@ async fn stream_from(
                 StandbyMessage::StatusUpdate(StandbyStatusUpdate {
                     write_lsn: timeline.last_record_lsn(),
                     flush_lsn: timeline.disk_consistent_lsn(),
-                    // Remote storage comes with the bottomless-storage issue.
-                    apply_lsn: Lsn::INVALID,
+                    // What remote storage holds: the safekeepers may
+                    // remove WAL below it once they have offloaded it.
+                    apply_lsn: timeline.remote_consistent_lsn(),
                     timestamp: PgTimestamp::now(),
                     reply_requested: false,
                 })

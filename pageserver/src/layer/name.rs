@@ -31,6 +31,31 @@ pub enum LayerName {
     },
 }
 
+impl LayerName {
+    /// (kind, key range, LSN range start, end): the order of [`Ord`].
+    fn sort_key(&self) -> (u8, KeyRange, Lsn, Lsn) {
+        match self {
+            LayerName::Delta {
+                key_range,
+                lsn_range,
+            } => (0, *key_range, lsn_range.start, lsn_range.end),
+            LayerName::Image { key_range, lsn } => (1, *key_range, *lsn, *lsn),
+        }
+    }
+}
+
+impl Ord for LayerName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.sort_key().cmp(&other.sort_key())
+    }
+}
+
+impl PartialOrd for LayerName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 /// A string that is not a layer file name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{name:?} is not a layer file name: {reason}")]

@@ -133,6 +133,29 @@ impl Tenant {
     /// Load a tenant and all its timelines from disk. Never fails: a tenant
     /// that cannot be loaded is returned [`TenantState::Broken`], with
     /// whatever timelines loaded before the failure not served.
+    /// A tenant that could not be attached or loaded: it serves nothing and
+    /// says why. Touches no files.
+    pub fn broken(
+        workdir: &Path,
+        tenant_id: TenantId,
+        conf: TimelineConf,
+        reason: String,
+    ) -> Arc<Tenant> {
+        Arc::new(Tenant {
+            tenant_id,
+            dir: tenant_dir(workdir, tenant_id),
+            conf,
+            state: Mutex::new(TenantState::Broken(reason)),
+            timelines: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Mark the tenant broken (its files stay as they are).
+    pub fn set_broken(&self, reason: String) {
+        warn!("tenant {} is broken: {reason}", self.tenant_id);
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = TenantState::Broken(reason);
+    }
+
     pub fn load(workdir: &Path, tenant_id: TenantId, conf: TimelineConf) -> Arc<Tenant> {
         let tenant = Tenant {
             tenant_id,

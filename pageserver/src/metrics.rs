@@ -1,0 +1,69 @@
+//! The pageserver's own metrics, served at `/metrics` beside the standard
+//! ones.
+
+use std::sync::OnceLock;
+
+use prometheus::{IntCounter, Registry};
+
+pub struct Metrics {
+    /// WAL records that change a page with neither an image nor a Rust redo.
+    pub unhandled_wal_records: IntCounter,
+    pub wal_records_ingested: IntCounter,
+    pub remote_bytes_uploaded: IntCounter,
+    pub remote_index_uploads: IntCounter,
+    pub remote_upload_failures: IntCounter,
+    pub remote_bytes_downloaded: IntCounter,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        Metrics {
+            unhandled_wal_records: counter(
+                "pageserver_unhandled_wal_records_total",
+                "WAL records changing a page with neither an image nor a Rust redo (the page is stale)",
+            ),
+            wal_records_ingested: counter(
+                "pageserver_wal_records_ingested_total",
+                "WAL records ingested",
+            ),
+            remote_bytes_uploaded: counter(
+                "pageserver_remote_bytes_uploaded_total",
+                "Layer bytes uploaded to remote storage",
+            ),
+            remote_index_uploads: counter(
+                "pageserver_remote_index_uploads_total",
+                "Timeline indexes uploaded to remote storage",
+            ),
+            remote_upload_failures: counter(
+                "pageserver_remote_operation_failures_total",
+                "Remote storage operations that failed (and were retried)",
+            ),
+            remote_bytes_downloaded: counter(
+                "pageserver_remote_bytes_downloaded_total",
+                "Layer bytes downloaded from remote storage (attach)",
+            ),
+        }
+    }
+
+    /// Serve these metrics from `registry`.
+    pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        for c in [
+            &self.unhandled_wal_records,
+            &self.wal_records_ingested,
+            &self.remote_bytes_uploaded,
+            &self.remote_index_uploads,
+            &self.remote_upload_failures,
+            &self.remote_bytes_downloaded,
+        ] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
