@@ -13,6 +13,7 @@ packages=(
   protobuf-compiler      # protoc, for the storage broker's gRPC definitions
   python3-venv           # the test runner's virtual environment
   util-linux             # runuser: PostgreSQL must not run as root
+  openssl                # certificates for the proxy's TLS (tests, docs/proxy.md)
 )
 
 missing=()

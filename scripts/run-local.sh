@@ -27,6 +27,8 @@ if [[ $status != running ]]; then
 fi
 address=$("$neon_local" endpoint list | awk '$1 == "main" { print $2 }')
 port=${address##*:}
+proxy=$(awk '/^\[/ { section = $0 } section == "[proxy]" && $1 == "listen_pg_addr" { gsub(/"/, "", $3); print $3 }' "$repo/config")
+proxy_port=${proxy##*:}
 cat <<MSG
 
 Everything runs: the storage broker, the pageserver, the safekeepers, and a
@@ -35,7 +37,12 @@ Connect with
 
     psql -h 127.0.0.1 -p $port -U cloud_admin postgres
 
-or postgresql://cloud_admin@127.0.0.1:$port/postgres. Then try the README's
+or postgresql://cloud_admin@127.0.0.1:$port/postgres. Or through the proxy,
+which starts a branch's compute on demand and suspends it when idle:
+
+    psql "host=127.0.0.1 port=${proxy_port:-5432} dbname=postgres user=cloud_admin options=branch=main"
+
+Then try the README's
 walkthrough (\`cargo neon timeline branch --branch-name dev\`, ...);
 \`cargo neon endpoint list\` shows the computes, and \`cargo neon stop\`
 stops everything.

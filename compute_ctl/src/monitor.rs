@@ -12,7 +12,8 @@ use crate::pg;
 /// What one poll saw.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Observation {
-    /// Client sessions not idle (running a query or in a transaction).
+    /// Client sessions connected, busy or idle: an open connection counts
+    /// as activity, so a compute is never suspended under a client.
     pub active: u64,
     /// Sessions ever started, all databases (grows when a client connects).
     pub sessions: u64,
@@ -26,8 +27,7 @@ pub struct Observation {
 const QUERY: &str = "\
 SELECT \
   (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
-     AND pid <> pg_backend_pid() AND application_name NOT LIKE 'compute_ctl%' \
-     AND state IS DISTINCT FROM 'idle'), \
+     AND pid <> pg_backend_pid() AND application_name NOT LIKE 'compute_ctl%'), \
   (SELECT coalesce(sum(sessions), 0) FROM pg_stat_database), \
   (SELECT extract(epoch FROM max(state_change)) FROM pg_stat_activity \
      WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
@@ -48,8 +48,9 @@ async fn observe(client: &mut pq_proto::Client) -> anyhow::Result<Observation> {
 }
 
 /// Decides the new "last active" time from an observation: now if a
-/// client is busy or a new session started since the previous poll, else
-/// the latest state change of an idle session if it is newer.
+/// client is connected (busy or idle) or a new session started since the
+/// previous poll (one that came and went between polls), else the latest
+/// state change of a client session if it is newer.
 pub fn last_active_after(
     previous: SystemTime,
     previous_sessions: Option<u64>,
@@ -166,7 +167,7 @@ mod tests {
         assert_eq!(last_active_after(t0, Some(5), &idle, now), t0);
         // A new session since the last poll.
         assert_eq!(last_active_after(t0, Some(4), &idle, now), now);
-        // Busy.
+        // A client connected (busy or idle).
         let busy = Observation { active: 1, ..idle };
         assert_eq!(last_active_after(t0, Some(5), &busy, now), now);
         // An idle session changed state at 1500.

@@ -1,10 +1,15 @@
 //! Compute endpoints: a named compute_ctl (and its postgres) on a branch,
 //! read-write or read-only at an LSN. Each has a directory
 //! `endpoints/<name>/` holding `endpoint.toml`, the `spec.json` of its
-//! last start, compute_ctl's log and pid file, and `pgdata/`.
+//! last start, compute_ctl's log and pid file, and `pgdata/`; and
+//! `suspended` while the control plane has stopped it for idleness.
+//!
+//! Changes take file locks ([`crate::lock`]), so the control-plane service
+//! and CLI commands can run at the same time.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -15,13 +20,17 @@ use serde::{Deserialize, Serialize};
 use utils::{Lsn, TenantId, TimelineId};
 
 use crate::background_process::{self, is_alive, send_signal, wait_for, Daemon, StopMode};
-use crate::local_env::LocalEnv;
+use crate::local_env::{LocalEnv, Timeout, CONFIG_FILE};
+use crate::lock::{lock_creating, lock_existing, FileLock};
 use crate::state::{check_name, State};
 use crate::storage::{PageserverClient, SafekeeperClient};
 
 pub const ENDPOINTS_DIR: &str = "endpoints";
 const ENDPOINT_FILE: &str = "endpoint.toml";
 const SPEC_FILE: &str = "spec.json";
+/// Present while the endpoint is suspended (stopped by the control plane
+/// for idleness; the next connection through the proxy wakes it).
+const SUSPENDED_FILE: &str = "suspended";
 
 /// `endpoint.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +45,10 @@ pub struct EndpointConf {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lsn: Option<Lsn>,
     pub pg_version: u32,
+    /// Suspend the compute after this long without client connections;
+    /// never when absent (or `0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend_timeout: Option<Timeout>,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +67,7 @@ pub struct CreateOptions {
     pub http_port: Option<u16>,
     pub lsn: Option<Lsn>,
     pub pg_version: u32,
+    pub suspend_timeout: Option<Timeout>,
 }
 
 fn port_free(port: u16) -> bool {
@@ -94,6 +108,12 @@ impl Endpoint {
         names.iter().map(|name| Self::load(repo, name)).collect()
     }
 
+    /// Takes the lock under which endpoints are created (on the
+    /// repository's `config`).
+    pub fn lock_creation(repo: &Path) -> anyhow::Result<FileLock> {
+        lock_existing(&repo.join(CONFIG_FILE))
+    }
+
     /// Creates an endpoint: checks the name, the branch, the ports and the
     /// LSN, then writes `endpoint.toml`. Nothing is written on failure.
     pub fn create(
@@ -101,6 +121,18 @@ impl Endpoint {
         env: &LocalEnv,
         state: &State,
         opts: &CreateOptions,
+    ) -> anyhow::Result<Endpoint> {
+        let lock = Self::lock_creation(repo)?;
+        Self::create_locked(repo, env, state, opts, &lock)
+    }
+
+    /// [`create`](Self::create) with the creation lock held already.
+    pub fn create_locked(
+        repo: &Path,
+        env: &LocalEnv,
+        state: &State,
+        opts: &CreateOptions,
+        _lock: &FileLock,
     ) -> anyhow::Result<Endpoint> {
         check_name("endpoint", &opts.name)?;
         let dir = Self::dir_of(repo, &opts.name);
@@ -161,6 +193,7 @@ impl Endpoint {
             http_port,
             lsn: opts.lsn,
             pg_version: opts.pg_version,
+            suspend_timeout: opts.suspend_timeout,
         };
         let text = toml::to_string_pretty(&conf).context("serializing the endpoint")?;
         let tmp = dir.with_file_name(format!(".{}.creating", opts.name));
@@ -240,7 +273,7 @@ impl Endpoint {
             databases: Vec::new(),
             delta_operations: Vec::new(),
             settings: Default::default(),
-            suspend_timeout_seconds: None,
+            suspend_timeout_seconds: self.suspend_timeout().map(|t| t.as_secs()),
         }
     }
 
@@ -252,6 +285,32 @@ impl Endpoint {
         )
     }
 
+    /// The suspend timeout, if the endpoint is ever suspended.
+    pub fn suspend_timeout(&self) -> Option<Duration> {
+        self.conf.suspend_timeout.and_then(Timeout::as_option)
+    }
+
+    pub fn is_suspended(&self) -> bool {
+        self.dir.join(SUSPENDED_FILE).exists()
+    }
+
+    /// Locks the endpoint for a change (waiting for other holders); fails
+    /// if it has been destroyed meanwhile.
+    pub fn lock(&self) -> anyhow::Result<FileLock> {
+        let path = self.dir.join(ENDPOINT_FILE);
+        let missing = || {
+            anyhow::anyhow!(
+                "there is no endpoint named '{}' (see `neon_local endpoint list`)",
+                self.conf.name
+            )
+        };
+        let lock = lock_existing(&path).map_err(|_| missing())?;
+        if !path.exists() {
+            return Err(missing());
+        }
+        Ok(lock)
+    }
+
     /// compute_ctl's pid if it runs.
     pub fn running_pid(&self, env: &LocalEnv) -> anyhow::Result<Option<Pid>> {
         self.daemon(env).running_pid()
@@ -261,8 +320,29 @@ impl Endpoint {
     /// applied. Checks first what can be checked, so that a refused start
     /// changes nothing; a failed one leaves no process.
     pub fn start(&self, repo: &Path, env: &LocalEnv, timeout: Duration) -> anyhow::Result<()> {
+        let _lock = self.lock()?;
+        self.start_locked(repo, env, timeout).map(drop)
+    }
+
+    /// [`start`](Self::start) with the endpoint's lock held already;
+    /// returns compute_ctl's process, for the caller to reap.
+    pub fn start_locked(
+        &self,
+        repo: &Path,
+        env: &LocalEnv,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<Child>> {
         let name = &self.conf.name;
         let daemon = self.daemon(env);
+        // No other primary may start on the timeline meanwhile.
+        let _timeline_lock = match self.conf.lsn {
+            None => Some(lock_creating(
+                &repo
+                    .join("locks")
+                    .join(format!("timeline-{}", self.conf.timeline_id)),
+            )?),
+            Some(_) => None,
+        };
         if let Some(pid) = daemon.running_pid()? {
             bail!("endpoint '{name}' is already running (compute_ctl pid {pid})");
         }
@@ -337,18 +417,75 @@ impl Endpoint {
             }
         };
         let started = daemon.start_checked(timeout, &mut ready);
-        if started.is_err() {
-            self.kill_postgres();
+        match started {
+            Ok(child) => {
+                self.set_suspended(false)?;
+                Ok(child)
+            }
+            Err(e) => {
+                self.kill_postgres();
+                Err(e)
+            }
         }
-        started.map(drop)
+    }
+
+    fn set_suspended(&self, suspended: bool) -> anyhow::Result<()> {
+        let path = self.dir.join(SUSPENDED_FILE);
+        let result = if suspended {
+            std::fs::write(&path, "")
+        } else {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+        };
+        result.with_context(|| format!("updating {}", path.display()))
     }
 
     /// Stops compute_ctl (which stops postgres), then makes sure no
     /// postgres of this endpoint is left. Returns whether it was running.
+    /// A suspended endpoint stays suspended; a running one becomes stopped.
     pub fn stop(&self, env: &LocalEnv, mode: StopMode) -> anyhow::Result<bool> {
+        let _lock = self.lock()?;
+        self.stop_locked(env, mode)
+    }
+
+    /// [`stop`](Self::stop) with the endpoint's lock held already.
+    pub fn stop_locked(&self, env: &LocalEnv, mode: StopMode) -> anyhow::Result<bool> {
         let was_running = self.daemon(env).stop(None, mode)?;
         self.kill_postgres();
+        if was_running {
+            self.set_suspended(false)?;
+        }
         Ok(was_running)
+    }
+
+    /// Stops the endpoint and deletes its directory. Returns whether it
+    /// was running.
+    pub fn destroy(&self, env: &LocalEnv, mode: StopMode) -> anyhow::Result<bool> {
+        let _lock = self.lock()?;
+        let was_running = self.stop_locked(env, mode)?;
+        std::fs::remove_dir_all(&self.dir)
+            .with_context(|| format!("removing {}", self.dir.display()))?;
+        Ok(was_running)
+    }
+
+    /// The control plane's scale to zero: under the endpoint's lock, if it
+    /// runs and `still_idle` agrees, stops it (fast) and marks it
+    /// suspended. Returns whether it did.
+    pub fn suspend(
+        &self,
+        env: &LocalEnv,
+        still_idle: impl FnOnce() -> bool,
+    ) -> anyhow::Result<bool> {
+        let _lock = self.lock()?;
+        if self.running_pid(env)?.is_none() || !still_idle() {
+            return Ok(false);
+        }
+        self.daemon(env).stop(None, StopMode::Fast)?;
+        self.kill_postgres();
+        self.set_suspended(true)?;
+        Ok(true)
     }
 
     /// Kills a postgres left in the endpoint's PGDATA (compute_ctl was
@@ -383,11 +520,12 @@ impl Endpoint {
         );
     }
 
-    /// `running`, `stopped`, or what compute_ctl reports (`init`,
-    /// `failed`, …).
+    /// `running`, `stopped`, `suspended`, or what compute_ctl reports
+    /// (`init`, `failed`, …).
     pub fn status(&self, env: &LocalEnv) -> String {
         match self.running_pid(env) {
             Ok(Some(_)) => {}
+            _ if self.is_suspended() => return "suspended".into(),
             _ => return "stopped".into(),
         }
         let state: Option<ComputeState> = background_process::http_client()

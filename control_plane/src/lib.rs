@@ -9,11 +9,17 @@
 //! * [`state`]: default tenant and branch names;
 //! * [`storage`]: the pageserver's and safekeepers' HTTP APIs;
 //! * [`tenants`]: `tenant` and `timeline` commands;
-//! * [`endpoint`]: compute endpoints (compute_ctl and its postgres).
+//! * [`endpoint`]: compute endpoints (compute_ctl and its postgres);
+//! * [`lock`]: file locks that make endpoint changes safe between the
+//!   control-plane service and the CLI;
+//! * [`service`]: the control-plane service (`control-plane run`): the
+//!   wake API the proxy calls, and scale to zero.
 
 pub mod background_process;
 pub mod endpoint;
 pub mod local_env;
+pub mod lock;
+pub mod service;
 pub mod state;
 pub mod storage;
 pub mod tenants;

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,128 @@ pub struct LocalEnv {
     pub pageserver: PageserverConf,
     pub safekeepers: Vec<SafekeeperConf>,
     pub endpoints: EndpointsConf,
+    pub control_plane: ControlPlaneConf,
+    pub proxy: ProxyConf,
     pub binaries: Binaries,
+}
+
+/// The control-plane service (`neon_local control-plane run`, started by
+/// `neon_local start`): the wake API the proxy calls, and scale to zero.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlPlaneConf {
+    /// Its HTTP API: `POST /v1/wake_compute`, `GET /v1/status`.
+    pub listen_http_addr: String,
+    /// The suspend timeout of the endpoints it creates for branches
+    /// (`10s`, `5m`, `1h`; `0` never suspends them).
+    pub default_suspend_timeout: Timeout,
+}
+
+impl Default for ControlPlaneConf {
+    fn default() -> Self {
+        Self {
+            listen_http_addr: "127.0.0.1:1234".into(),
+            default_suspend_timeout: Timeout(Duration::from_secs(300)),
+        }
+    }
+}
+
+/// The proxy, the PostgreSQL entry point that wakes computes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConf {
+    pub listen_pg_addr: String,
+    pub listen_http_addr: String,
+    /// TLS certificate chain (PEM); with `tls_key_path`, clients may use
+    /// TLS, and the first label of their SNI name picks the endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_path: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_path: Option<PathBuf>,
+}
+
+impl Default for ProxyConf {
+    fn default() -> Self {
+        Self {
+            listen_pg_addr: "127.0.0.1:5432".into(),
+            listen_http_addr: "127.0.0.1:7001".into(),
+            tls_cert_path: None,
+            tls_key_path: None,
+        }
+    }
+}
+
+/// A duration written `250ms`, `10s`, `5m`, `1h` or as plain seconds
+/// (`300`); `0` means never (for suspend timeouts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "TimeoutRepr", into = "String")]
+pub struct Timeout(pub Duration);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TimeoutRepr {
+    Seconds(u64),
+    Text(String),
+}
+
+impl TryFrom<TimeoutRepr> for Timeout {
+    type Error = String;
+    fn try_from(repr: TimeoutRepr) -> Result<Self, String> {
+        match repr {
+            TimeoutRepr::Seconds(s) => Ok(Timeout(Duration::from_secs(s))),
+            TimeoutRepr::Text(t) => t.parse(),
+        }
+    }
+}
+
+impl From<Timeout> for String {
+    fn from(t: Timeout) -> String {
+        t.to_string()
+    }
+}
+
+impl std::str::FromStr for Timeout {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let bad = || format!("invalid duration '{text}': use e.g. 250ms, 10s, 5m, 1h or 0");
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        let ms = match unit.trim() {
+            "ms" => Some(n),
+            "" | "s" => n.checked_mul(1000),
+            "m" | "min" => n.checked_mul(60_000),
+            "h" => n.checked_mul(3_600_000),
+            _ => return Err(bad()),
+        }
+        .ok_or_else(bad)?;
+        Ok(Timeout(Duration::from_millis(ms)))
+    }
+}
+
+impl std::fmt::Display for Timeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        if ms == 0 {
+            write!(f, "0")
+        } else if ms.is_multiple_of(3_600_000) {
+            write!(f, "{}h", ms / 3_600_000)
+        } else if ms.is_multiple_of(60_000) {
+            write!(f, "{}m", ms / 60_000)
+        } else if ms.is_multiple_of(1000) {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl Timeout {
+    /// `None` for `0` (never).
+    pub fn as_option(self) -> Option<Duration> {
+        (!self.0.is_zero()).then_some(self.0)
+    }
 }
 
 /// Compute endpoints: ports are picked from `base_port` up (postgres, then
@@ -393,14 +515,84 @@ impl LocalEnv {
         Ok(selected)
     }
 
-    /// Every daemon, in start order.
-    pub fn all_daemons(&self, repo: &Path) -> Vec<Daemon> {
+    /// The control-plane service: neon_local itself, `control-plane run`;
+    /// `suspend_timeout` overrides `default_suspend_timeout` for this run.
+    pub fn control_plane_daemon(&self, repo: &Path, suspend_timeout: Option<Timeout>) -> Daemon {
+        let binary = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("neon_local"));
+        let mut args: Vec<OsString> = vec![
+            "--repo-dir".into(),
+            repo.into(),
+            "control-plane".into(),
+            "run".into(),
+        ];
+        if let Some(timeout) = suspend_timeout {
+            args.push("--suspend-timeout".into());
+            args.push(timeout.to_string().into());
+        }
+        Daemon {
+            name: "control_plane".into(),
+            service: "control_plane",
+            binary,
+            args,
+            dir: repo.join("control_plane"),
+            http_addr: self.control_plane.listen_http_addr.clone(),
+            announce: true,
+        }
+    }
+
+    pub fn proxy_daemon(&self, repo: &Path) -> Daemon {
+        let p = &self.proxy;
+        let mut args: Vec<OsString> = vec![
+            "--listen-pg".into(),
+            p.listen_pg_addr.clone().into(),
+            "--listen-http".into(),
+            p.listen_http_addr.clone().into(),
+            "--control-plane-api".into(),
+            format!("http://{}", self.control_plane.listen_http_addr).into(),
+        ];
+        if let Some(cert) = &p.tls_cert_path {
+            args.push("--tls-cert".into());
+            args.push(cert.into());
+        }
+        if let Some(key) = &p.tls_key_path {
+            args.push("--tls-key".into());
+            args.push(key.into());
+        }
+        Daemon {
+            name: "proxy".into(),
+            service: "proxy",
+            binary: self.binaries.proxy.clone(),
+            args,
+            dir: repo.join("proxy"),
+            http_addr: p.listen_http_addr.clone(),
+            announce: true,
+        }
+    }
+
+    /// The storage daemons, in start order: broker, pageserver, safekeepers.
+    pub fn storage_daemons(&self, repo: &Path) -> Vec<Daemon> {
         let mut daemons = vec![self.broker_daemon(repo), self.pageserver_daemon(repo)];
         daemons.extend(
             self.safekeepers
                 .iter()
                 .map(|sk| self.safekeeper_daemon(repo, sk)),
         );
+        daemons
+    }
+
+    /// The daemons in front of the computes, in start order: the control
+    /// plane, then the proxy that calls it.
+    pub fn front_daemons(&self, repo: &Path, suspend_timeout: Option<Timeout>) -> Vec<Daemon> {
+        vec![
+            self.control_plane_daemon(repo, suspend_timeout),
+            self.proxy_daemon(repo),
+        ]
+    }
+
+    /// Every daemon, in start order.
+    pub fn all_daemons(&self, repo: &Path) -> Vec<Daemon> {
+        let mut daemons = self.storage_daemons(repo);
+        daemons.extend(self.front_daemons(repo, None));
         daemons
     }
 }
@@ -470,6 +662,44 @@ mod tests {
         let err = env.write_new_repo(&other, true).unwrap_err().to_string();
         assert!(err.contains("is not empty"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn timeouts() {
+        for (text, ms, shown) in [
+            ("10s", 10_000, "10s"),
+            ("5m", 300_000, "5m"),
+            ("1h", 3_600_000, "1h"),
+            ("300", 300_000, "5m"),
+            ("250ms", 250, "250ms"),
+            ("0", 0, "0"),
+            ("90s", 90_000, "90s"),
+        ] {
+            let t: Timeout = text.parse().unwrap();
+            assert_eq!(t.0, Duration::from_millis(ms), "{text}");
+            assert_eq!(t.to_string(), shown);
+        }
+        for bad in ["", "s", "10x", "-1s", "1.5s"] {
+            assert!(bad.parse::<Timeout>().is_err(), "{bad}");
+        }
+        assert_eq!("0".parse::<Timeout>().unwrap().as_option(), None);
+        let env: LocalEnv = toml::from_str(
+            "[control_plane]\ndefault_suspend_timeout = \"10s\"\n[proxy]\nlisten_pg_addr = \"127.0.0.1:6432\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            env.control_plane.default_suspend_timeout.0,
+            Duration::from_secs(10)
+        );
+        assert_eq!(env.proxy.listen_http_addr, "127.0.0.1:7001");
+        let env: LocalEnv =
+            toml::from_str("[control_plane]\ndefault_suspend_timeout = 60\n").unwrap();
+        assert_eq!(
+            env.control_plane.default_suspend_timeout.0,
+            Duration::from_secs(60)
+        );
+        let text = toml::to_string(&LocalEnv::default()).unwrap();
+        assert!(text.contains("default_suspend_timeout = \"5m\""), "{text}");
     }
 
     #[test]

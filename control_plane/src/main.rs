@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use control_plane::background_process::StopMode;
 use control_plane::endpoint::{self, Endpoint};
-use control_plane::local_env::{InitOptions, LocalEnv};
+use control_plane::local_env::{InitOptions, LocalEnv, Timeout};
 use control_plane::tenants;
 use utils::{Lsn, NodeId, TenantId, TimelineId};
 
@@ -16,7 +16,10 @@ use utils::{Lsn, NodeId, TenantId, TimelineId};
 /// with its config, branch names, a directory per daemon and one per compute
 /// endpoint (each with its log and pid file); starts and stops the storage
 /// broker, pageserver, safekeepers and computes as background processes, and
-/// manages tenants, branches and endpoints through them.
+/// manages tenants, branches and endpoints through them. `start` also runs
+/// the control-plane service and the proxy: connect to the proxy (port 5432
+/// by default) with `options=branch=NAME` or `options=endpoint=NAME`, and
+/// the compute starts on demand and is suspended when idle.
 #[derive(Parser, Debug)]
 #[command(name = "neon_local", version)]
 struct Cli {
@@ -50,9 +53,10 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Start the storage broker, pageserver and safekeepers
-    Start(StartArgs),
-    /// Stop every endpoint and daemon
+    /// Start the storage broker, pageserver, safekeepers, the control-plane
+    /// service and the proxy
+    Start(StartAllArgs),
+    /// Stop every daemon and endpoint
     Stop(StopArgs),
     /// Manage tenants
     #[command(subcommand)]
@@ -72,6 +76,40 @@ enum Command {
     /// Start, stop or check the storage broker
     #[command(subcommand, name = "storage_broker", alias = "storage-broker")]
     StorageBroker(DaemonCmd),
+    /// Start, stop or check the proxy
+    #[command(subcommand)]
+    Proxy(DaemonCmd),
+    /// Start, stop or check the control-plane service (wake API, scale to
+    /// zero)
+    #[command(subcommand, name = "control-plane", alias = "control_plane")]
+    ControlPlane(ControlPlaneCmd),
+}
+
+#[derive(clap::Args, Debug)]
+struct StartAllArgs {
+    #[command(flatten)]
+    args: StartArgs,
+    /// Suspend timeout of the endpoints the control plane creates for
+    /// branches (10s, 5m, 1h; 0: never) [default: control_plane.default_suspend_timeout
+    /// in the config, 5m]
+    #[arg(long, value_name = "DURATION")]
+    suspend_timeout: Option<Timeout>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ControlPlaneCmd {
+    /// Start it in the background
+    Start(StartAllArgs),
+    /// Stop it
+    Stop(StopArgs),
+    /// Tell whether it runs and answers; fails if not
+    Status,
+    /// Run the service in the foreground (what `start` runs)
+    #[command(hide = true)]
+    Run {
+        #[arg(long, value_name = "DURATION")]
+        suspend_timeout: Option<Timeout>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -199,6 +237,11 @@ enum EndpointCmd {
         lsn: Option<Lsn>,
         #[arg(long, default_value_t = 15)]
         pg_version: u32,
+        /// Suspend the compute after this long without client connections
+        /// (10s, 5m, 1h); the next connection through the proxy wakes it
+        /// [default: never]
+        #[arg(long, value_name = "DURATION")]
+        suspend_timeout: Option<Timeout>,
     },
     /// Start an endpoint's compute and wait until postgres runs
     Start {
@@ -226,6 +269,24 @@ enum EndpointCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::ControlPlane(ControlPlaneCmd::Run { suspend_timeout }) = cli.command {
+        let repo_dir = match std::path::absolute(&cli.repo_dir) {
+            Ok(dir) => dir,
+            Err(err) => {
+                eprintln!("error: resolving {}: {err}", cli.repo_dir.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        return daemon_utils::launch(
+            control_plane::service::SERVICE,
+            None,
+            |conf: &mut control_plane::service::ServiceConf| {
+                conf.repo_dir = repo_dir;
+                conf.suspend_timeout = suspend_timeout;
+            },
+            control_plane::service::run,
+        );
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -261,14 +322,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Start(args) => {
-            control_plane::start_daemons(&env()?.all_daemons(&repo), args.timeout())
+            let env = env()?;
+            let mut daemons = env.storage_daemons(&repo);
+            daemons.extend(env.front_daemons(&repo, args.suspend_timeout));
+            control_plane::start_daemons(&daemons, args.args.timeout())
         }
         Command::Stop(args) => {
             let env = env()?;
-            // Computes first: they write to the storage until they stop.
+            // The proxy and the control plane first, so that nothing wakes
+            // a compute meanwhile; then the computes, which write to the
+            // storage until they stop; then the storage.
+            let front =
+                control_plane::stop_daemons(&env.front_daemons(&repo, None), args.stop_mode);
             let endpoints = endpoint::stop_all(&repo, &env, args.stop_mode);
-            let daemons = control_plane::stop_daemons(&env.all_daemons(&repo), args.stop_mode);
-            endpoints.and(daemons)
+            let storage = control_plane::stop_daemons(&env.storage_daemons(&repo), args.stop_mode);
+            front.and(endpoints).and(storage)
+        }
+        Command::Proxy(cmd) => {
+            let env = env()?;
+            daemon_command(cmd, vec![env.proxy_daemon(&repo)])
+        }
+        Command::ControlPlane(cmd) => {
+            let env = env()?;
+            match cmd {
+                ControlPlaneCmd::Start(args) => control_plane::start_daemons(
+                    &[env.control_plane_daemon(&repo, args.suspend_timeout)],
+                    args.args.timeout(),
+                ),
+                ControlPlaneCmd::Stop(args) => daemon_command(
+                    DaemonCmd::Stop(args),
+                    vec![env.control_plane_daemon(&repo, None)],
+                ),
+                ControlPlaneCmd::Status => daemon_command(
+                    DaemonCmd::Status,
+                    vec![env.control_plane_daemon(&repo, None)],
+                ),
+                ControlPlaneCmd::Run { .. } => unreachable!("handled in main"),
+            }
         }
         Command::Tenant(cmd) => {
             let env = env()?;
@@ -358,6 +448,7 @@ fn endpoint_command(repo: &Path, env: &LocalEnv, cmd: EndpointCmd) -> anyhow::Re
             http_port,
             lsn,
             pg_version,
+            suspend_timeout,
         } => {
             let opts = endpoint::CreateOptions {
                 name: endpoint_id,
@@ -367,6 +458,7 @@ fn endpoint_command(repo: &Path, env: &LocalEnv, cmd: EndpointCmd) -> anyhow::Re
                 http_port,
                 lsn,
                 pg_version,
+                suspend_timeout,
             };
             let state = control_plane::state::State::load(repo)?;
             Endpoint::create(repo, env, &state, &opts).map(drop)
@@ -394,12 +486,15 @@ fn endpoint_command(repo: &Path, env: &LocalEnv, cmd: EndpointCmd) -> anyhow::Re
             stop_mode,
         } => {
             let ep = Endpoint::load(repo, &endpoint_id)?;
-            if !ep.stop(env, stop_mode)? {
+            let was_running = if destroy {
+                ep.destroy(env, stop_mode)?
+            } else {
+                ep.stop(env, stop_mode)?
+            };
+            if !was_running {
                 println!("endpoint {endpoint_id} is not running");
             }
             if destroy {
-                std::fs::remove_dir_all(&ep.dir)
-                    .with_context(|| format!("removing {}", ep.dir.display()))?;
                 println!("endpoint {endpoint_id} destroyed");
             }
             Ok(())

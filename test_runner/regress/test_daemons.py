@@ -177,7 +177,7 @@ def test_neon_local_init_start_stop(
 
     neon_local.run("start")
     pids = neon_local.pids()
-    assert len(pids) == 5, neon_local.pid_files()
+    assert len(pids) == 7, neon_local.pid_files()  # + the control plane and the proxy
     assert all(pid_alive(pid) for pid in pids)
     session = http_session()
     for name, addr in http.items():

@@ -147,7 +147,8 @@ def test_readme_transcript(cluster: Cluster):
     postmasters = [session.get(f"http://127.0.0.1:{port + 1}/status", timeout=5).json()["postgres_pid"]
                    for port in (main_port, branch_port)]
     pids = nl.pids()
-    assert len(pids) == 4 + safekeepers  # broker, pageserver, safekeepers, two compute_ctls
+    # broker, pageserver, safekeepers, control plane, proxy, two compute_ctls
+    assert len(pids) == 6 + safekeepers
     assert all(pid_alive(p) for p in postmasters)
     out = cluster.run("stop")
     assert "Stopped endpoint main" in out and "Stopped endpoint migration_check" in out
@@ -238,7 +239,7 @@ def test_errors(cluster: Cluster, port_distributor: PortDistributor):
         taken.listen()
         err = cluster.fail("endpoint", "start", "main")
     assert err == f"error: cannot start endpoint 'main': port {port} (postgres) is already in use"
-    assert len(cluster.nl.pids()) == 3 and cluster.nl.postmaster_pids() == []
+    assert len(cluster.nl.pids()) == 5 and cluster.nl.postmaster_pids() == []
 
     # Starting twice.
     cluster.run("endpoint", "start", "main")
@@ -264,7 +265,7 @@ def test_errors(cluster: Cluster, port_distributor: PortDistributor):
     config.write_text(re.sub(r'(?m)^compute_ctl = ".*"$', 'compute_ctl = "/nonexistent/compute_ctl"', good))
     err = cluster.fail("endpoint", "start", "main")
     assert err == "error: /nonexistent/compute_ctl not found: build the daemons with `cargo build --bins`"
-    assert len(cluster.nl.pids()) == 3 and cluster.nl.postmaster_pids() == []
+    assert len(cluster.nl.pids()) == 5 and cluster.nl.postmaster_pids() == []
     config.write_text(good)
 
     # A daemon binary missing: nothing starts.

@@ -1,0 +1,545 @@
+//! The control-plane service: `neon_local control-plane run`, a daemon
+//! that `neon_local start` runs beside the storage daemons. It serves the
+//! wake API the proxy calls and scales idle computes to zero.
+//!
+//! * `POST /v1/wake_compute` with `{"endpoint": name}`, `{"branch": name}`
+//!   or `{}` (the default tenant's branch `main`) answers, once the compute
+//!   accepts connections, `{"endpoint": name, "address": "host:port"}`. A
+//!   branch gets its read-write endpoint, created on first use (named after
+//!   the branch, or `<branch>-proxy` when that name is taken) with the
+//!   default suspend timeout. A stopped or suspended endpoint is started,
+//!   as `neon_local endpoint start` does. Errors are `{"error": message}`:
+//!   404 for an unknown endpoint or branch, 500 for a failed start.
+//! * Concurrent wakes of one endpoint wait for one start: a per-endpoint
+//!   read-write gate, where checking that a compute runs takes the read
+//!   side and starting or suspending it the write side.
+//! * Every second, each running endpoint with a suspend timeout is asked
+//!   for its last activity (compute_ctl's `/status`); one idle for its
+//!   timeout (and not woken for as long) is stopped and marked
+//!   `suspended`.
+//!
+//! Endpoint changes take the same file locks as the CLI ([`crate::lock`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::State as AxumState;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use compute_api::{ComputeState, ComputeStatus};
+use daemon_utils::{bind_listener, ApiError, CancellationToken, HttpServer, ServiceInfo};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::RwLock;
+use tracing::{info, warn};
+
+use crate::background_process::StopMode;
+use crate::endpoint::{CreateOptions, Endpoint};
+use crate::local_env::{LocalEnv, Timeout};
+use crate::state::{check_name, State};
+use crate::tenants::DEFAULT_BRANCH;
+
+pub const SERVICE: ServiceInfo = daemon_utils::service_info!("control_plane");
+
+/// How often idle endpoints are looked for.
+const SUSPEND_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a wake waits for a compute to start.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What `control-plane run` is given (no config file: the repository's).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConf {
+    pub repo_dir: PathBuf,
+    /// Overrides `control_plane.default_suspend_timeout`.
+    pub suspend_timeout: Option<Timeout>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WakeRequest {
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    branch: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct WakeResponse {
+    endpoint: String,
+    address: String,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+struct Counts {
+    wakes: u64,
+    starts: u64,
+    suspends: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    total: Counts,
+    endpoints: BTreeMap<String, Counts>,
+}
+
+struct Service {
+    repo: PathBuf,
+    env: LocalEnv,
+    default_suspend_timeout: Timeout,
+    http: reqwest::Client,
+    gates: Mutex<HashMap<String, Arc<RwLock<()>>>>,
+    last_wake: Mutex<HashMap<String, Instant>>,
+    stats: Mutex<Stats>,
+}
+
+fn not_found(message: String) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, message)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Service {
+    fn gate(&self, name: &str) -> Arc<RwLock<()>> {
+        lock(&self.gates)
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn touch(&self, name: &str) {
+        lock(&self.last_wake).insert(name.to_owned(), Instant::now());
+    }
+
+    fn count(&self, name: &str, f: impl Fn(&mut Counts)) {
+        let mut stats = lock(&self.stats);
+        f(&mut stats.total);
+        f(stats.endpoints.entry(name.to_owned()).or_default());
+    }
+
+    fn status_fields(&self) -> Map<String, Value> {
+        let stats = lock(&self.stats);
+        let mut doc = Map::new();
+        doc.insert("wakes".into(), stats.total.wakes.into());
+        doc.insert("starts".into(), stats.total.starts.into());
+        doc.insert("suspends".into(), stats.total.suspends.into());
+        doc.insert(
+            "endpoints".into(),
+            serde_json::to_value(&stats.endpoints).unwrap_or_default(),
+        );
+        doc.insert(
+            "default_suspend_timeout".into(),
+            self.default_suspend_timeout.to_string().into(),
+        );
+        doc
+    }
+
+    /// The endpoint a wake request is for; creates a branch's endpoint if
+    /// it has none.
+    fn resolve(&self, req: &WakeRequest) -> Result<String, ApiError> {
+        match (&req.endpoint, &req.branch) {
+            (Some(_), Some(_)) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "name an endpoint or a branch, not both",
+            )),
+            (Some(name), None) => {
+                if check_name("endpoint", name).is_err()
+                    || !Endpoint::dir_of(&self.repo, name)
+                        .join("endpoint.toml")
+                        .is_file()
+                {
+                    return Err(not_found(format!("unknown endpoint '{name}'")));
+                }
+                Ok(name.clone())
+            }
+            (None, branch) => self.endpoint_for_branch(branch.as_deref().unwrap_or(DEFAULT_BRANCH)),
+        }
+    }
+
+    fn endpoint_for_branch(&self, branch: &str) -> Result<String, ApiError> {
+        let state = State::load(&self.repo)?;
+        let Some(tenant_id) = state.default_tenant_id else {
+            return Err(not_found(
+                "there is no default tenant: create one with `neon_local tenant create --set-default`"
+                    .into(),
+            ));
+        };
+        let Some(timeline_id) = state.timeline(tenant_id, branch) else {
+            let names: Vec<&str> = state
+                .branches
+                .iter()
+                .filter(|b| b.tenant_id == tenant_id)
+                .map(|b| b.name.as_str())
+                .collect();
+            return Err(not_found(format!(
+                "unknown branch '{branch}' (the branches are: {})",
+                names.join(", ")
+            )));
+        };
+        let find = || -> anyhow::Result<Option<String>> {
+            let mut primaries: Vec<Endpoint> = Endpoint::list(&self.repo)?
+                .into_iter()
+                .filter(|e| {
+                    e.conf.lsn.is_none()
+                        && e.conf.tenant_id == tenant_id
+                        && e.conf.timeline_id == timeline_id
+                })
+                .collect();
+            // A running one first, then the one named after the branch.
+            let mut running = Vec::new();
+            for e in &primaries {
+                if e.running_pid(&self.env)?.is_some() {
+                    running.push(e.conf.name.clone());
+                }
+            }
+            if let Some(name) = running.into_iter().next() {
+                return Ok(Some(name));
+            }
+            primaries.sort_by_key(|e| e.conf.name != branch);
+            Ok(primaries.into_iter().next().map(|e| e.conf.name))
+        };
+        if let Some(name) = find()? {
+            return Ok(name);
+        }
+        let creation = Endpoint::lock_creation(&self.repo)?;
+        if let Some(name) = find()? {
+            return Ok(name);
+        }
+        let taken = |name: &str| Endpoint::dir_of(&self.repo, name).exists();
+        let name = std::iter::once(branch.to_owned())
+            .chain(std::iter::once(format!("{branch}-proxy")))
+            .chain((2..).map(|i| format!("{branch}-proxy-{i}")))
+            .find(|n| !taken(n))
+            .unwrap_or_default();
+        let opts = CreateOptions {
+            name: name.clone(),
+            tenant_id: Some(tenant_id),
+            branch_name: branch.to_owned(),
+            pg_port: None,
+            http_port: None,
+            lsn: None,
+            pg_version: 15,
+            suspend_timeout: Some(self.default_suspend_timeout),
+        };
+        Endpoint::create_locked(&self.repo, &self.env, &state, &opts, &creation)
+            .with_context(|| format!("creating an endpoint for branch '{branch}'"))?;
+        info!(
+            "created endpoint '{name}' for branch '{branch}' (suspend timeout {})",
+            self.default_suspend_timeout
+        );
+        Ok(name)
+    }
+
+    /// compute_ctl's state, if it runs and answers.
+    async fn compute_state(&self, ep: &Endpoint) -> Option<ComputeState> {
+        ep.running_pid(&self.env).ok()??;
+        let url = format!("http://{}/status", ep.http_addr());
+        let response = self.http.get(url).send().await.ok()?;
+        response.json().await.ok()
+    }
+
+    /// Where the endpoint's postgres listens, if it runs.
+    async fn running_address(&self, name: &str) -> Result<Option<String>, ApiError> {
+        let ep = Endpoint::load(&self.repo, name)
+            .map_err(|_| not_found(format!("unknown endpoint '{name}'")))?;
+        Ok(match self.compute_state(&ep).await {
+            Some(state) if state.status == ComputeStatus::Running => {
+                Some(format!("127.0.0.1:{}", ep.conf.pg_port))
+            }
+            _ => None,
+        })
+    }
+
+    async fn wake(self: &Arc<Self>, req: WakeRequest) -> Result<WakeResponse, ApiError> {
+        let svc = self.clone();
+        let name = tokio::task::spawn_blocking(move || svc.resolve(&req))
+            .await
+            .map_err(|e| anyhow::anyhow!("resolving the endpoint: {e}"))??;
+        self.count(&name, |c| c.wakes += 1);
+        let gate = self.gate(&name);
+        {
+            let _read = gate.read().await;
+            self.touch(&name);
+            if let Some(address) = self.running_address(&name).await? {
+                return Ok(WakeResponse {
+                    endpoint: name,
+                    address,
+                });
+            }
+        }
+        let _write = gate.write().await;
+        self.touch(&name);
+        if let Some(address) = self.running_address(&name).await? {
+            return Ok(WakeResponse {
+                endpoint: name,
+                address,
+            });
+        }
+        info!("starting endpoint '{name}' for a connection");
+        let started = Instant::now();
+        let svc = self.clone();
+        let n = name.clone();
+        let result = tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+            let ep = Endpoint::load(&svc.repo, &n)?;
+            let _lock = ep.lock()?;
+            if ep.running_pid(&svc.env)?.is_some() {
+                // Started from the CLI meanwhile, or broken.
+                if ep.status(&svc.env) == "running" {
+                    return Ok(false);
+                }
+                ep.stop_locked(&svc.env, StopMode::Fast)?;
+            }
+            if let Some(mut child) = ep.start_locked(&svc.repo, &svc.env, START_TIMEOUT)? {
+                // Reap compute_ctl when it exits, so it leaves no zombie.
+                std::thread::spawn(move || child.wait());
+            }
+            Ok(true)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the endpoint: {e}"))?;
+        match result {
+            Ok(true) => {
+                self.count(&name, |c| c.starts += 1);
+                info!("endpoint '{name}' started in {:?}", started.elapsed());
+            }
+            Ok(false) => {}
+            Err(e) => {
+                warn!("starting endpoint '{name}' failed: {e:#}");
+                return Err(anyhow::anyhow!("starting endpoint '{name}': {e:#}").into());
+            }
+        }
+        self.touch(&name);
+        match self.running_address(&name).await? {
+            Some(address) => Ok(WakeResponse {
+                endpoint: name,
+                address,
+            }),
+            None => Err(anyhow::anyhow!("endpoint '{name}' started but does not run").into()),
+        }
+    }
+
+    /// How long the endpoint has had no client and no wake, if it runs.
+    async fn idle_for(&self, ep: &Endpoint) -> Option<Duration> {
+        let state = self.compute_state(ep).await?;
+        if state.status != ComputeStatus::Running {
+            return None;
+        }
+        let active = state
+            .last_active
+            .or(state.start_time)
+            .as_deref()
+            .and_then(parse_rfc3339)?;
+        let idle = SystemTime::now()
+            .duration_since(active)
+            .unwrap_or(Duration::ZERO);
+        let since_wake = lock(&self.last_wake)
+            .get(&ep.conf.name)
+            .map_or(Duration::MAX, Instant::elapsed);
+        Some(idle.min(since_wake))
+    }
+
+    async fn suspend_idle(self: &Arc<Self>) -> anyhow::Result<()> {
+        for ep in Endpoint::list(&self.repo)? {
+            let Some(timeout) = ep.suspend_timeout() else {
+                continue;
+            };
+            match self.idle_for(&ep).await {
+                Some(idle) if idle >= timeout => {}
+                _ => continue,
+            }
+            let name = ep.conf.name.clone();
+            let gate = self.gate(&name);
+            let _write = gate.write().await;
+            // A wake may have come in meanwhile.
+            let Some(idle) = self.idle_for(&ep).await.filter(|&i| i >= timeout) else {
+                continue;
+            };
+            let env = self.env.clone();
+            let suspended = tokio::task::spawn_blocking(move || ep.suspend(&env, || true))
+                .await
+                .context("suspending")??;
+            if suspended {
+                self.count(&name, |c| c.suspends += 1);
+                info!(
+                    "suspended endpoint '{name}': no client for {}s (suspend timeout {})",
+                    idle.as_secs(),
+                    Timeout(timeout)
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `2024-01-31T12:34:56Z` (what compute_ctl writes; fractions of a second
+/// and offsets other than `Z` are not used there).
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let b = text.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| text.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let rest = &text[19..];
+    let rest = match rest.strip_prefix('.') {
+        Some(r) => r.trim_start_matches(|c: char| c.is_ascii_digit()),
+        None => rest,
+    };
+    if rest != "Z" || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs)
+        .ok()
+        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+}
+
+async fn wake_handler(
+    AxumState(svc): AxumState<Arc<Service>>,
+    body: Bytes,
+) -> Result<Json<WakeResponse>, ApiError> {
+    let req: WakeRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        WakeRequest {
+            endpoint: None,
+            branch: None,
+        }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("invalid wake request: {e}"),
+            )
+        })?
+    };
+    svc.wake(req).await.map(Json)
+}
+
+/// Runs the service until `cancel` fires.
+pub async fn run(conf: ServiceConf, cancel: CancellationToken) -> anyhow::Result<()> {
+    let env = LocalEnv::load(&conf.repo_dir)?;
+    let default_suspend_timeout = conf
+        .suspend_timeout
+        .unwrap_or(env.control_plane.default_suspend_timeout);
+    let listen = env.control_plane.listen_http_addr.clone();
+    let svc = Arc::new(Service {
+        repo: conf.repo_dir,
+        env,
+        default_suspend_timeout,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .no_proxy()
+            .build()
+            .context("creating the HTTP client")?,
+        gates: Mutex::default(),
+        last_wake: Mutex::default(),
+        stats: Mutex::default(),
+    });
+    let status = svc.clone();
+    let http = HttpServer::new(SERVICE)?.with_status(move || status.status_fields());
+    let listener = bind_listener("HTTP", &listen).await?;
+    info!(
+        "control plane for {}: wake API on http://{listen}, default suspend timeout {default_suspend_timeout}",
+        svc.repo.display()
+    );
+    let routes = Router::new()
+        .route("/v1/wake_compute", post(wake_handler))
+        .with_state(svc.clone());
+    let suspender = {
+        let (svc, cancel) = (svc.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SUSPEND_CHECK_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = svc.suspend_idle().await {
+                    warn!("looking for idle endpoints: {e:#}");
+                }
+            }
+        })
+    };
+    http.serve(listener, routes, cancel).await?;
+    suspender.await.context("the suspend task")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trip() {
+        for secs in [0u64, 951_782_400, 1_709_210_096, 4_102_444_800] {
+            let t = UNIX_EPOCH + Duration::from_secs(secs);
+            let text = rfc3339(t);
+            assert_eq!(parse_rfc3339(&text), Some(t), "{text}");
+        }
+        assert_eq!(
+            parse_rfc3339("2024-02-29T12:34:56.789Z"),
+            Some(UNIX_EPOCH + Duration::from_secs(1_709_210_096))
+        );
+        for bad in [
+            "",
+            "2024-02-29",
+            "2024-02-29T12:34:56+01:00",
+            "2024-13-01T00:00:00Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    /// compute_ctl's format (`monitor::rfc3339`), for the round trip.
+    fn rfc3339(time: SystemTime) -> String {
+        let secs = time.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+            rem / 3600,
+            rem / 60 % 60,
+            rem % 60
+        )
+    }
+
+    #[test]
+    fn wake_requests() {
+        let r: WakeRequest = serde_json::from_str(r#"{"branch": "b"}"#).unwrap();
+        assert_eq!(r.branch.as_deref(), Some("b"));
+        assert!(r.endpoint.is_none());
+        let r: WakeRequest = serde_json::from_str("{}").unwrap();
+        assert!(r.branch.is_none() && r.endpoint.is_none());
+        assert!(serde_json::from_str::<WakeRequest>(r#"{"other": 1}"#).is_err());
+    }
+}

@@ -1,0 +1,182 @@
+"""Computes through neon_local: how long an endpoint takes to start, and
+pgbench on an endpoint against a vanilla PostgreSQL on the same machine.
+
+1. Endpoint start time: from running ``neon_local endpoint start`` to the
+   first successful query (``SELECT 1`` over a new connection), median of
+   5, for a fresh database (the initdb of ``main``) and for a branch holding
+   a ``pgbench -i -s 10`` dataset (the endpoint stopped and started again).
+2. pgbench TPS, TPC-B (``-c 4 -j 2 -T 15``) and select-only (``-S``), on an
+   endpoint and on a vanilla PostgreSQL 15 with otherwise equal settings:
+   the compute's ``shared_buffers``, ``fsync``, ``synchronous_commit``,
+   ``wal_level``, ``wal_compression``, ``full_page_writes``,
+   ``max_wal_size``, ``checkpoint_timeout`` and ``max_connections`` are
+   read from it and set on the vanilla server. The vanilla server has no
+   walproposer (no ``synchronous_standby_names``) and no
+   ``wal_consistency_checking``: both are what the architecture costs.
+   Runs go in ABBA order (endpoint, vanilla, vanilla, endpoint), each
+   figure the mean of its two runs.
+
+Figures go to the summary and to ``test_output/bench/compute.json``.
+Timings are never asserted; sanity is (no failed transactions).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from fixtures.daemons import NeonLocal, neon_local, write_neon_local_config  # noqa: F401
+from fixtures.neon_fixtures import PortDistributor, output_root, wait_until
+from fixtures.pg import PgBin, VanillaPostgres
+
+SCALE = 10
+STARTS = 5
+TPS_SECONDS = 15
+TPS_CLIENTS = ["-c", "4", "-j", "2"]
+ABBA = ["endpoint", "vanilla", "vanilla", "endpoint"]
+SAME_SETTINGS = ["shared_buffers", "fsync", "synchronous_commit", "wal_level", "wal_compression",
+                 "full_page_writes", "max_wal_size", "checkpoint_timeout", "max_connections"]
+
+
+class Cluster:
+    def __init__(self, nl: NeonLocal, pg_bin: PgBin):
+        self.nl, self.pg_bin = nl, pg_bin
+
+    def run(self, *args: str) -> str:
+        return self.nl.run(*args, timeout=300).stdout
+
+    def port(self, name: str) -> int:
+        for line in self.run("endpoint", "list").splitlines()[1:]:
+            fields = line.split()
+            if fields[0] == name:
+                return int(fields[1].split(":")[1])
+        raise KeyError(name)
+
+    def psql(self, port: int, sql: str, check: bool = True) -> str | subprocess.CompletedProcess:
+        result = subprocess.run(
+            [self.pg_bin.path("psql"), "-X", "-qAt", "-v", "ON_ERROR_STOP=1",
+             "-d", f"host=127.0.0.1 port={port} dbname=postgres user=cloud_admin", "-c", sql],
+            capture_output=True, text=True, timeout=300)
+        if not check:
+            return result
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    def pgbench(self, port: int, *args: str) -> str:
+        result = subprocess.run(
+            [self.pg_bin.path("pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U", "cloud_admin", *args,
+             "postgres"], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    def timed_start(self, name: str) -> float:
+        """Seconds from `endpoint start` to the first successful query."""
+        started = time.monotonic()
+        out = self.run("endpoint", "start", name)
+        port = int(re.search(r"127\.0\.0\.1:(\d+)/postgres", out)[1])
+        wait_until(f"{name} to answer", lambda: self.psql(port, "SELECT 1", check=False).returncode == 0,
+                   120, 0.01)
+        return time.monotonic() - started
+
+
+@pytest.fixture
+def cluster(neon_local: NeonLocal, port_distributor: PortDistributor, test_output_dir: Path,  # noqa: F811
+            pg_bin: PgBin) -> Iterator[Cluster]:
+    config = test_output_dir / "init.toml"
+    write_neon_local_config(config, port_distributor, safekeepers=1, endpoint_ports=10)
+    neon_local.run("init", "--config", config)
+    neon_local.run("start")
+    neon_local.run("tenant", "create", "--set-default")
+    yield Cluster(neon_local, pg_bin)
+    neon_local.run("stop", check=False)
+
+
+def pgbench_tps(out: str) -> float:
+    assert re.search(r"number of failed transactions: 0 ", out), out
+    m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
+    assert m, out
+    return float(m[1])
+
+
+def test_compute_bench(cluster: Cluster, pg_bin: PgBin, port_distributor: PortDistributor,
+                       test_output_dir: Path, report_figure):
+    started = time.monotonic()
+    c = cluster
+    # 1. Start times: a fresh database.
+    c.run("endpoint", "create", "fresh")
+    fresh = []
+    for _ in range(STARTS):
+        fresh.append(c.timed_start("fresh"))
+        c.run("endpoint", "stop", "fresh")
+
+    # ... and a branch with pgbench data.
+    c.run("timeline", "branch", "--branch-name", "pgb")
+    c.run("endpoint", "create", "pgb", "--branch-name", "pgb")
+    c.run("endpoint", "start", "pgb")
+    port = c.port("pgb")
+    c.pgbench(port, "-i", "-q", "-s", str(SCALE))
+    settings = {name: c.psql(port, f"SHOW {name}") for name in SAME_SETTINGS}
+    c.run("endpoint", "stop", "pgb")
+    loaded = []
+    for _ in range(STARTS):
+        loaded.append(c.timed_start("pgb"))
+        if len(loaded) < STARTS:
+            c.run("endpoint", "stop", "pgb")
+    assert c.psql(port, "SELECT count(*) FROM pgbench_accounts") == str(SCALE * 100_000)
+
+    # 2. pgbench: the endpoint against vanilla with the same settings.
+    vanilla = VanillaPostgres(pg_bin, test_output_dir / "vanilla", port_distributor.get())
+    vanilla.initdb()
+    vanilla.configure([f"{name} = '{value}'" for name, value in settings.items()])
+    vanilla.start()
+    try:
+        vanilla.pgbench("-i", "-q", "-s", str(SCALE))
+        for name, value in settings.items():
+            assert vanilla.sql(f"SHOW {name}") == value, name
+        ports = {"endpoint": port, "vanilla": vanilla.port}
+        runs: dict[str, list[tuple[str, float]]] = {"tpcb": [], "select": []}
+        for kind, extra in [("tpcb", []), ("select", ["-S"])]:
+            for target in ABBA:
+                out = c.pgbench(ports[target], "-n", *TPS_CLIENTS, "-T", str(TPS_SECONDS), *extra)
+                runs[kind].append((target, pgbench_tps(out)))
+    finally:
+        vanilla.stop()
+
+    def mean(kind: str, target: str) -> float:
+        return statistics.mean(v for t, v in runs[kind] if t == target)
+
+    result = {
+        "start_fresh_median_s": round(statistics.median(fresh), 3),
+        "start_fresh_runs_s": [round(x, 3) for x in fresh],
+        "start_pgbench_s10_median_s": round(statistics.median(loaded), 3),
+        "start_pgbench_s10_runs_s": [round(x, 3) for x in loaded],
+        "settings": settings,
+        "tpcb_endpoint_tps": round(mean("tpcb", "endpoint"), 1),
+        "tpcb_vanilla_tps": round(mean("tpcb", "vanilla"), 1),
+        "tpcb_ratio": round(mean("tpcb", "endpoint") / mean("tpcb", "vanilla"), 3),
+        "select_endpoint_tps": round(mean("select", "endpoint"), 1),
+        "select_vanilla_tps": round(mean("select", "vanilla"), 1),
+        "select_ratio": round(mean("select", "endpoint") / mean("select", "vanilla"), 3),
+        "runs": {k: [{"target": t, "tps": round(v, 1)} for t, v in r] for k, r in runs.items()},
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+    out = output_root() / "bench"
+    out.mkdir(exist_ok=True)
+    (out / "compute.json").write_text(json.dumps(result, indent=2))
+    report_figure(f"compute: endpoint start to first query, median of {STARTS}: fresh database "
+                  f"{result['start_fresh_median_s']:.2f} s, pgbench scale {SCALE} branch "
+                  f"{result['start_pgbench_s10_median_s']:.2f} s")
+    report_figure(f"compute: pgbench TPC-B {' '.join(TPS_CLIENTS)} -T {TPS_SECONDS}: endpoint "
+                  f"{result['tpcb_endpoint_tps']:.0f} tps, vanilla {result['tpcb_vanilla_tps']:.0f} tps "
+                  f"({result['tpcb_ratio']:.2f}x)")
+    report_figure(f"compute: pgbench -S {' '.join(TPS_CLIENTS)} -T {TPS_SECONDS}: endpoint "
+                  f"{result['select_endpoint_tps']:.0f} tps, vanilla {result['select_vanilla_tps']:.0f} tps "
+                  f"({result['select_ratio']:.2f}x)")
+    report_figure(f"compute: {json.dumps({k: v for k, v in result.items() if k not in ('runs', 'settings')})}")
