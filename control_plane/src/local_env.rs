@@ -26,6 +26,12 @@ pub struct LocalEnv {
     pub control_plane: ControlPlaneConf,
     pub proxy: ProxyConf,
     pub binaries: Binaries,
+    /// Object storage of the pageserver's layers, as an inline TOML table
+    /// (`{ local_path = "DIR" }` or an S3 bucket, see the daemons'
+    /// `--remote-storage`); unset: the directory `remote_storage` in the
+    /// repository.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_storage: Option<String>,
 }
 
 /// The control-plane service (`neon_local control-plane run`, started by
@@ -423,6 +429,19 @@ impl LocalEnv {
         Ok(())
     }
 
+    /// The remote storage setting the daemons get (an inline TOML table).
+    pub fn remote_storage_toml(&self, repo: &Path) -> String {
+        match &self.remote_storage {
+            Some(text) => text.clone(),
+            None => {
+                let dir = std::path::absolute(repo.join("remote_storage"))
+                    .unwrap_or_else(|_| repo.join("remote_storage"));
+                let quoted = toml::Value::String(dir.to_string_lossy().into_owned()).to_string();
+                format!("{{ local_path = {quoted} }}")
+            }
+        }
+    }
+
     pub fn broker_daemon(&self, repo: &Path) -> Daemon {
         Daemon {
             name: "storage_broker".into(),
@@ -458,6 +477,8 @@ impl LocalEnv {
                 self.broker.listen_addr.clone().into(),
                 "--pg-bin-dir".into(),
                 self.binaries.pg_bin_dir.clone().into(),
+                "--remote-storage".into(),
+                self.remote_storage_toml(repo).into(),
             ],
             dir,
             http_addr: ps.listen_http_addr.clone(),

@@ -325,7 +325,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let env = env()?;
             let mut daemons = env.storage_daemons(&repo);
             daemons.extend(env.front_daemons(&repo, args.suspend_timeout));
-            control_plane::start_daemons(&daemons, args.args.timeout())
+            control_plane::start_daemons(&daemons, args.args.timeout())?;
+            tenants::reattach_missing(&repo, &env)?;
+            Ok(())
         }
         Command::Stop(args) => {
             let env = env()?;
@@ -415,7 +417,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Endpoint(cmd) => endpoint_command(&repo, &env()?, cmd),
         Command::Pageserver(cmd) => {
             let env = env()?;
-            daemon_command(cmd, vec![env.pageserver_daemon(&repo)])
+            let starting = matches!(cmd, DaemonCmd::Start(_));
+            daemon_command(cmd, vec![env.pageserver_daemon(&repo)])?;
+            if starting {
+                tenants::reattach_missing(&repo, &env)?;
+            }
+            Ok(())
         }
         Command::StorageBroker(cmd) => {
             let env = env()?;

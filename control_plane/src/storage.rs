@@ -96,6 +96,14 @@ impl PageserverClient {
         self.get("/v1/tenant")
     }
 
+    /// Attach a tenant from the pageserver's remote storage.
+    pub fn attach_tenant(&self, tenant_id: TenantId) -> anyhow::Result<TenantInfo> {
+        self.post(
+            &format!("/v1/tenant/{tenant_id}/attach"),
+            &serde_json::json!({}),
+        )
+    }
+
     pub fn create_timeline(
         &self,
         tenant_id: TenantId,

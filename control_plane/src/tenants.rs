@@ -21,6 +21,37 @@ pub const DEFAULT_BRANCH: &str = "main";
 /// have what the safekeepers committed.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// After the pageserver starts: attach from remote storage every tenant
+/// neon_local knows (the default tenant and those with named branches)
+/// that the pageserver does not have, e.g. because its directory was
+/// wiped. Returns the tenants attached.
+pub fn reattach_missing(repo: &Path, env: &LocalEnv) -> anyhow::Result<Vec<TenantId>> {
+    let state = State::load(repo)?;
+    let mut known: Vec<TenantId> = state.branches.iter().map(|b| b.tenant_id).collect();
+    known.extend(state.default_tenant_id);
+    known.sort();
+    known.dedup();
+    if known.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pageserver = PageserverClient::new(env)?;
+    let present: std::collections::HashSet<TenantId> = pageserver
+        .tenants()
+        .context("listing the pageserver's tenants")?
+        .into_iter()
+        .map(|t| t.tenant_id)
+        .collect();
+    let mut attached = Vec::new();
+    for tenant_id in known.into_iter().filter(|t| !present.contains(t)) {
+        pageserver
+            .attach_tenant(tenant_id)
+            .with_context(|| format!("re-attaching tenant {tenant_id} from remote storage"))?;
+        println!("tenant {tenant_id} re-attached from remote storage");
+        attached.push(tenant_id);
+    }
+    Ok(attached)
+}
+
 /// `tenant create`: the tenant, then its initial timeline named `main`.
 pub fn tenant_create(
     repo: &Path,

@@ -34,6 +34,11 @@ struct Cli {
     /// Directory of PostgreSQL 15's binaries [default: /usr/lib/postgresql/15/bin]
     #[arg(long, value_name = "DIR")]
     pg_bin_dir: Option<PathBuf>,
+    /// Object storage for layers, as an inline TOML table:
+    /// '{ local_path = "DIR" }' or '{ bucket_name = "B", bucket_region = "R",
+    /// prefix_in_bucket = "P", endpoint = "URL" }' [default: none]
+    #[arg(long, value_name = "TOML", value_parser = remote_storage::RemoteStorageConfig::from_inline_toml)]
+    remote_storage: Option<remote_storage::RemoteStorageConfig>,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +58,9 @@ fn main() -> ExitCode {
             );
             if cli.broker_endpoint.is_some() {
                 conf.broker_endpoint = cli.broker_endpoint.clone();
+            }
+            if cli.remote_storage.is_some() {
+                conf.remote_storage = cli.remote_storage.clone();
             }
         },
         pageserver::run,

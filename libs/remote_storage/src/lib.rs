@@ -41,6 +41,24 @@ pub enum RemoteStorageConfig {
     },
 }
 
+impl RemoteStorageConfig {
+    /// Parse the inline TOML table a command-line flag gives, e.g.
+    /// `{ local_path = "/data/remote" }`.
+    pub fn from_inline_toml(text: &str) -> Result<RemoteStorageConfig, String> {
+        #[derive(Deserialize)]
+        struct Wrapper {
+            remote_storage: RemoteStorageConfig,
+        }
+        toml::from_str::<Wrapper>(&format!("remote_storage = {text}"))
+            .map(|w| w.remote_storage)
+            .map_err(|e| {
+                format!(
+                    "expected {{ local_path = \"...\" }} or {{ bucket_name = \"...\", bucket_region = \"...\", prefix_in_bucket = \"...\", endpoint = \"...\" }}: {e}"
+                )
+            })
+    }
+}
+
 /// A relative object name.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RemotePath(String);
@@ -243,6 +261,18 @@ mod tests {
         .unwrap();
         assert!(matches!(s3, RemoteStorageConfig::S3 { .. }));
         assert!(serde_json::from_str::<RemoteStorageConfig>(r#"{"bucket": "b"}"#).is_err());
+        assert_eq!(
+            RemoteStorageConfig::from_inline_toml(r#"{ local_path = "/x" }"#).unwrap(),
+            local
+        );
+        assert!(matches!(
+            RemoteStorageConfig::from_inline_toml(
+                r#"{ bucket_name = "b", bucket_region = "r", endpoint = "http://h:1" }"#
+            ),
+            Ok(RemoteStorageConfig::S3 { .. })
+        ));
+        assert!(RemoteStorageConfig::from_inline_toml("{ nope = 1 }").is_err());
+        assert!(RemoteStorageConfig::from_inline_toml("garbage").is_err());
     }
 
     #[tokio::test]
