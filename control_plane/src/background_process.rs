@@ -49,8 +49,11 @@ pub struct Daemon {
     pub dir: PathBuf,
     /// host:port of its HTTP API.
     pub http_addr: String,
-    /// Print a line when it has started.
+    /// Print a line when it starts and when it has started.
     pub announce: bool,
+    /// What the line before starting says after "Starting ", e.g.
+    /// `pageserver node 1 at '127.0.0.1:64000' in ".neon"`.
+    pub description: String,
 }
 
 /// Decides from a `/v1/status` document of the spawned process whether it
@@ -115,6 +118,9 @@ impl Daemon {
             return Ok(None);
         }
         self.check_binary()?;
+        if self.announce {
+            println!("Starting {}.", self.description);
+        }
         let (child, log_start) = self
             .spawn()
             .with_context(|| format!("starting {}", self.name))?;
@@ -123,10 +129,7 @@ impl Daemon {
         match self.wait_until_ready(&mut child, timeout, ready) {
             Ok(()) => {
                 if self.announce {
-                    println!(
-                        "{} started (pid {pid}), HTTP API on http://{}",
-                        self.name, self.http_addr
-                    );
+                    println!("{} started, pid: {pid}", self.name);
                 }
                 Ok(child)
             }

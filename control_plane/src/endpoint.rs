@@ -228,6 +228,7 @@ impl Endpoint {
     pub fn daemon(&self, env: &LocalEnv) -> Daemon {
         Daemon {
             name: format!("endpoint {}", self.conf.name),
+            description: format!("compute_ctl of endpoint {}", self.conf.name),
             service: "compute_ctl",
             binary: env.binaries.compute_ctl.clone(),
             args: vec![

@@ -445,6 +445,7 @@ impl LocalEnv {
     pub fn broker_daemon(&self, repo: &Path) -> Daemon {
         Daemon {
             name: "storage_broker".into(),
+            description: format!("neon broker at {}", self.broker.listen_addr),
             service: "storage_broker",
             binary: self.binaries.storage_broker.clone(),
             args: vec![
@@ -461,7 +462,13 @@ impl LocalEnv {
         let ps = &self.pageserver;
         let dir = repo.join(format!("pageserver_{}", ps.id));
         Daemon {
-            name: format!("pageserver {}", ps.id),
+            name: "pageserver".into(),
+            description: format!(
+                "pageserver node {} at '{}' in {:?}",
+                ps.id,
+                ps.listen_pg_addr,
+                repo_name(repo)
+            ),
             service: "pageserver",
             binary: self.binaries.pageserver.clone(),
             args: vec![
@@ -490,6 +497,14 @@ impl LocalEnv {
         let dir = repo.join("safekeepers").join(format!("sk{}", sk.id));
         Daemon {
             name: format!("safekeeper {}", sk.id),
+            description: format!(
+                "safekeeper at '{}' in '{}'",
+                sk.listen_pg_addr,
+                Path::new(&repo_name(repo))
+                    .join("safekeepers")
+                    .join(format!("sk{}", sk.id))
+                    .display()
+            ),
             service: "safekeeper",
             binary: self.binaries.safekeeper.clone(),
             args: vec![
@@ -503,6 +518,8 @@ impl LocalEnv {
                 sk.listen_http_addr.clone().into(),
                 "--broker-endpoint".into(),
                 self.broker.listen_addr.clone().into(),
+                "--remote-storage".into(),
+                self.remote_storage_toml(repo).into(),
             ],
             dir,
             http_addr: sk.listen_http_addr.clone(),
@@ -552,6 +569,10 @@ impl LocalEnv {
         }
         Daemon {
             name: "control_plane".into(),
+            description: format!(
+                "control plane at http://{}",
+                self.control_plane.listen_http_addr
+            ),
             service: "control_plane",
             binary,
             args,
@@ -581,6 +602,7 @@ impl LocalEnv {
         }
         Daemon {
             name: "proxy".into(),
+            description: format!("proxy at '{}'", self.proxy.listen_pg_addr),
             service: "proxy",
             binary: self.binaries.proxy.clone(),
             args,
@@ -615,6 +637,17 @@ impl LocalEnv {
         let mut daemons = self.storage_daemons(repo);
         daemons.extend(self.front_daemons(repo, None));
         daemons
+    }
+}
+
+/// The repository as messages name it: `.neon` when it is `.neon` in the
+/// current directory, else its path.
+pub fn repo_name(repo: &Path) -> String {
+    let cwd_repo = std::env::current_dir().map(|d| d.join(".neon"));
+    if cwd_repo.is_ok_and(|d| d == repo) {
+        ".neon".to_owned()
+    } else {
+        repo.display().to_string()
     }
 }
 

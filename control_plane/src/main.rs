@@ -313,6 +313,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let env = control_plane::init(&repo, &opts)?;
             println!(
+                "Initializing pageserver node {} at '{}' in {:?}",
+                env.pageserver.id,
+                env.pageserver.listen_pg_addr,
+                control_plane::local_env::repo_name(&repo)
+            );
+            println!(
                 "Initialized the neon_local repository in {}",
                 repo.display()
             );

@@ -363,6 +363,24 @@ impl<C: ControlStore, W: WalStore> Acceptor<C, W> {
         Ok(())
     }
 
+    /// Persist the in-memory commit LSN with the offload horizons: WAL below
+    /// `backup_lsn` is in remote storage, WAL below `remote_consistent_lsn`
+    /// is in the pageserver's remote storage. Both only move forward.
+    pub fn persist_horizons(
+        &mut self,
+        backup_lsn: Lsn,
+        remote_consistent_lsn: Lsn,
+    ) -> Result<(), AcceptorError> {
+        let mut state = self.state.clone();
+        state.commit_lsn = state.commit_lsn.max(self.commit_lsn);
+        state.backup_lsn = state.backup_lsn.max(backup_lsn);
+        state.remote_consistent_lsn = state.remote_consistent_lsn.max(remote_consistent_lsn);
+        if state != self.state {
+            self.persist(state)?;
+        }
+        Ok(())
+    }
+
     fn persist(&mut self, state: PersistentState) -> Result<(), AcceptorError> {
         self.control.persist(&state)?;
         self.state = state;

@@ -7,7 +7,9 @@
 //! * [`service`]: the libpq WAL service ([`receive_wal`] from walproposers,
 //!   [`send_wal`] to pageservers and standbys);
 //! * [`http`]: the management API;
-//! * [`broker`]: publishing timeline state to the storage broker.
+//! * [`broker`]: publishing timeline state to the storage broker;
+//! * [`wal_backup`]: offloading full WAL segments to remote storage and
+//!   removing local segments that are no longer needed.
 
 pub mod acceptor;
 pub mod broker;
@@ -18,6 +20,7 @@ pub mod receive_wal;
 pub mod send_wal;
 pub mod service;
 pub mod timeline;
+pub mod wal_backup;
 pub mod wal_storage;
 
 use std::path::PathBuf;
@@ -25,6 +28,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use daemon_utils::{bind_listener, CancellationToken, HttpServer, ServiceInfo};
+use remote_storage::{GenericRemoteStorage, RemoteStorageConfig};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 use utils::NodeId;
@@ -54,6 +58,10 @@ pub struct SafeKeeperConf {
     pub advertise_pg_addr: Option<String>,
     /// HTTP address published to the broker [default: `listen_http_addr`].
     pub advertise_http_addr: Option<String>,
+    /// Where full WAL segments are offloaded (`{ local_path = "..." }` or
+    /// `{ bucket_name, bucket_region, prefix_in_bucket, endpoint }`); none:
+    /// WAL is kept only locally and never removed.
+    pub remote_storage: Option<RemoteStorageConfig>,
 }
 
 impl Default for SafeKeeperConf {
@@ -67,6 +75,7 @@ impl Default for SafeKeeperConf {
             broker_endpoint: None,
             advertise_pg_addr: None,
             advertise_http_addr: None,
+            remote_storage: None,
         }
     }
 }
@@ -75,10 +84,26 @@ impl Default for SafeKeeperConf {
 pub async fn run(conf: SafeKeeperConf, cancel: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&conf.datadir)
         .with_context(|| format!("creating the data directory {}", conf.datadir.display()))?;
+    let remote = match &conf.remote_storage {
+        Some(config) => {
+            let remote = GenericRemoteStorage::from_config(config)
+                .await
+                .context("configuring remote storage")?;
+            info!("offloading WAL to {remote:?}");
+            Some(remote)
+        }
+        None => {
+            info!("no remote_storage: WAL is not offloaded and local segments are kept");
+            None
+        }
+    };
     let timelines = Arc::new(
-        tokio::task::block_in_place(|| GlobalTimelines::load(&conf.datadir, conf.id))
-            .context("loading timelines")?,
+        tokio::task::block_in_place(|| {
+            GlobalTimelines::load(&conf.datadir, conf.id, remote, cancel.clone())
+        })
+        .context("loading timelines")?,
     );
+    timelines.start_offload();
     let broker_client = match &conf.broker_endpoint {
         Some(endpoint) => Some(storage_broker::BrokerClient::connect_lazy(endpoint)?),
         None => {
@@ -132,12 +157,67 @@ pub async fn run(conf: SafeKeeperConf, cancel: CancellationToken) -> anyhow::Res
         cancel.clone(),
     ));
     let result = http
-        .serve(http_listener, http::routes(timelines), cancel.clone())
+        .serve(
+            http_listener,
+            http::routes(timelines.clone()),
+            cancel.clone(),
+        )
         .await;
     cancel.cancel();
     if let Some(publisher) = publisher {
         publisher.await.context("storage broker publisher task")?;
     }
     wal_service.await.context("WAL service task")??;
+    timelines.wait_for_background_tasks().await;
     result
+}
+
+/// `--remote-storage`: a [`RemoteStorageConfig`] given as a TOML inline
+/// table, such as `{ local_path = "/x" }`.
+pub fn parse_remote_storage(text: &str) -> Result<RemoteStorageConfig, String> {
+    #[derive(Deserialize)]
+    struct Wrapper {
+        remote_storage: RemoteStorageConfig,
+    }
+    toml::from_str::<Wrapper>(&format!("remote_storage = {text}"))
+        .map(|w| w.remote_storage)
+        .map_err(|e| format!("invalid remote storage {text:?}: {}", e.message().trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_storage_config() {
+        let conf: SafeKeeperConf = toml::from_str("id = 3").unwrap();
+        assert_eq!(conf.remote_storage, None);
+        let inline: SafeKeeperConf =
+            toml::from_str(r#"remote_storage = { local_path = "/x" }"#).unwrap();
+        let section: SafeKeeperConf = toml::from_str(
+            "[remote_storage]\nbucket_name = \"b\"\nbucket_region = \"us-east-1\"\nendpoint = \"http://127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            inline.remote_storage,
+            Some(RemoteStorageConfig::LocalFs {
+                local_path: "/x".into()
+            })
+        );
+        assert!(matches!(
+            section.remote_storage,
+            Some(RemoteStorageConfig::S3 { ref bucket_name, .. }) if bucket_name == "b"
+        ));
+        assert_eq!(
+            parse_remote_storage(r#"{ local_path = "/x" }"#).unwrap(),
+            inline.remote_storage.unwrap()
+        );
+        assert!(parse_remote_storage(
+            r#"{ bucket_name = "b", bucket_region = "r", prefix_in_bucket = "p" }"#
+        )
+        .is_ok());
+        for bad in ["", "{", "{ bucket = 1 }", "\"/x\""] {
+            assert!(parse_remote_storage(bad).is_err(), "{bad}");
+        }
+    }
 }

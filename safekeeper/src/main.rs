@@ -3,14 +3,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use daemon_utils::{apply_overrides, CommonArgs};
+use remote_storage::RemoteStorageConfig;
 use safekeeper::SafeKeeperConf;
 use utils::NodeId;
 
 /// The safekeeper: one acceptor of the quorum-replicated WAL service.
 ///
-/// Skeleton: only the HTTP management API (/v1/status, /metrics) is served
-/// so far; the WAL service (libpq) is not implemented yet. Stops on SIGTERM
-/// or SIGINT.
+/// Serves the WAL service (libpq) and the HTTP management API; offloads full
+/// WAL segments to remote storage when it is configured. Stops on SIGTERM or
+/// SIGINT.
 #[derive(Parser, Debug)]
 #[command(name = "safekeeper", version)]
 struct Cli {
@@ -22,7 +23,7 @@ struct Cli {
     /// Data directory, created if missing [default: .]
     #[arg(short = 'D', long)]
     datadir: Option<PathBuf>,
-    /// libpq address for the WAL service (not served yet) [default: 127.0.0.1:5454]
+    /// libpq address for the WAL service [default: 127.0.0.1:5454]
     #[arg(short = 'l', long = "listen-pg", value_name = "ADDR")]
     listen_pg_addr: Option<String>,
     /// HTTP management API address [default: 127.0.0.1:7676]
@@ -39,6 +40,12 @@ struct Cli {
     /// HTTP address published to the broker [default: the --listen-http address]
     #[arg(long = "advertise-http", value_name = "ADDR")]
     advertise_http_addr: Option<String>,
+    /// Remote storage to offload full WAL segments to, as a TOML inline
+    /// table: '{ local_path = "/x" }' or '{ bucket_name = "b", bucket_region
+    /// = "r", prefix_in_bucket = "p", endpoint = "http://..." }'
+    /// [default: none, WAL stays local and is never removed]
+    #[arg(long = "remote-storage", value_name = "TOML", value_parser = safekeeper::parse_remote_storage)]
+    remote_storage: Option<RemoteStorageConfig>,
 }
 
 fn main() -> ExitCode {
@@ -48,6 +55,9 @@ fn main() -> ExitCode {
         cli.common.config.as_deref(),
         |conf: &mut SafeKeeperConf| {
             apply_overrides!(conf, cli, id, datadir, listen_pg_addr, listen_http_addr);
+            if cli.remote_storage.is_some() {
+                conf.remote_storage = cli.remote_storage;
+            }
             for (value, field) in [
                 (cli.broker_endpoint, &mut conf.broker_endpoint),
                 (cli.advertise_pg_addr, &mut conf.advertise_pg_addr),

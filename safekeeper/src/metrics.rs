@@ -11,6 +11,12 @@ pub struct Metrics {
     pub walproposer_connections: IntGauge,
     pub walsender_connections: IntGauge,
     pub timelines: IntGauge,
+    pub wal_backup_bytes: IntCounter,
+    pub wal_backup_segments: IntCounter,
+    pub wal_backup_failures: IntCounter,
+    pub wal_segments_removed: IntCounter,
+    pub wal_segments_downloaded: IntCounter,
+    pub wal_download_failures: IntCounter,
 }
 
 impl Metrics {
@@ -35,6 +41,30 @@ impl Metrics {
                 "Connected WAL readers",
             ),
             timelines: gauge("safekeeper_timelines", "Timelines on this safekeeper"),
+            wal_backup_bytes: counter(
+                "safekeeper_wal_backup_bytes_total",
+                "WAL bytes uploaded to remote storage",
+            ),
+            wal_backup_segments: counter(
+                "safekeeper_wal_backup_segments_total",
+                "WAL segments uploaded to remote storage",
+            ),
+            wal_backup_failures: counter(
+                "safekeeper_wal_backup_failures_total",
+                "Failed attempts to upload a WAL segment (each is retried)",
+            ),
+            wal_segments_removed: counter(
+                "safekeeper_wal_segments_removed_total",
+                "Local WAL segments removed once offloaded and below the pageserver's remote consistent LSN",
+            ),
+            wal_segments_downloaded: counter(
+                "safekeeper_wal_segments_downloaded_total",
+                "WAL segments downloaded from remote storage for WAL readers",
+            ),
+            wal_download_failures: counter(
+                "safekeeper_wal_download_failures_total",
+                "Failed downloads of WAL segments for WAL readers",
+            ),
         }
     }
 
@@ -46,6 +76,16 @@ impl Metrics {
         registry.register(Box::new(self.walproposer_connections.clone()))?;
         registry.register(Box::new(self.walsender_connections.clone()))?;
         registry.register(Box::new(self.timelines.clone()))?;
+        for counter in [
+            &self.wal_backup_bytes,
+            &self.wal_backup_segments,
+            &self.wal_backup_failures,
+            &self.wal_segments_removed,
+            &self.wal_segments_downloaded,
+            &self.wal_download_failures,
+        ] {
+            registry.register(Box::new(counter.clone()))?;
+        }
         Ok(())
     }
 }

@@ -1,18 +1,24 @@
 //! `START_REPLICATION`: stream WAL to a reader (a pageserver, a stock
 //! PostgreSQL standby, or a walproposer recovering another safekeeper), up
 //! to the commit LSN (or flush LSN, if asked), with keepalives. The
-//! reader's status updates are recorded as its feedback.
+//! reader's status updates are recorded as its feedback; only a pageserver's
+//! (`application_name=pageserver`) apply position counts as its remote
+//! consistent LSN, which lets offloaded WAL be removed locally.
+//!
+//! WAL in a segment that was removed locally (offloaded, see
+//! [`crate::wal_backup`]) is downloaded from remote storage, a segment at a
+//! time; without remote storage such a read fails with an error.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use pq_proto::replication::{
     PgTimestamp, PrimaryKeepalive, PrimaryMessage, StandbyMessage, XLogData,
 };
-use pq_proto::{BeMessage, FeMessage, PostgresBackend};
+use pq_proto::{BeMessage, ErrorFields, FeMessage, PostgresBackend};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -40,6 +46,7 @@ pub async fn handle<S>(
     timeline: Arc<Timeline>,
     start: Lsn,
     limit: ReadLimit,
+    from_pageserver: bool,
     cancel: CancellationToken,
 ) -> anyhow::Result<()>
 where
@@ -67,7 +74,9 @@ where
                             .unwrap_or_else(|p| p.into_inner());
                         f.last_received_lsn = f.last_received_lsn.max(update.write_lsn);
                         f.disk_consistent_lsn = f.disk_consistent_lsn.max(update.flush_lsn);
-                        f.remote_consistent_lsn = f.remote_consistent_lsn.max(update.apply_lsn);
+                        if from_pageserver {
+                            f.remote_consistent_lsn = f.remote_consistent_lsn.max(update.apply_lsn);
+                        }
                     }
                     StandbyMessage::HotStandbyFeedback(_) => {}
                 },
@@ -87,6 +96,9 @@ where
     let mut position = start;
     let mut buf = vec![0u8; CHUNK];
     let mut encoded = BytesMut::new();
+    // The last segment downloaded from remote storage.
+    let mut downloaded: Option<(u64, Bytes)> = None;
+    let segment_size = timeline.segment_size() as u64;
     loop {
         let current = *progress.borrow_and_update();
         let end = match limit {
@@ -95,16 +107,45 @@ where
         };
         if position < end {
             let want = ((end - position) as usize).min(CHUNK);
-            let n = tokio::task::block_in_place(|| wal.read(position, &mut buf[..want]))?;
-            if n == 0 {
-                bail!("WAL at {position} is missing on this safekeeper");
-            }
+            let read = async {
+                let n = tokio::task::block_in_place(|| wal.read(position, &mut buf[..want]))?;
+                if n > 0 {
+                    return Ok(Bytes::copy_from_slice(&buf[..n]));
+                }
+                // Below the flush LSN only offloaded segments are missing.
+                let segno = position.segment_number(segment_size);
+                let segment = match &downloaded {
+                    Some((s, data)) if *s == segno => data.clone(),
+                    _ => {
+                        let data = crate::wal_backup::download_segment(&timeline, segno).await?;
+                        downloaded = Some((segno, data.clone()));
+                        data
+                    }
+                };
+                let offset = position.segment_offset(segment_size) as usize;
+                let n = want.min(segment.len() - offset);
+                anyhow::Ok(segment.slice(offset..offset + n))
+            };
+            let data = match read.await {
+                Ok(data) => data,
+                Err(e) => {
+                    // Tell the reader why the stream ends.
+                    let e = e.context(format!("reading WAL at {position}"));
+                    let fields = ErrorFields::error("XX000", format!("{e:#}"));
+                    let _ = writer
+                        .write_message(&BeMessage::ErrorResponse(&fields))
+                        .await;
+                    let _ = writer.flush().await;
+                    return Err(e);
+                }
+            };
+            let n = data.len();
             encoded.clear();
             PrimaryMessage::XLogData(XLogData {
                 wal_start: position,
                 wal_end: end,
                 timestamp: PgTimestamp::now(),
-                data: bytes::Bytes::copy_from_slice(&buf[..n]),
+                data,
             })
             .encode(&mut encoded);
             writer.write_message(&BeMessage::CopyData(&encoded)).await?;

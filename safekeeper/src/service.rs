@@ -285,9 +285,17 @@ async fn handle_connection(
                     continue;
                 }
                 let span = info_span!("wal_send", tenant_id = %timeline.tenant_id, timeline_id = %timeline.timeline_id, app = conn.application_name);
-                return send_wal::handle(pgb, timeline, start, conn.read_limit, cancel)
-                    .instrument(span)
-                    .await;
+                let from_pageserver = conn.application_name == "pageserver";
+                return send_wal::handle(
+                    pgb,
+                    timeline,
+                    start,
+                    conn.read_limit,
+                    from_pageserver,
+                    cancel,
+                )
+                .instrument(span)
+                .await;
             }
             Err(e) => Err(e),
         };

@@ -8,8 +8,11 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use anyhow::Context;
 use postgres_format::PgMajorVersion;
+use remote_storage::GenericRemoteStorage;
 use safekeeper_api::models::{TimelineCreateRequest, TimelineStatus};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use utils::{Lsn, NodeId, TenantId, TimelineId};
 
@@ -27,7 +30,9 @@ pub struct Progress {
     pub commit_lsn: Lsn,
 }
 
-/// What a pageserver reported about the WAL it received.
+/// What a pageserver reported about the WAL it received (in memory; the
+/// remote-consistent LSN that local WAL removal relies on is persisted in
+/// the control file first).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ReaderFeedback {
     pub last_received_lsn: Lsn,
@@ -45,6 +50,10 @@ pub struct Timeline {
     pub walsenders: AtomicUsize,
     pub feedback: Mutex<ReaderFeedback>,
     segment_size: usize,
+    /// Where WAL is offloaded, if anywhere.
+    pub remote: Option<GenericRemoteStorage>,
+    /// Stops the timeline's background tasks (on deletion or shutdown).
+    pub cancel: CancellationToken,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +76,12 @@ fn pg_major(pg_version: u32) -> anyhow::Result<PgMajorVersion> {
 }
 
 impl Timeline {
-    fn load(dir: &Path, node_id: NodeId) -> anyhow::Result<Timeline> {
+    fn load(
+        dir: &Path,
+        node_id: NodeId,
+        remote: Option<GenericRemoteStorage>,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<Timeline> {
         let control = FileControlStore::new(dir);
         let state = control.load()?;
         let version = pg_major(state.server.pg_version)?;
@@ -75,10 +89,20 @@ impl Timeline {
         let boundary = state.commit_lsn.max(state.local_start_lsn);
         let wal = PhysicalWal::open(dir, segment_size, version, boundary)
             .with_context(|| format!("opening the WAL in {}", dir.display()))?;
-        Ok(Self::new(dir, Acceptor::new(state, node_id, control, wal)))
+        Ok(Self::new(
+            dir,
+            Acceptor::new(state, node_id, control, wal),
+            remote,
+            cancel,
+        ))
     }
 
-    fn new(dir: &Path, acceptor: TimelineAcceptor) -> Timeline {
+    fn new(
+        dir: &Path,
+        acceptor: TimelineAcceptor,
+        remote: Option<GenericRemoteStorage>,
+        cancel: CancellationToken,
+    ) -> Timeline {
         let state = &acceptor.state;
         let progress = Progress {
             term: state.term,
@@ -95,6 +119,8 @@ impl Timeline {
             walproposers: AtomicUsize::new(0),
             walsenders: AtomicUsize::new(0),
             feedback: Mutex::new(ReaderFeedback::default()),
+            remote,
+            cancel,
         }
     }
 
@@ -159,12 +185,26 @@ pub struct GlobalTimelines {
     datadir: PathBuf,
     node_id: NodeId,
     map: RwLock<HashMap<(TenantId, TimelineId), Arc<Timeline>>>,
+    remote: Option<GenericRemoteStorage>,
+    /// The parent of every timeline's token.
+    cancel: CancellationToken,
+    /// Background tasks (WAL offload), waited for at shutdown.
+    tasks: TaskTracker,
+    /// Whether timelines get their background tasks as they are created.
+    offloading: std::sync::atomic::AtomicBool,
 }
 
 impl GlobalTimelines {
     /// Load every timeline under `datadir`. A timeline whose control file
-    /// cannot be read is logged and skipped, never modified.
-    pub fn load(datadir: &Path, node_id: NodeId) -> anyhow::Result<GlobalTimelines> {
+    /// cannot be read is logged and skipped, never modified. With `remote`,
+    /// [`start_offload`](Self::start_offload) starts offloading WAL there;
+    /// `cancel` stops that.
+    pub fn load(
+        datadir: &Path,
+        node_id: NodeId,
+        remote: Option<GenericRemoteStorage>,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<GlobalTimelines> {
         let mut map = HashMap::new();
         for tenant in
             std::fs::read_dir(datadir).with_context(|| format!("listing {}", datadir.display()))?
@@ -189,7 +229,12 @@ impl GlobalTimelines {
                 if !timeline.path().join(CONTROL_FILE_NAME).exists() {
                     continue;
                 }
-                match Timeline::load(&timeline.path(), node_id) {
+                match Timeline::load(
+                    &timeline.path(),
+                    node_id,
+                    remote.clone(),
+                    cancel.child_token(),
+                ) {
                     Ok(tl) => {
                         map.insert((tenant_id, timeline_id), Arc::new(tl));
                     }
@@ -204,7 +249,38 @@ impl GlobalTimelines {
             datadir: datadir.to_owned(),
             node_id,
             map: RwLock::new(map),
+            remote,
+            cancel,
+            tasks: TaskTracker::new(),
+            offloading: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// With remote storage, start a WAL offload task for every timeline,
+    /// and for every timeline created from now on. Call once, from the
+    /// runtime.
+    pub fn start_offload(&self) {
+        if self.remote.is_none() || self.offloading.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for timeline in self.list() {
+            self.spawn_offload(timeline);
+        }
+    }
+
+    fn spawn_offload(&self, timeline: Arc<Timeline>) {
+        if let Some(remote) = &self.remote {
+            self.tasks.spawn(crate::wal_backup::offload_timeline(
+                timeline,
+                remote.clone(),
+            ));
+        }
+    }
+
+    /// Wait for the background tasks after `cancel` fired.
+    pub async fn wait_for_background_tasks(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     pub fn get(
@@ -280,8 +356,16 @@ impl GlobalTimelines {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e.into());
         }
-        let timeline = Arc::new(Timeline::load(&dir, self.node_id)?);
+        let timeline = Arc::new(Timeline::load(
+            &dir,
+            self.node_id,
+            self.remote.clone(),
+            self.cancel.child_token(),
+        )?);
         map.insert((tenant_id, timeline_id), timeline.clone());
+        if self.offloading.load(Ordering::SeqCst) {
+            self.spawn_offload(timeline.clone());
+        }
         crate::metrics::metrics().timelines.set(map.len() as i64);
         info!(%tenant_id, %timeline_id, "created timeline");
         Ok(timeline)
@@ -300,6 +384,8 @@ impl GlobalTimelines {
             .remove(&(tenant_id, timeline_id))
             .ok_or(TimelineError::NotFound(tenant_id, timeline_id))?;
         crate::metrics::metrics().timelines.dec();
+        // Stop its background tasks; they check for this under the acceptor.
+        timeline.cancel.cancel();
         // Hold the acceptor while deleting, so no connection writes meanwhile.
         let _acceptor = timeline.acceptor();
         std::fs::remove_dir_all(&timeline.dir)

@@ -26,6 +26,10 @@ use utils::Lsn;
 use crate::acceptor::WalStore;
 
 /// Reads a timeline's WAL files; used by WAL senders without the acceptor's lock.
+///
+/// Segments entirely below the WAL offload horizons may have been removed
+/// (see [`crate::wal_backup`]): a read there finds no file, and the caller
+/// fetches the segment from remote storage instead.
 #[derive(Clone, Debug)]
 pub struct WalReader {
     pub dir: PathBuf,
@@ -33,14 +37,38 @@ pub struct WalReader {
 }
 
 impl WalReader {
+    /// The file name of segment `segno`.
+    pub fn segment_name(&self, segno: u64) -> String {
+        wal_file_name(PG_TIMELINE, segno, self.segment_size)
+    }
+
+    pub fn segment_path(&self, segno: u64) -> PathBuf {
+        self.dir.join(self.segment_name(segno))
+    }
+
+    /// The segments present, in order.
+    pub fn segment_numbers(&self) -> anyhow::Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for entry in
+            fs::read_dir(&self.dir).with_context(|| format!("listing {}", self.dir.display()))?
+        {
+            let entry = entry?;
+            if let Some((_, segno)) = entry.file_name().to_str().and_then(|n| {
+                parse_wal_file_name(n, self.segment_size).filter(|_| !n.ends_with(".partial"))
+            }) {
+                out.push(segno);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
     /// Read WAL at `lsn` into `buf`, within one segment; returns the bytes
     /// read (0 if the segment file does not exist).
     pub fn read(&self, lsn: Lsn, buf: &mut [u8]) -> anyhow::Result<usize> {
         let segno = lsn.segment_number(self.segment_size as u64);
         let offset = lsn.segment_offset(self.segment_size as u64) as usize;
-        let path = self
-            .dir
-            .join(wal_file_name(PG_TIMELINE, segno, self.segment_size));
+        let path = self.segment_path(segno);
         let file = match File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -54,7 +82,7 @@ impl WalReader {
 }
 
 /// PostgreSQL's timeline id in WAL file names: always 1 on our computes.
-const PG_TIMELINE: u32 = 1;
+pub const PG_TIMELINE: u32 = 1;
 
 pub struct PhysicalWal {
     dir: PathBuf,
@@ -107,24 +135,11 @@ impl PhysicalWal {
     }
 
     fn segment_numbers(&self) -> anyhow::Result<Vec<u64>> {
-        let mut out = Vec::new();
-        for entry in
-            fs::read_dir(&self.dir).with_context(|| format!("listing {}", self.dir.display()))?
-        {
-            let entry = entry?;
-            if let Some((_, segno)) = entry.file_name().to_str().and_then(|n| {
-                parse_wal_file_name(n, self.segment_size).filter(|_| !n.ends_with(".partial"))
-            }) {
-                out.push(segno);
-            }
-        }
-        out.sort_unstable();
-        Ok(out)
+        self.reader().segment_numbers()
     }
 
     fn segment_path(&self, segno: u64) -> PathBuf {
-        self.dir
-            .join(wal_file_name(PG_TIMELINE, segno, self.segment_size))
+        self.reader().segment_path(segno)
     }
 
     /// Decode from `boundary` until WAL ends; the end of the last record.

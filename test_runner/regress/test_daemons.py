@@ -190,7 +190,7 @@ def test_neon_local_init_start_stop(
 
     status = neon_local.run("safekeeper", "status").stdout
     assert status.count(": running (pid ") == 3, status
-    assert "pageserver 1: running" in neon_local.run("pageserver", "status").stdout
+    assert "pageserver: running" in neon_local.run("pageserver", "status").stdout
 
     # Starting again leaves the running daemons alone.
     assert "already running" in neon_local.run("start").stdout
@@ -228,9 +228,9 @@ def test_neon_local_start_failure_cleans_up(
         taken.listen()
         result = neon_local.run("start", check=False)
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1].startswith("error: starting pageserver 1: ")
+    assert result.stderr.strip().splitlines()[-1].startswith("error: starting pageserver: ")
     assert f"binding the HTTP listener to {http['pageserver 1']}" in result.stderr  # the log tail
-    broker_pid = int(re.search(r"storage_broker started \(pid (\d+)\)", result.stdout).group(1))
+    broker_pid = int(re.search(r"storage_broker started, pid: (\d+)", result.stdout).group(1))
     wait_until("the broker to be gone", lambda: not pid_alive(broker_pid), timeout=5)
     assert neon_local.pid_files() == []
 

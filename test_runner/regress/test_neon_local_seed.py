@@ -92,8 +92,16 @@ def start_port(output: str, name: str, timeline: str) -> int:
 def test_readme_transcript(cluster: Cluster):
     nl = cluster.nl
     out = cluster.run("start")
-    assert "storage_broker started" in out and "pageserver 1 started" in out and "safekeeper 1 started" in out
-    safekeepers = len(re.findall(r"safekeeper \d+ started", out))
+    # The seed's lines for the storage daemons, then the control plane and
+    # the proxy.
+    repo = str(nl.repo_dir)
+    ps_pg = re.search(r'listen_pg_addr = "([^"]+)"', (nl.repo_dir / "config").read_text().split("[pageserver]")[1])[1]
+    assert re.search(
+        rf"Starting neon broker at 127\.0\.0\.1:\d+\.\nstorage_broker started, pid: \d+\n"
+        rf"Starting pageserver node 1 at '{re.escape(ps_pg)}' in \"{re.escape(repo)}\"\.\npageserver started, pid: \d+\n"
+        rf"Starting safekeeper at '127\.0\.0\.1:\d+' in '{re.escape(repo)}/safekeepers/sk1'\.\nsafekeeper 1 started, pid: \d+\n",
+        out), out
+    safekeepers = len(re.findall(r"safekeeper \d+ started, pid: \d+", out))
 
     out = cluster.run("tenant", "create", "--set-default")
     m = re.fullmatch(

@@ -454,7 +454,7 @@ impl Driver {
                     break;
                 };
                 if begin < self.buffer.start() {
-                    self.start_recovery(begin);
+                    self.start_recovery(i, begin);
                     break;
                 }
                 let Some(data) = self.buffer.read(begin, APPEND_CHUNK) else {
@@ -483,11 +483,25 @@ impl Driver {
         self.buffer.trim(oldest.max(floor));
     }
 
-    fn start_recovery(&mut self, from: Lsn) {
-        let (Some(donor), None) = (self.donor, &self.recovery) else {
+    /// Read WAL `from` up to the buffer's start for acceptor `needy` from the
+    /// elected donor, or, when the donor is the one that needs it (it lost
+    /// its disk and came back empty), from another connected acceptor that
+    /// acknowledged that WAL in our term.
+    fn start_recovery(&mut self, needy: usize, from: Lsn) {
+        let (Some(mut donor), None) = (self.donor, &self.recovery) else {
             return;
         };
         let to = self.buffer.start();
+        if donor == needy {
+            let other = (0..self.links.len())
+                .filter(|&j| j != needy && self.connections[j].is_some())
+                .filter(|&j| self.proposer.acknowledged(j) >= to)
+                .max_by_key(|&j| self.proposer.acknowledged(j));
+            let Some(other) = other else {
+                return;
+            };
+            donor = other;
+        }
         let (tx, rx) = oneshot::channel();
         let address = self.links[donor].address.clone();
         let (tenant_id, timeline_id) = (self.config.tenant_id, self.config.timeline_id);
