@@ -146,8 +146,8 @@ impl ComputeNode {
         let spec = inner.spec.as_ref();
         ComputeState {
             status: inner.status,
-            start_time: inner.start_time.map(monitor::rfc3339),
-            last_active: inner.last_active.map(monitor::rfc3339),
+            start_time: inner.start_time.map(compute_api::time::rfc3339),
+            last_active: inner.last_active.map(compute_api::time::rfc3339),
             error: inner.error.clone(),
             tenant_id: spec.map(|s| s.tenant_id),
             timeline_id: spec.map(|s| s.timeline_id),
