@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.daemons import daemon_metric as metric
 from fixtures.neon_fixtures import PortDistributor, output_root, wait_until
 from fixtures.pg import PgBin
 from fixtures.remote_storage import S3Server
@@ -36,13 +37,6 @@ def bench_storage_no_remote(neon_binpath: Path, pg_bin: PgBin, port_distributor:
     s.start()
     yield s
     s.stop()
-
-
-def metric(ps, name: str) -> float:
-    for line in ps.http("GET", "/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
 
 
 def attach_seconds(storage: Storage, tenant: str) -> float:

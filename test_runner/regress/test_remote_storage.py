@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.daemons import daemon_metric as metric
 from fixtures.neon_fixtures import PortDistributor, wait_until
 from fixtures.pg import PgBin
 from fixtures.remote_storage import S3Server
@@ -173,14 +174,6 @@ def test_object_store_down_for_a_while(s3_storage: Storage, s3_server: S3Server)
     synced = storage.sync_safekeepers(tenant, timeline)
     again = storage.compute("again", tenant, timeline, lsn=synced)
     assert again.pg.sql("SELECT count(*) FROM t") == "20000"
-
-
-def metric(ps, name: str) -> float:
-    text = ps.http("GET", "/metrics").text
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
 
 
 def test_broken_or_missing_index(s3_storage: Storage, s3_server: S3Server):

@@ -19,6 +19,7 @@ from typing import Iterator
 
 import pytest
 
+from fixtures.daemons import daemon_metric as metric
 from fixtures.neon_fixtures import PortDistributor, run_checked, wait_until
 from fixtures.pg import PgBin, VanillaPostgres
 from fixtures.remote_storage import S3Server
@@ -96,13 +97,6 @@ def remote_segments(s3: S3Server, service: WalService) -> list[int]:
         assert re.fullmatch(r"[0-9A-F]{24}", name), f"unexpected object {key}"
         out.append(int(name[8:16], 16) << 8 | int(name[16:], 16))
     return out
-
-
-def metric(sk: Safekeeper, name: str) -> float:
-    text = sk.http("GET", "/metrics").text
-    m = re.search(rf"^{name} (\S+)$", text, re.M)
-    assert m, f"no {name} in the metrics"
-    return float(m[1])
 
 
 def write_wal(compute: Compute, megabytes: int) -> int:
