@@ -101,8 +101,11 @@ impl Endpoint {
         let mut names: Vec<String> = std::fs::read_dir(&dir)
             .with_context(|| format!("reading {}", dir.display()))?
             .filter_map(|e| e.ok())
-            .filter(|e| e.path().join(ENDPOINT_FILE).is_file())
             .filter_map(|e| e.file_name().into_string().ok())
+            // `.NAME.creating`: an endpoint being created (renamed into
+            // place when complete); endpoint names never start with a dot.
+            .filter(|name| !name.starts_with('.'))
+            .filter(|name| dir.join(name).join(ENDPOINT_FILE).is_file())
             .collect();
         names.sort();
         names.iter().map(|name| Self::load(repo, name)).collect()
