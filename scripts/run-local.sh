@@ -21,8 +21,8 @@ fi
 if [[ ! -f $repo/endpoints/main/endpoint.toml ]]; then
   "$neon_local" endpoint create main
 fi
-status=$("$neon_local" endpoint list | awk '$1 == "main" { print $NF }')
-if [[ $status != running ]]; then
+# STATUS is the last column: `running`, or `running (commits stuck for Ns)`.
+if ! "$neon_local" endpoint list | awk '$1 == "main"' | grep -q ' running\( (.*)\)\?$'; then
   "$neon_local" endpoint start main
 fi
 address=$("$neon_local" endpoint list | awk '$1 == "main" { print $2 }')

@@ -26,6 +26,7 @@ pub fn walproposer_config(spec: &ComputeSpec) -> WalproposerConfig {
         pg_version: spec.pg_version * 10000,
         system_id: 0,
         wal_seg_size: WAL_SEG_SIZE,
+        limits: Default::default(),
     }
 }
 

@@ -33,6 +33,7 @@ use utils::Lsn;
 use walproposer::driver::PostgresSource;
 
 use crate::basebackup::{self, PageserverHttp};
+use crate::commit_progress::CommitWatch;
 use crate::pg::{self, OsUser, Postmaster, StopMode};
 use crate::{config, monitor, spec_apply, ComputeCtlConf};
 
@@ -98,6 +99,8 @@ pub struct ComputeNode {
     /// Serialises `/configure` and `/terminate`.
     ops: tokio::sync::Mutex<()>,
     metrics: Metrics,
+    /// The running walproposer's progress.
+    commits: CommitWatch,
 }
 
 /// What runs while the compute is up.
@@ -107,7 +110,8 @@ struct Running {
 }
 
 impl ComputeNode {
-    pub fn new(conf: ComputeCtlConf) -> anyhow::Result<Arc<Self>> {
+    /// A compute_ctl whose metrics go to `registry` (call in a runtime).
+    pub fn new(conf: ComputeCtlConf, registry: &Registry) -> anyhow::Result<Arc<Self>> {
         let (state, _) = watch::channel(Inner {
             status: ComputeStatus::Empty,
             spec: None,
@@ -124,16 +128,14 @@ impl ComputeNode {
             run: Mutex::new(None),
             ops: tokio::sync::Mutex::new(()),
             metrics: Metrics::new()?,
+            commits: CommitWatch::new(registry)?,
         };
+        node.metrics.register(registry)?;
         node.metrics
             .status
             .with_label_values(&[ComputeStatus::Empty.as_str()])
             .set(1);
         Ok(Arc::new(node))
-    }
-
-    pub fn register_metrics(&self, registry: &Registry) -> anyhow::Result<()> {
-        self.metrics.register(registry)
     }
 
     pub fn status(&self) -> ComputeStatus {
@@ -156,6 +158,10 @@ impl ComputeNode {
             current_lsn: inner.current_lsn,
             pg_port: spec.map(|s| s.pg_port),
             postgres_pid: inner.postgres_pid,
+            commits: match inner.status {
+                ComputeStatus::Running => self.commits.progress(),
+                _ => None,
+            },
         }
     }
 
@@ -515,6 +521,7 @@ impl ComputeNode {
                 basebackup::walproposer_config(spec),
                 source,
                 lsn,
+                self.commits.sender(),
                 wp_cancel.clone(),
             )
             .instrument(tracing::info_span!("walproposer")),

@@ -12,6 +12,7 @@
 //! * [`http`]: the routes.
 
 pub mod basebackup;
+pub mod commit_progress;
 pub mod compute;
 pub mod config;
 pub mod http;
@@ -80,15 +81,15 @@ pub async fn run(mut conf: ComputeCtlConf, cancel: CancellationToken) -> anyhow:
     let spec = conf.spec_path.as_deref().map(load_spec).transpose()?;
     conf.pgdata = std::path::absolute(&conf.pgdata)
         .with_context(|| format!("resolving {}", conf.pgdata.display()))?;
-    let node = ComputeNode::new(conf.clone())?;
+    let http = HttpServer::new(SERVICE)?;
+    let node = ComputeNode::new(conf.clone(), http.registry())?;
     let status_node = node.clone();
-    let http = HttpServer::new(SERVICE)?.with_status(move || {
+    let http = http.with_status(move || {
         Map::from_iter([(
             "status".to_owned(),
             Value::from(status_node.status().as_str()),
         )])
     });
-    node.register_metrics(http.registry())?;
     let listener = bind_listener("HTTP", &conf.listen_http_addr).await?;
     match spec {
         Some(spec) => {

@@ -386,15 +386,7 @@ impl Endpoint {
                 )
             })?;
         if self.conf.lsn.is_none() {
-            for sk in &env.safekeepers {
-                SafekeeperClient::new(&sk.listen_http_addr)?
-                    .ensure_timeline(
-                        self.conf.tenant_id,
-                        self.conf.timeline_id,
-                        self.conf.pg_version,
-                    )
-                    .with_context(|| format!("creating the timeline on safekeeper {}", sk.id))?;
-            }
+            self.ensure_safekeeper_timelines(env)?;
         }
         let spec_path = self.dir.join(SPEC_FILE);
         let spec = serde_json::to_string_pretty(&self.spec(env)).context("serializing the spec")?;
@@ -524,8 +516,45 @@ impl Endpoint {
         );
     }
 
+    /// The timeline on every safekeeper that answers. A quorum suffices,
+    /// as for commits: the others are named in a warning and get the
+    /// timeline when they start again (see [`ensure_timelines_on`]).
+    fn ensure_safekeeper_timelines(&self, env: &LocalEnv) -> anyhow::Result<()> {
+        let mut unreachable = Vec::new();
+        for sk in &env.safekeepers {
+            let created = SafekeeperClient::new(&sk.listen_http_addr).and_then(|client| {
+                client.ensure_timeline(
+                    self.conf.tenant_id,
+                    self.conf.timeline_id,
+                    self.conf.pg_version,
+                )
+            });
+            if let Err(e) = created {
+                unreachable.push(format!("safekeeper {}: {e:#}", sk.id));
+            }
+        }
+        let quorum = env.safekeepers.len() / 2 + 1;
+        let reached = env.safekeepers.len() - unreachable.len();
+        if reached < quorum {
+            bail!(
+                "cannot start endpoint '{}': only {reached} of {} safekeepers answer, a quorum is {quorum} ({})",
+                self.conf.name,
+                env.safekeepers.len(),
+                unreachable.join("; ")
+            );
+        }
+        for reason in &unreachable {
+            eprintln!(
+                "warning: {reason}; the endpoint starts with the other safekeepers (start it with `neon_local safekeeper start`)"
+            );
+        }
+        Ok(())
+    }
+
     /// `running`, `stopped`, `suspended`, or what compute_ctl reports
-    /// (`init`, `failed`, …).
+    /// (`init`, `failed`, …); `running (commits stuck for Ns)` when commits
+    /// have waited for the safekeepers that long (compute_ctl's `/status`
+    /// says what for).
     pub fn status(&self, env: &LocalEnv) -> String {
         match self.running_pid(env) {
             Ok(Some(_)) => {}
@@ -541,6 +570,12 @@ impl Endpoint {
             })
             .and_then(|r| r.json().ok());
         match state {
+            Some(ComputeState {
+                commits: Some(commits),
+                ..
+            }) if commits.is_stuck() => {
+                format!("running (commits stuck for {}s)", commits.stalled_seconds)
+            }
             Some(state) => state.status.to_string(),
             None => "unknown".into(),
         }
@@ -581,6 +616,28 @@ fn check_static_lsn(
             "--lsn {lsn} is below the GC horizon of branch '{branch}' ({}): its pages are gone",
             info.gc_cutoff_lsn
         );
+    }
+    Ok(())
+}
+
+/// Creates the timeline of every primary endpoint on the safekeeper at
+/// `http_addr` where it is missing, so that a safekeeper that was down
+/// when an endpoint started joins its quorum once it is back.
+pub fn ensure_timelines_on(repo: &Path, http_addr: &str) -> anyhow::Result<()> {
+    let client = SafekeeperClient::new(http_addr)?;
+    let mut done = HashSet::new();
+    for endpoint in Endpoint::list(repo)? {
+        let c = &endpoint.conf;
+        if c.lsn.is_none() && done.insert((c.tenant_id, c.timeline_id)) {
+            client
+                .ensure_timeline(c.tenant_id, c.timeline_id, c.pg_version)
+                .with_context(|| {
+                    format!(
+                        "creating timeline {} of endpoint '{}' on the safekeeper at {http_addr}",
+                        c.timeline_id, c.name
+                    )
+                })?;
+        }
     }
     Ok(())
 }

@@ -333,6 +333,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             daemons.extend(env.front_daemons(&repo, args.suspend_timeout));
             control_plane::start_daemons(&daemons, args.args.timeout())?;
             tenants::reattach_missing(&repo, &env)?;
+            for sk in &env.safekeepers {
+                endpoint::ensure_timelines_on(&repo, &sk.listen_http_addr)?;
+            }
             Ok(())
         }
         Command::Stop(args) => {
@@ -438,7 +441,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let env = env()?;
             match cmd {
                 SafekeeperCmd::Start { id, args } => {
-                    daemon_command(DaemonCmd::Start(args), env.safekeeper_daemons(&repo, id)?)
+                    daemon_command(DaemonCmd::Start(args), env.safekeeper_daemons(&repo, id)?)?;
+                    for sk in env
+                        .safekeepers
+                        .iter()
+                        .filter(|sk| id.is_none_or(|id| sk.id == id))
+                    {
+                        endpoint::ensure_timelines_on(&repo, &sk.listen_http_addr)?;
+                    }
+                    Ok(())
                 }
                 SafekeeperCmd::Stop { id, args } => {
                     daemon_command(DaemonCmd::Stop(args), env.safekeeper_daemons(&repo, id)?)

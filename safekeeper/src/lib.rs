@@ -62,6 +62,9 @@ pub struct SafeKeeperConf {
     /// `{ bucket_name, bucket_region, prefix_in_bucket, endpoint }`); none:
     /// WAL is kept only locally and never removed.
     pub remote_storage: Option<RemoteStorageConfig>,
+    /// For tests only: acknowledge WAL no faster than this many bytes a
+    /// second, as a slow disk would [default: none, full speed].
+    pub testing_wal_write_bytes_per_second: Option<u64>,
 }
 
 impl Default for SafeKeeperConf {
@@ -76,6 +79,7 @@ impl Default for SafeKeeperConf {
             advertise_pg_addr: None,
             advertise_http_addr: None,
             remote_storage: None,
+            testing_wal_write_bytes_per_second: None,
         }
     }
 }
@@ -154,6 +158,8 @@ pub async fn run(conf: SafeKeeperConf, cancel: CancellationToken) -> anyhow::Res
         pg_listener,
         timelines.clone(),
         conf.max_connections,
+        conf.testing_wal_write_bytes_per_second
+            .map(|bytes_per_second| receive_wal::WriteThrottle { bytes_per_second }),
         cancel.clone(),
     ));
     let result = http

@@ -46,6 +46,10 @@ struct Cli {
     /// [default: none, WAL stays local and is never removed]
     #[arg(long = "remote-storage", value_name = "TOML", value_parser = safekeeper::parse_remote_storage)]
     remote_storage: Option<RemoteStorageConfig>,
+    /// For tests only: acknowledge WAL no faster than this many bytes a
+    /// second, as a slow disk would [default: full speed]
+    #[arg(long = "testing-wal-write-rate", value_name = "BYTES_PER_SEC")]
+    testing_wal_write_bytes_per_second: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -55,6 +59,9 @@ fn main() -> ExitCode {
         cli.common.config.as_deref(),
         |conf: &mut SafeKeeperConf| {
             apply_overrides!(conf, cli, id, datadir, listen_pg_addr, listen_http_addr);
+            if cli.testing_wal_write_bytes_per_second.is_some() {
+                conf.testing_wal_write_bytes_per_second = cli.testing_wal_write_bytes_per_second;
+            }
             if cli.remote_storage.is_some() {
                 conf.remote_storage = cli.remote_storage;
             }

@@ -23,6 +23,21 @@ const BATCH: usize = 64;
 /// Persist the commit LSN when it moved this far since the last persist.
 const PERSIST_EVERY: u64 = 16 * 1024 * 1024;
 
+/// For tests: a disk that takes WAL at most this fast. Each batch's
+/// acknowledgement is held back until its bytes would have been written at
+/// this rate, so the walproposer sees a slow safekeeper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteThrottle {
+    pub bytes_per_second: u64,
+}
+
+impl WriteThrottle {
+    fn delay(self, bytes: usize) -> std::time::Duration {
+        let rate = self.bytes_per_second.max(1) as f64;
+        std::time::Duration::from_secs_f64(bytes as f64 / rate)
+    }
+}
+
 struct ConnectionCount(Arc<Timeline>);
 
 impl Drop for ConnectionCount {
@@ -35,6 +50,7 @@ impl Drop for ConnectionCount {
 pub async fn handle<S>(
     mut pgb: PostgresBackend<S>,
     timeline: Arc<Timeline>,
+    throttle: Option<WriteThrottle>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()>
 where
@@ -101,7 +117,17 @@ where
                     }
                     greeted = true;
                 }
+                let appended: usize = batch
+                    .iter()
+                    .map(|m| match m {
+                        ProposerMessage::Append(a) => a.wal_data.len(),
+                        _ => 0,
+                    })
+                    .sum();
                 let replies = tokio::task::block_in_place(|| process_batch(&timeline, &mut batch))?;
+                if let Some(throttle) = throttle.filter(|_| appended > 0) {
+                    tokio::time::sleep(throttle.delay(appended)).await;
+                }
                 for reply in replies {
                     writer
                         .write_message(&BeMessage::CopyData(&reply.encode()))

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 use utils::{Lsn, TenantId, TimelineId};
 
+use crate::receive_wal::WriteThrottle;
 use crate::timeline::{GlobalTimelines, Timeline};
 use crate::{receive_wal, send_wal};
 
@@ -146,6 +147,7 @@ pub async fn serve(
     listener: TcpListener,
     timelines: Arc<GlobalTimelines>,
     max_connections: usize,
+    throttle: Option<WriteThrottle>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let limit = Arc::new(Semaphore::new(max_connections));
@@ -167,7 +169,8 @@ pub async fn serve(
                 tokio::spawn(
                     async move {
                         let _permit = permit;
-                        if let Err(e) = handle_connection(stream, timelines, cancel).await {
+                        if let Err(e) = handle_connection(stream, timelines, throttle, cancel).await
+                        {
                             info!("connection ended: {e:#}");
                         }
                     }
@@ -194,6 +197,7 @@ pub async fn serve(
 async fn handle_connection(
     stream: TcpStream,
     timelines: Arc<GlobalTimelines>,
+    throttle: Option<WriteThrottle>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut pgb = PostgresBackend::new(stream);
@@ -266,7 +270,7 @@ async fn handle_connection(
                     }
                 };
                 let span = info_span!("wal_push", tenant_id = %timeline.tenant_id, timeline_id = %timeline.timeline_id);
-                return receive_wal::handle(pgb, timeline, cancel)
+                return receive_wal::handle(pgb, timeline, throttle, cancel)
                     .instrument(span)
                     .await;
             }

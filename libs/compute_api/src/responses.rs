@@ -62,6 +62,33 @@ pub struct ComputeState {
     pub pg_port: Option<u16>,
     /// The postmaster's pid while postgres runs.
     pub postgres_pid: Option<u32>,
+    /// A primary's commits: how far they got and whether they wait for
+    /// the safekeepers (absent while no walproposer runs).
+    #[serde(default)]
+    pub commits: Option<CommitProgress>,
+}
+
+/// A primary's commits, from its walproposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitProgress {
+    /// The end of the WAL read from PostgreSQL.
+    pub received_lsn: Lsn,
+    /// WAL flushed by a quorum of safekeepers: commits up to it returned.
+    pub commit_lsn: Lsn,
+    /// How long WAL has waited for a quorum without the commit LSN moving,
+    /// in whole seconds (0: nothing waits).
+    pub stalled_seconds: u64,
+    /// While WAL waits: what for, safekeeper by safekeeper.
+    pub waiting_for: Option<String>,
+}
+
+impl CommitProgress {
+    /// Commits that waited this long are shown as stuck.
+    pub const STUCK_AFTER_SECONDS: u64 = 10;
+
+    pub fn is_stuck(&self) -> bool {
+        self.stalled_seconds >= Self::STUCK_AFTER_SECONDS
+    }
 }
 
 impl ComputeState {
@@ -78,6 +105,7 @@ impl ComputeState {
             current_lsn: None,
             pg_port: None,
             postgres_pid: None,
+            commits: None,
         }
     }
 }

@@ -1,30 +1,40 @@
 //! Runs a [`Proposer`] against real safekeepers: `sync_safekeepers` and
-//! `stream` (with PostgreSQL as the WAL source).
+//! `stream` (with PostgreSQL as the WAL source). What goes where, and when
+//! reading from PostgreSQL pauses, is the [`WalPump`]'s policy.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use bytes::{Bytes, BytesMut};
-use pq_proto::replication::{PgTimestamp, PrimaryMessage, StandbyMessage, StandbyStatusUpdate};
+use anyhow::bail;
+use bytes::Bytes;
 use safekeeper_api::messages::AcceptorMessage;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use utils::{Lsn, TenantId, TimelineId};
 
+pub use crate::postgres_source::PostgresSource;
 use crate::proposer::{Action, Mode, Proposer, ProposerConfig, ProposerError};
+use crate::pump::{PumpAction, PumpLimits, Recovery, WalPump};
 use crate::safekeeper_link::{self, Link, LinkEvent};
-use crate::wal_buffer::WalBuffer;
+use crate::status::{SafekeeperProgress, WalproposerStatus};
+use crate::{postgres_source, recovery};
 
-/// WAL sent to one safekeeper in one message, at most.
-const APPEND_CHUNK: usize = 128 * 1024;
-/// WAL queued for one safekeeper's connection, at most.
-const MAX_QUEUED: usize = 8 * 1024 * 1024;
-/// WAL kept in memory, at most; PostgreSQL's stream pauses above it.
-const MAX_BUFFERED: usize = 256 * 1024 * 1024;
-/// WAL read from a donor in one recovery, at most.
-const MAX_RECOVERY: u64 = 1024 * 1024 * 1024;
 const HEARTBEAT: Duration = Duration::from_millis(500);
+/// Commits that wait this long without progress are logged, at most this often.
+const STALL_REPORT: Duration = Duration::from_secs(5);
+/// A failed recovery is retried after this long.
+const RECOVERY_RETRY: Duration = Duration::from_secs(1);
+/// A sync whose elected donor is unreachable this long starts over.
+const DONOR_LOST: Duration = Duration::from_secs(10);
+
+/// The safekeeper elected for the most advanced log is gone before the
+/// others got its WAL: the sync must start over in a new term, with the
+/// safekeepers that are there.
+#[derive(Debug, thiserror::Error)]
+#[error("safekeeper {donor}, which holds the most advanced WAL, has been unreachable for {DONOR_LOST:?} during the sync")]
+struct DonorLost {
+    donor: String,
+}
 
 #[derive(Clone, Debug)]
 pub struct WalproposerConfig {
@@ -37,16 +47,8 @@ pub struct WalproposerConfig {
     /// 0 if not known (sync mode).
     pub system_id: u64,
     pub wal_seg_size: u32,
-}
-
-/// Where a streaming walproposer reads WAL: PostgreSQL's replication protocol.
-#[derive(Clone, Debug)]
-pub struct PostgresSource {
-    /// `host:port` of the compute.
-    pub address: String,
-    pub user: String,
-    /// Physical replication slot, created if missing.
-    pub slot: String,
+    /// Memory bounds, in bytes.
+    pub limits: PumpLimits,
 }
 
 /// Elect a term and bring a quorum to the most advanced log; returns the
@@ -55,33 +57,30 @@ pub async fn sync_safekeepers(
     config: WalproposerConfig,
     cancel: CancellationToken,
 ) -> anyhow::Result<Lsn> {
-    let mut driver = Driver::new(&config, Mode::Sync, cancel.clone());
-    match driver.run(None).await? {
-        Some(lsn) => Ok(lsn),
-        None => bail!("cancelled"),
+    loop {
+        let (status, _) = watch::channel(WalproposerStatus::default());
+        let mut driver = Driver::new(&config, Mode::Sync, Lsn::INVALID, status, cancel.clone());
+        match driver.run(None).await {
+            Ok(Some(lsn)) => return Ok(lsn),
+            Ok(None) => bail!("cancelled"),
+            Err(e) if e.is::<DonorLost>() => warn!("{e:#}: syncing again in a new term"),
+            Err(e) => return Err(e),
+        }
     }
 }
 
 /// Stream PostgreSQL's WAL, beginning at `start_lsn`, to the safekeepers
 /// until cancelled. Reports the quorum-flushed LSN back to PostgreSQL as
 /// its flush position. Fails if another proposer takes over (fenced).
+/// `status` gets a snapshot of the progress every heartbeat.
 pub async fn stream(
     mut config: WalproposerConfig,
     postgres: PostgresSource,
     start_lsn: Lsn,
+    status: watch::Sender<WalproposerStatus>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut client = connect_replication(&postgres).await?;
-    let rows = client
-        .simple_query("IDENTIFY_SYSTEM")
-        .await
-        .context("IDENTIFY_SYSTEM on PostgreSQL")?;
-    let system_id: u64 = rows
-        .first()
-        .and_then(|r| r.get(0))
-        .context("IDENTIFY_SYSTEM returned no row")?
-        .parse()
-        .context("parsing the system id")?;
+    let (system_id, client) = postgres_source::prepare(&postgres).await?;
     if config.system_id != 0 && config.system_id != system_id {
         bail!(
             "PostgreSQL's system id is {system_id}, expected {}",
@@ -89,33 +88,29 @@ pub async fn stream(
         );
     }
     config.system_id = system_id;
-    let create = format!(
-        "CREATE_REPLICATION_SLOT {} PHYSICAL RESERVE_WAL",
-        postgres.slot
-    );
-    match client.simple_query(&create).await {
-        Ok(_) => info!("created replication slot {}", postgres.slot),
-        Err(e) if e.code() == Some("42710") => {}
-        Err(e) => return Err(e).context("creating the replication slot"),
-    }
-    let (wal_tx, wal_rx) = mpsc::channel(64);
-    let (status_tx, status_rx) = watch::channel(start_lsn);
+    // Bounded in messages of at most 128 KiB (PostgreSQL's largest send).
+    let (wal_tx, wal_rx) = mpsc::channel(16);
+    let (commit_tx, commit_rx) = watch::channel(start_lsn);
     let source_cancel = cancel.child_token();
-    let slot = postgres.slot.clone();
-    let source = tokio::spawn(async move {
-        let result =
-            read_postgres(client, &slot, start_lsn, wal_tx, status_rx, source_cancel).await;
-        if let Err(e) = &result {
-            warn!("replication from PostgreSQL ended: {e:#}");
-        }
-        result
-    });
-    let mut driver = Driver::new(&config, Mode::Stream { start_lsn }, cancel.clone());
-    driver.buffer = WalBuffer::new(start_lsn);
+    let source = tokio::spawn(postgres_source::run(
+        postgres,
+        client,
+        start_lsn,
+        wal_tx,
+        commit_rx,
+        source_cancel,
+    ));
+    let mut driver = Driver::new(
+        &config,
+        Mode::Stream { start_lsn },
+        start_lsn,
+        status,
+        cancel.clone(),
+    );
     let result = driver
         .run(Some(Source {
             wal: wal_rx,
-            status: status_tx,
+            commit: commit_tx,
         }))
         .await;
     cancel.cancel();
@@ -123,128 +118,12 @@ pub async fn stream(
     result.map(|_| ())
 }
 
-async fn connect_replication(postgres: &PostgresSource) -> anyhow::Result<pq_proto::Client> {
-    let params = [
-        ("user", postgres.user.as_str()),
-        ("replication", "true"),
-        ("application_name", "walproposer"),
-    ];
-    pq_proto::connect(postgres.address.as_str(), &params, None)
-        .await
-        .with_context(|| {
-            format!(
-                "connecting to PostgreSQL at {} for replication",
-                postgres.address
-            )
-        })
-}
-
-/// Read WAL from PostgreSQL's walsender; report `status` (the commit LSN)
-/// as our write, flush and apply position.
-async fn read_postgres(
-    mut client: pq_proto::Client,
-    slot: &str,
-    start: Lsn,
-    wal: mpsc::Sender<(Lsn, Bytes)>,
-    mut status: watch::Receiver<Lsn>,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut copy = client
-        .copy_both(&format!(
-            "START_REPLICATION SLOT {slot} PHYSICAL {start} TIMELINE 1"
-        ))
-        .await
-        .context("START_REPLICATION on PostgreSQL")?;
-    let (mut receiver, mut sender) = copy.split();
-    let mut received = start;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        let reply = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            data = receiver.recv() => {
-                let Some(data) = data? else { bail!("PostgreSQL ended replication") };
-                match PrimaryMessage::decode(data)? {
-                    PrimaryMessage::XLogData(x) => {
-                        received = received.max(x.wal_start + x.data.len() as u64);
-                        if wal.send((x.wal_start, x.data)).await.is_err() {
-                            return Ok(());
-                        }
-                        false
-                    }
-                    PrimaryMessage::Keepalive(k) => k.reply_requested,
-                }
-            }
-            changed = status.changed() => {
-                if changed.is_err() {
-                    return Ok(());
-                }
-                true
-            }
-            _ = tick.tick() => true,
-        };
-        if reply {
-            let commit = *status.borrow_and_update();
-            let mut buf = BytesMut::new();
-            StandbyMessage::StatusUpdate(StandbyStatusUpdate {
-                write_lsn: received,
-                flush_lsn: commit,
-                apply_lsn: commit,
-                timestamp: PgTimestamp::now(),
-                reply_requested: false,
-            })
-            .encode(&mut buf);
-            sender.send(&buf).await?;
-            sender.flush().await?;
-        }
-    }
-}
-
-/// Read WAL `[from, to)` from a donor safekeeper (up to its flush LSN).
-async fn read_from_donor(
-    address: String,
-    tenant_id: TenantId,
-    timeline_id: TimelineId,
-    from: Lsn,
-    to: Lsn,
-) -> anyhow::Result<(Lsn, Bytes)> {
-    if to - from > MAX_RECOVERY {
-        bail!(
-            "safekeeper needs {} bytes of WAL from the donor, more than {MAX_RECOVERY}",
-            to - from
-        );
-    }
-    let options =
-        format!("-c tenant_id={tenant_id} -c timeline_id={timeline_id} -c wal_read_limit=flush");
-    let params = [
-        ("user", "walproposer"),
-        ("application_name", "walproposer_recovery"),
-        ("options", options.as_str()),
-    ];
-    let mut client = pq_proto::connect(address.as_str(), &params, None).await?;
-    let mut copy = client
-        .copy_both(&format!("START_REPLICATION PHYSICAL {from}"))
-        .await?;
-    let mut out = BytesMut::with_capacity((to - from) as usize);
-    while from + (out.len() as u64) < to {
-        let Some(data) = copy.recv().await? else {
-            bail!("donor ended the stream at {}", from + out.len() as u64)
-        };
-        if let PrimaryMessage::XLogData(x) = PrimaryMessage::decode(data)? {
-            let expected = from + out.len() as u64;
-            if x.wal_start != expected {
-                bail!("donor sent WAL at {}, expected {expected}", x.wal_start);
-            }
-            let n = ((to - expected) as usize).min(x.data.len());
-            out.extend_from_slice(&x.data[..n]);
-        }
-    }
-    Ok((from, out.freeze()))
-}
-
 struct Source {
     wal: mpsc::Receiver<(Lsn, Bytes)>,
-    status: watch::Sender<Lsn>,
+    commit: watch::Sender<Lsn>,
 }
+
+type RecoveryResult = (Recovery, anyhow::Result<(Lsn, Bytes)>);
 
 struct Driver {
     proposer: Proposer,
@@ -253,17 +132,30 @@ struct Driver {
     /// The generation of each link's live connection.
     connections: Vec<Option<u64>>,
     events: mpsc::UnboundedReceiver<LinkEvent>,
-    buffer: WalBuffer,
+    pump: WalPump,
     donor: Option<usize>,
-    recovery: Option<oneshot::Receiver<anyhow::Result<(Lsn, Bytes)>>>,
+    recovery: Option<oneshot::Receiver<RecoveryResult>>,
     /// The commit LSN each safekeeper last reported.
     reported_commit: Vec<Lsn>,
     sync_result: Option<Lsn>,
+    status: watch::Sender<WalproposerStatus>,
+    /// When the commit LSN last moved (or WAL began to wait).
+    progress_at: Instant,
+    last_commit: Lsn,
+    stall_reported_at: Option<Instant>,
+    /// Since when the elected donor is disconnected.
+    donor_lost_at: Option<Instant>,
     cancel: CancellationToken,
 }
 
 impl Driver {
-    fn new(config: &WalproposerConfig, mode: Mode, cancel: CancellationToken) -> Driver {
+    fn new(
+        config: &WalproposerConfig,
+        mode: Mode,
+        start: Lsn,
+        status: watch::Sender<WalproposerStatus>,
+        cancel: CancellationToken,
+    ) -> Driver {
         let (events_tx, events) = mpsc::unbounded_channel();
         let links: Vec<Link> = config
             .safekeepers
@@ -301,10 +193,15 @@ impl Driver {
             reported_commit: vec![Lsn::INVALID; links.len()],
             links,
             events,
-            buffer: WalBuffer::new(Lsn::INVALID),
+            pump: WalPump::new(start, config.limits),
             donor: None,
             recovery: None,
             sync_result: None,
+            status,
+            progress_at: Instant::now(),
+            last_commit: Lsn::INVALID,
+            stall_reported_at: None,
+            donor_lost_at: None,
             cancel,
         }
     }
@@ -321,18 +218,22 @@ impl Driver {
                     return Ok(Some(lsn));
                 }
             }
-            let buffer_full = self.buffer.len() >= MAX_BUFFERED;
+            // Flow control: while the buffer is full, PostgreSQL's WAL stays
+            // in its replication slot.
+            let paused = self.pump.source_paused();
             tokio::select! {
                 _ = self.cancel.cancelled() => return Ok(None),
-                Some(event) = self.events.recv() => self.on_event(event, source.as_ref())?,
-                Some((at, data)) = async {
+                Some(event) = self.events.recv() => self.on_event(event, source.is_some())?,
+                received = async {
                     match source.as_mut() {
-                        Some(s) if !buffer_full => s.wal.recv().await,
+                        Some(s) if !paused => s.wal.recv().await,
                         _ => std::future::pending().await,
                     }
                 } => {
-                    self.buffer.append(at, &data)?;
-                    self.proposer.set_available(self.buffer.end());
+                    let Some((at, data)) = received else {
+                        bail!("reading WAL from PostgreSQL stopped");
+                    };
+                    self.pump.source_wal(&mut self.proposer, at, data)?;
                 }
                 recovered = async {
                     match self.recovery.as_mut() {
@@ -341,30 +242,72 @@ impl Driver {
                     }
                 } => {
                     self.recovery = None;
-                    match recovered {
-                        Ok(Ok((at, data))) => {
-                            info!("recovered {} bytes of WAL from {at} from the donor", data.len());
-                            // If the buffer moved meanwhile, the next pump asks again.
-                            if let Err(e) = self.buffer.prepend(at, &data) {
-                                warn!("discarding recovered WAL: {e:#}");
-                            }
-                        }
-                        Ok(Err(e)) => warn!("recovering WAL from the donor: {e:#}"),
-                        Err(_) => warn!("the recovery task ended"),
+                    self.on_recovered(recovered);
+                }
+                _ = heartbeat.tick() => {
+                    self.heartbeats();
+                    self.report();
+                    if source.is_none() {
+                        self.check_donor()?;
                     }
                 }
-                _ = heartbeat.tick() => self.heartbeats(),
             }
             self.pump();
             if let Some(s) = &source {
                 let commit = self.proposer.commit_lsn();
-                s.status
+                s.commit
                     .send_if_modified(|old| std::mem::replace(old, commit) != commit);
             }
         }
     }
 
-    fn on_event(&mut self, event: LinkEvent, source: Option<&Source>) -> anyhow::Result<()> {
+    /// Sync mode: fails with [`DonorLost`] once the elected donor has been
+    /// unreachable for [`DONOR_LOST`] before the sync is done.
+    fn check_donor(&mut self) -> anyhow::Result<()> {
+        let lost = self
+            .donor
+            .filter(|&d| self.sync_result.is_none() && !self.proposer.is_connected(d));
+        let Some(donor) = lost else {
+            self.donor_lost_at = None;
+            return Ok(());
+        };
+        let since = *self.donor_lost_at.get_or_insert_with(Instant::now);
+        if since.elapsed() >= DONOR_LOST {
+            return Err(DonorLost {
+                donor: self.links[donor].address.clone(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    fn on_recovered(&mut self, recovered: Result<RecoveryResult, oneshot::error::RecvError>) {
+        match recovered {
+            Ok((r, Ok((at, data)))) => {
+                tracing::debug!(
+                    from = %r.from, to = %r.to, donor = self.links[r.donor].address,
+                    "recovered WAL for safekeeper {}", self.links[r.needy].address
+                );
+                self.pump.recovered(at, data);
+            }
+            Ok((r, Err(e))) => {
+                warn!(
+                    donor = self.links[r.donor].address,
+                    "recovering WAL {}..{} for safekeeper {}: {e:#}",
+                    r.from,
+                    r.to,
+                    self.links[r.needy].address
+                );
+                self.pump.recovery_failed();
+            }
+            Err(_) => {
+                warn!("the recovery task ended");
+                self.pump.recovery_failed();
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: LinkEvent, streaming: bool) -> anyhow::Result<()> {
         let actions = match event {
             LinkEvent::Connected { index, generation } => {
                 self.connections[index] = Some(generation);
@@ -425,8 +368,9 @@ impl Driver {
                 } => {
                     info!(term, donor = self.links[donor].address, %epoch_start, "elected");
                     self.donor = Some(donor);
-                    if source.is_none() {
-                        self.buffer = WalBuffer::new(epoch_start);
+                    if !streaming {
+                        // Sync mode: everything below the epoch start comes from the donor.
+                        self.pump.reset(epoch_start);
                     }
                 }
                 Action::Committed(lsn) => {
@@ -443,71 +387,40 @@ impl Driver {
         Ok(())
     }
 
-    /// Send every safekeeper the WAL it needs, as far as queues allow.
+    /// Send every safekeeper the WAL it needs, as far as queues allow, and
+    /// start a recovery where the pump asks for one.
     fn pump(&mut self) {
-        for i in 0..self.links.len() {
-            let Some(generation) = self.connections[i] else {
-                continue;
-            };
-            while self.links[i].queued_bytes() < MAX_QUEUED {
-                let Some(begin) = self.proposer.wal_needed(i) else {
-                    break;
-                };
-                if begin < self.buffer.start() {
-                    self.start_recovery(i, begin);
-                    break;
+        let queued: Vec<usize> = self.links.iter().map(Link::queued_bytes).collect();
+        for action in self.pump.pump(&mut self.proposer, &queued, self.donor) {
+            match action {
+                PumpAction::Send { to, message } => {
+                    if let Some(generation) = self.connections[to] {
+                        self.links[to].send(generation, message);
+                    }
                 }
-                let Some(data) = self.buffer.read(begin, APPEND_CHUNK) else {
-                    break;
-                };
-                if data.is_empty() {
-                    break;
-                }
-                let message = self.proposer.append(i, data);
-                self.links[i].send(generation, message);
+                PumpAction::Recover(r) => self.start_recovery(r),
             }
         }
-        // Keep WAL until every safekeeper has it (a lagging one pins it, up to the limit).
-        let oldest = (0..self.links.len())
-            .map(|i| {
-                // Never below what a safekeeper acknowledged or still needs.
-                let ack = self.proposer.acknowledged(i);
-                self.proposer
-                    .wal_needed(i)
-                    .map_or(ack, |next| ack.min(next))
-            })
-            .min()
-            .unwrap_or(Lsn::INVALID)
-            .min(self.proposer.commit_lsn());
-        let floor = Lsn(self.buffer.end().0.saturating_sub(MAX_BUFFERED as u64 / 2));
-        self.buffer.trim(oldest.max(floor));
     }
 
-    /// Read WAL `from` up to the buffer's start for acceptor `needy` from the
-    /// elected donor, or, when the donor is the one that needs it (it lost
-    /// its disk and came back empty), from another connected acceptor that
-    /// acknowledged that WAL in our term.
-    fn start_recovery(&mut self, needy: usize, from: Lsn) {
-        let (Some(mut donor), None) = (self.donor, &self.recovery) else {
-            return;
-        };
-        let to = self.buffer.start();
-        if donor == needy {
-            let other = (0..self.links.len())
-                .filter(|&j| j != needy && self.connections[j].is_some())
-                .filter(|&j| self.proposer.acknowledged(j) >= to)
-                .max_by_key(|&j| self.proposer.acknowledged(j));
-            let Some(other) = other else {
-                return;
-            };
-            donor = other;
-        }
+    fn start_recovery(&mut self, r: Recovery) {
         let (tx, rx) = oneshot::channel();
-        let address = self.links[donor].address.clone();
+        let address = self.links[r.donor].address.clone();
         let (tenant_id, timeline_id) = (self.config.tenant_id, self.config.timeline_id);
-        info!(donor = address, %from, %to, "recovering WAL from the donor");
+        info!(
+            donor = address,
+            from = %r.from,
+            to = %r.to,
+            "recovering WAL for safekeeper {}",
+            self.links[r.needy].address
+        );
         tokio::spawn(async move {
-            let _ = tx.send(read_from_donor(address, tenant_id, timeline_id, from, to).await);
+            let result =
+                recovery::read_from_donor(&address, tenant_id, timeline_id, r.from, r.to).await;
+            if result.is_err() {
+                tokio::time::sleep(RECOVERY_RETRY).await;
+            }
+            let _ = tx.send((r, result));
         });
         self.recovery = Some(rx);
     }
@@ -520,5 +433,67 @@ impl Driver {
                 self.links[i].send(generation, message);
             }
         }
+    }
+
+    /// Publishes the status; logs why commits wait when they have waited
+    /// long (at most every [`STALL_REPORT`]).
+    fn report(&mut self) {
+        let now = Instant::now();
+        let commit = self.proposer.commit_lsn();
+        let (buffer_start, buffer_end) = self.pump.buffered();
+        let received = buffer_end.max(buffer_start);
+        let waiting = received > commit;
+        if commit != self.last_commit || !waiting {
+            self.last_commit = commit;
+            self.progress_at = now;
+        }
+        let stalled = if waiting {
+            now - self.progress_at
+        } else {
+            Duration::ZERO
+        };
+        let status = WalproposerStatus {
+            term: self.proposer.term(),
+            elected: self.proposer.is_elected(),
+            received_lsn: received,
+            commit_lsn: commit,
+            quorum: self.proposer.quorum(),
+            buffered_bytes: self.pump.buffered_bytes(),
+            source_paused: self.pump.source_paused(),
+            stalled,
+            recovery: self.pump.recovery().map(|r| {
+                (
+                    self.links[r.needy].address.clone(),
+                    self.links[r.donor].address.clone(),
+                    r.from,
+                    r.to,
+                )
+            }),
+            safekeepers: (0..self.links.len())
+                .map(|i| SafekeeperProgress {
+                    address: self.links[i].address.clone(),
+                    connected: self.proposer.is_connected(i),
+                    flushed_lsn: self.proposer.acknowledged(i),
+                    next_lsn: self.proposer.next_send(i),
+                    queued_bytes: self.links[i].queued_bytes(),
+                })
+                .collect(),
+        };
+        if stalled >= STALL_REPORT
+            && self
+                .stall_reported_at
+                .is_none_or(|at| now - at >= STALL_REPORT)
+        {
+            warn!(
+                "commits have waited {:.0?} for a quorum: {}",
+                stalled,
+                status.describe_wait()
+            );
+            self.stall_reported_at = Some(now);
+        }
+        if stalled.is_zero() && self.stall_reported_at.take().is_some() {
+            info!(%commit, "commits move again");
+        }
+        self.status.send_replace(status);
     }
 }

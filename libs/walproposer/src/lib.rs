@@ -1,12 +1,19 @@
 //! The walproposer: the proposer side of the safekeepers' consensus.
 //!
 //! * [`proposer`]: the protocol as a state machine without I/O;
-//! * [`driver`]: runs it against real safekeepers, reading WAL from
+//! * [`pump`]: which WAL goes to which safekeeper, what stays in memory and
+//!   when reading from PostgreSQL pauses (flow control), without I/O;
+//! * [`driver`]: runs both against real safekeepers, reading WAL from
 //!   PostgreSQL (as a physical replication client) or from a donor
 //!   safekeeper: [`driver::sync_safekeepers`] and [`driver::stream`];
+//! * [`status`]: the progress a running walproposer publishes;
 //! * [`safekeeper_link`], [`wal_buffer`]: the connections and the WAL in memory.
 
 pub mod driver;
+mod postgres_source;
 pub mod proposer;
+pub mod pump;
+mod recovery;
 pub mod safekeeper_link;
+pub mod status;
 pub mod wal_buffer;

@@ -220,13 +220,26 @@ impl Proposer {
                     });
                 }
                 if vote.term < self.term {
-                    return Err(ProposerError::Protocol {
-                        acceptor: i,
-                        reason: format!(
-                            "answered our vote request in term {} with term {}",
-                            self.term, vote.term
-                        ),
-                    });
+                    // An answer to our request in an earlier term (we stood
+                    // again since); the request in our term follows it.
+                    return Ok(actions);
+                }
+                if self.phase == Phase::Voting && !vote.vote_given {
+                    // It already voted in our term: for a competing proposer
+                    // (a split vote) or for us on an earlier connection. No
+                    // quorum may ever form in this term: stand again in the
+                    // next one (a competitor seeing it is fenced).
+                    self.term += 1;
+                    for (to, slot) in self.slots.iter_mut().enumerate() {
+                        slot.vote = None;
+                        if slot.connected && slot.greeted_term.is_some() {
+                            actions.push(Action::Send {
+                                to,
+                                message: ProposerMessage::VoteRequest { term: self.term },
+                            });
+                        }
+                    }
+                    return Ok(actions);
                 }
                 self.slots[i].vote = Some(vote);
                 match self.phase {
@@ -385,6 +398,16 @@ impl Proposer {
         let slot = &self.slots[i];
         slot.next_send
             .filter(|&next| slot.connected && next < self.available)
+    }
+
+    /// Whether a connection to acceptor `i` is up.
+    pub fn is_connected(&self, i: usize) -> bool {
+        self.slots[i].connected
+    }
+
+    /// The next LSN to send acceptor `i`, once it accepted our term.
+    pub fn next_send(&self, i: usize) -> Option<Lsn> {
+        self.slots[i].next_send
     }
 
     /// The WAL acceptor `i` acknowledged as flushed in our term.

@@ -23,9 +23,19 @@ use safekeeper::acceptor::{Acceptor, ControlStore, PersistentState, ServerInfo, 
 use safekeeper_api::messages::{AcceptorMessage, ProposerMessage};
 use utils::{Lsn, NodeId, TenantId, TimelineId};
 use walproposer::proposer::{Action, Mode, Proposer, ProposerConfig, ProposerError};
+use walproposer::pump::{PumpAction, PumpLimits, Recovery, WalPump};
 
 const ACCEPTORS: usize = 3;
 const TIMELINE_START: Lsn = Lsn(0x1000);
+/// The walproposer's memory, scaled down to the simulation's records.
+const LIMITS: PumpLimits = PumpLimits {
+    max_buffered: 1200,
+    max_queued: 600,
+    append_chunk: 200,
+    recovery_chunk: 400,
+};
+/// WAL taken from the source in one read (PostgreSQL's message).
+const SOURCE_READ: usize = 150;
 
 /// What survives a crash.
 #[derive(Clone, Default)]
@@ -160,10 +170,38 @@ enum Wire {
 struct Compute {
     id: usize,
     proposer: Proposer,
-    /// WAL this compute can send: from the timeline start.
+    /// The compute's WAL from the timeline start: PostgreSQL's pg_wal,
+    /// which its replication slot keeps.
     source: Vec<u8>,
+    /// The walproposer's memory and flow control, as in the driver.
+    pump: WalPump,
+    /// How far the pump has read `source`.
+    read: Lsn,
+    donor: Option<usize>,
     stopped: bool,
     records: u64,
+}
+
+impl Compute {
+    fn new(id: usize, proposer: Proposer, source: Vec<u8>, start: Lsn) -> Self {
+        Compute {
+            id,
+            proposer,
+            source,
+            pump: WalPump::new(start, LIMITS),
+            read: start,
+            donor: None,
+            stopped: false,
+            records: 0,
+        }
+    }
+}
+
+/// How a schedule runs.
+#[derive(Clone, Copy)]
+struct Options {
+    /// Acceptors whose writes are much slower than the source.
+    slow: [bool; ACCEPTORS],
 }
 
 struct Sim {
@@ -179,6 +217,14 @@ struct Sim {
     leaders: BTreeMap<u64, usize>,
     /// The highest LSN committed by the proposer of each term.
     committed_by_term: BTreeMap<u64, Lsn>,
+    /// Recoveries asked for by a compute's pump and not answered yet.
+    recoveries: Vec<(usize, Recovery)>,
+    options: Options,
+    /// Set for the calm end of a liveness run: no faults, no new computes.
+    calm: bool,
+    /// Recoveries completed, and pumps that found the buffer full.
+    recovered: u64,
+    paused: u64,
     events: u64,
 }
 
@@ -216,13 +262,8 @@ impl Sim {
     fn start_compute(&mut self) {
         let id = self.computes.len();
         let proposer = self.new_proposer(id, Mode::Sync);
-        self.computes.push(Compute {
-            id,
-            proposer,
-            source: Vec::new(),
-            stopped: false,
-            records: 0,
-        });
+        self.computes
+            .push(Compute::new(id, proposer, Vec::new(), Lsn::INVALID));
         for a in 0..ACCEPTORS {
             self.connect(id, a);
         }
@@ -314,7 +355,14 @@ impl Sim {
                             self.fail(format!("compute {c}'s elected log differs from WAL committed by lower terms"));
                         }
                     }
-                    self.computes[c].source = source;
+                    let compute = &mut self.computes[c];
+                    compute.source = source;
+                    compute.donor = Some(donor);
+                    if compute.proposer.mode() == Mode::Sync {
+                        // Everything below the epoch start comes from the donor.
+                        compute.pump.reset(epoch_start);
+                        compute.read = epoch_start;
+                    }
                 }
                 Action::Committed(lsn) => {
                     self.trace(format!("compute {c} committed {lsn}"));
@@ -332,13 +380,8 @@ impl Sim {
                     let id = self.computes.len();
                     let mut proposer = self.new_proposer(id, Mode::Stream { start_lsn: start });
                     proposer.set_available(start);
-                    self.computes.push(Compute {
-                        id,
-                        proposer,
-                        source,
-                        stopped: false,
-                        records: 0,
-                    });
+                    self.computes
+                        .push(Compute::new(id, proposer, source, start));
                     for a in 0..ACCEPTORS {
                         self.connect(id, a);
                     }
@@ -428,24 +471,83 @@ impl Sim {
         }
     }
 
+    /// Bytes of WAL queued on the link to acceptor `a`.
+    fn queued(&self, c: usize, a: usize) -> usize {
+        self.links.get(&(c, a)).map_or(0, |q| {
+            q.iter()
+                .map(|w| match w {
+                    Wire::ToAcceptor(ProposerMessage::Append(r)) => r.wal_data.len(),
+                    _ => 0,
+                })
+                .sum()
+        })
+    }
+
+    /// The walproposer's loop: read the source while the buffer has room,
+    /// then let the pump send WAL and ask for recoveries.
     fn pump_wal(&mut self, c: usize) {
+        let queued: Vec<usize> = (0..ACCEPTORS).map(|a| self.queued(c, a)).collect();
         let compute = &mut self.computes[c];
         if compute.stopped || !compute.proposer.is_elected() {
             return;
         }
-        for a in 0..ACCEPTORS {
-            let Some(begin) = compute.proposer.wal_needed(a) else {
-                continue;
-            };
-            let end = compute.proposer.available();
-            let from = (begin - TIMELINE_START) as usize;
-            let to = ((end - TIMELINE_START) as usize).min(from + 300);
-            let message = compute
-                .proposer
-                .append(a, Bytes::copy_from_slice(&compute.source[from..to]));
-            if let Some(link) = self.links.get_mut(&(c, a)) {
-                link.push_back(Wire::ToAcceptor(message));
+        if matches!(compute.proposer.mode(), Mode::Stream { .. }) {
+            let end = TIMELINE_START + compute.source.len() as u64;
+            while !compute.pump.source_paused() && compute.read < end {
+                let from = (compute.read - TIMELINE_START) as usize;
+                let to = compute.source.len().min(from + SOURCE_READ);
+                let at = compute.read;
+                compute
+                    .pump
+                    .source_wal(
+                        &mut compute.proposer,
+                        at,
+                        Bytes::copy_from_slice(&compute.source[from..to]),
+                    )
+                    .expect("source WAL is contiguous");
+                compute.read = TIMELINE_START + to as u64;
             }
+            if compute.pump.source_paused() {
+                self.paused += 1;
+            }
+        }
+        let donor = compute.donor;
+        let actions = compute.pump.pump(&mut compute.proposer, &queued, donor);
+        for action in actions {
+            match action {
+                PumpAction::Send { to, message } => {
+                    if let Some(link) = self.links.get_mut(&(c, to)) {
+                        link.push_back(Wire::ToAcceptor(message));
+                    }
+                }
+                PumpAction::Recover(r) => self.recoveries.push((c, r)),
+            }
+        }
+    }
+
+    /// A recovery read from the donor's durable log completes (or fails,
+    /// if the donor is down or no longer holds that WAL).
+    fn finish_recovery(&mut self) {
+        if self.recoveries.is_empty() {
+            return;
+        }
+        let (c, r) = self
+            .recoveries
+            .swap_remove(self.rng.random_range(0..self.recoveries.len()));
+        if self.computes[c].stopped {
+            return;
+        }
+        let read = self.nodes[r.donor]
+            .acceptor
+            .as_ref()
+            .and_then(|_| self.nodes[r.donor].durable(r.from, r.to));
+        let pump = &mut self.computes[c].pump;
+        match read {
+            Some(bytes) => {
+                self.recovered += 1;
+                pump.recovered(r.from, Bytes::from(bytes))
+            }
+            None => pump.recovery_failed(),
         }
     }
 
@@ -461,11 +563,18 @@ impl Sim {
             .wrapping_mul(31)
             .wrapping_add(compute.records as u8);
         compute.source.extend(std::iter::repeat_n(marker, len));
-        let end = TIMELINE_START + compute.source.len() as u64;
-        compute.proposer.set_available(end);
     }
 
     fn check(&self) {
+        for compute in self.computes.iter().filter(|c| !c.stopped) {
+            let held = compute.pump.buffered_bytes();
+            if held > LIMITS.max_buffered + SOURCE_READ {
+                self.fail(format!(
+                    "compute {} holds {held} bytes of WAL, more than the limit",
+                    compute.id
+                ));
+            }
+        }
         let end = self.committed_end();
         let holders = self
             .nodes
@@ -513,6 +622,15 @@ impl Sim {
             .collect();
         if !busy.is_empty() {
             let (c, a) = busy[self.rng.random_range(0..busy.len())];
+            // A slow acceptor takes an append only now and then.
+            let append_to_slow = self.options.slow[a]
+                && matches!(
+                    self.links[&(c, a)].front(),
+                    Some(Wire::ToAcceptor(ProposerMessage::Append(r))) if !r.wal_data.is_empty()
+                );
+            if append_to_slow && self.rng.random_range(0..10) != 0 {
+                return;
+            }
             self.deliver(c, a);
         }
     }
@@ -523,11 +641,20 @@ impl Sim {
         let live: Vec<usize> = (0..self.computes.len())
             .filter(|&c| !self.computes[c].stopped)
             .collect();
+        if self.calm && (80..=89).contains(&roll) {
+            // No faults now; connections come back.
+            self.reconnect_all();
+            self.check();
+            return;
+        }
         match roll {
-            0..=54 => self.deliver_any(),
+            0..=49 => self.deliver_any(),
+            50..=54 => self.finish_recovery(),
             55..=69 => {
                 if let Some(&c) = live.get(self.rng.random_range(0..live.len().max(1))) {
-                    self.write_record(c);
+                    if !self.calm {
+                        self.write_record(c);
+                    }
                     self.pump_wal(c);
                 }
             }
@@ -593,34 +720,134 @@ impl Sim {
     }
 }
 
-fn run(seed: u64, steps: u64) -> (usize, Lsn) {
-    let mut sim = Sim {
-        rng: StdRng::seed_from_u64(seed),
-        seed,
-        tenant: TenantId::from_bytes([1; 16]),
-        timeline: TimelineId::from_bytes([2; 16]),
-        nodes: (0..ACCEPTORS)
-            .map(|_| Node {
-                disk: Default::default(),
-                acceptor: None,
-            })
-            .collect(),
-        computes: Vec::new(),
-        links: BTreeMap::new(),
-        committed: Vec::new(),
-        leaders: BTreeMap::new(),
-        committed_by_term: BTreeMap::new(),
-        events: 0,
-    };
-    for a in 0..ACCEPTORS {
-        let (tenant, timeline) = (sim.tenant, sim.timeline);
-        sim.nodes[a].boot(tenant, timeline, a as u64);
+impl Sim {
+    fn new(seed: u64, options: Options) -> Sim {
+        let mut sim = Sim {
+            rng: StdRng::seed_from_u64(seed),
+            seed,
+            tenant: TenantId::from_bytes([1; 16]),
+            timeline: TimelineId::from_bytes([2; 16]),
+            nodes: (0..ACCEPTORS)
+                .map(|_| Node {
+                    disk: Default::default(),
+                    acceptor: None,
+                })
+                .collect(),
+            computes: Vec::new(),
+            links: BTreeMap::new(),
+            committed: Vec::new(),
+            leaders: BTreeMap::new(),
+            committed_by_term: BTreeMap::new(),
+            recoveries: Vec::new(),
+            options,
+            calm: false,
+            recovered: 0,
+            paused: 0,
+            events: 0,
+        };
+        for a in 0..ACCEPTORS {
+            let (tenant, timeline) = (sim.tenant, sim.timeline);
+            sim.nodes[a].boot(tenant, timeline, a as u64);
+        }
+        sim.start_compute();
+        sim
     }
-    sim.start_compute();
+
+    /// Every live compute connected to every running acceptor.
+    fn reconnect_all(&mut self) {
+        for c in 0..self.computes.len() {
+            for a in 0..ACCEPTORS {
+                self.connect(c, a);
+            }
+        }
+    }
+
+    /// The calm end of a liveness run: acceptor `down` (if any) stays
+    /// down, the others run, no more faults and no new WAL. Runs until
+    /// a streaming compute has committed all its source's WAL; fails if
+    /// that does not happen within `max_steps`.
+    fn settle(&mut self, down: Option<usize>, max_steps: u64) -> Lsn {
+        self.calm = true;
+        for a in 0..ACCEPTORS {
+            let running = self.nodes[a].acceptor.is_some();
+            if Some(a) == down && running {
+                self.nodes[a].acceptor = None;
+                for c in 0..self.computes.len() {
+                    self.disconnect(c, a);
+                }
+            } else if Some(a) != down && !running {
+                let (tenant, timeline) = (self.tenant, self.timeline);
+                self.nodes[a].boot(tenant, timeline, a as u64);
+            }
+        }
+        self.reconnect_all();
+        for _ in 0..max_steps {
+            self.step();
+            // A sync whose donor is gone starts over (the driver gives up
+            // on a donor it cannot reach).
+            for c in 0..self.computes.len() {
+                let compute = &self.computes[c];
+                if !compute.stopped
+                    && compute.proposer.mode() == Mode::Sync
+                    && compute
+                        .donor
+                        .is_some_and(|d| self.nodes[d].acceptor.is_none())
+                {
+                    self.trace(format!("compute {c}: donor is down, sync starts over"));
+                    self.stop_compute(c);
+                }
+            }
+            let done = self.computes.iter().find(|c| {
+                !c.stopped
+                    && matches!(c.proposer.mode(), Mode::Stream { .. })
+                    && c.proposer.is_elected()
+                    && c.proposer.commit_lsn() == TIMELINE_START + c.source.len() as u64
+            });
+            if let Some(c) = done {
+                return c.proposer.commit_lsn();
+            }
+        }
+        let state: Vec<String> = self
+            .computes
+            .iter()
+            .filter(|c| !c.stopped)
+            .map(|c| {
+                let (start, end) = c.pump.buffered();
+                format!(
+                    "compute {} ({:?}): committed {} of {}, buffer {start}..{end}, recovery {:?}, acknowledged {:?}",
+                    c.id,
+                    c.proposer.mode(),
+                    c.proposer.commit_lsn(),
+                    TIMELINE_START + c.source.len() as u64,
+                    c.pump.recovery(),
+                    (0..ACCEPTORS).map(|a| c.proposer.acknowledged(a)).collect::<Vec<_>>()
+                )
+            })
+            .collect();
+        self.fail(format!(
+            "liveness: with acceptors {:?} running ({:?} slow), the WAL was not all committed within {max_steps} calm steps: {state:?}",
+            (0..ACCEPTORS).filter(|&a| Some(a) != down).collect::<Vec<_>>(),
+            self.options.slow,
+        ))
+    }
+}
+
+fn run(seed: u64, steps: u64, options: Options) -> (usize, Lsn) {
+    let mut sim = Sim::new(seed, options);
     for _ in 0..steps {
         sim.step();
     }
     (sim.leaders.len(), sim.committed_end())
+}
+
+/// Random slow acceptors, at least one.
+fn slow_acceptors(rng: &mut StdRng) -> [bool; ACCEPTORS] {
+    let mut slow = [false; ACCEPTORS];
+    for s in slow.iter_mut() {
+        *s = rng.random_range(0..3) == 0;
+    }
+    slow[rng.random_range(0..ACCEPTORS)] = true;
+    slow
 }
 
 #[test]
@@ -632,7 +859,13 @@ fn consensus_survives_random_schedules() {
     let (mut terms, mut committed) = (0, 0u64);
     let only: Option<u64> = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok());
     for seed in only.map_or(0..seeds, |s| s..s + 1) {
-        let (t, end) = run(seed, 3000);
+        // Every other schedule has slow acceptors.
+        let slow = if seed % 2 == 1 {
+            slow_acceptors(&mut StdRng::seed_from_u64(seed ^ 0x5eed))
+        } else {
+            [false; ACCEPTORS]
+        };
+        let (t, end) = run(seed, 3000, Options { slow });
         terms += t;
         committed += end - TIMELINE_START;
     }
@@ -649,4 +882,43 @@ fn consensus_survives_random_schedules() {
         "only {committed} bytes committed over {seeds} seeds"
     );
     println!("{seeds} seeds: {terms} elections, {committed} bytes committed");
+}
+
+/// Liveness with slow acceptors and a bounded buffer: after a random
+/// schedule of faults, with a quorum running (one acceptor possibly down
+/// for good, any of them slow), every byte of WAL the source produced is
+/// committed, and the walproposer never holds more than its limit.
+#[test]
+fn slow_acceptors_commit_everything() {
+    let seeds: u64 = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let only: Option<u64> = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok());
+    let (mut committed, mut recovered, mut paused) = (0u64, 0u64, 0u64);
+    for seed in only.map_or(0..seeds, |s| s..s + 1) {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x11fe);
+        let slow = slow_acceptors(&mut rng);
+        let down = (rng.random_range(0..2) == 0).then(|| rng.random_range(0..ACCEPTORS));
+        let mut sim = Sim::new(seed, Options { slow });
+        for _ in 0..2000 {
+            sim.step();
+        }
+        let end = sim.settle(down, 200_000);
+        committed += end - TIMELINE_START;
+        recovered += sim.recovered;
+        paused += sim.paused;
+    }
+    if only.is_some() {
+        return;
+    }
+    assert!(
+        committed > seeds * (LIMITS.max_buffered as u64),
+        "only {committed} bytes committed over {seeds} seeds: the sources wrote too little to fill the buffer"
+    );
+    // The schedules filled the buffer (flow control) and made laggards
+    // recover from other acceptors, not just ran at the source's pace.
+    assert!(paused > seeds, "the buffer was full only {paused} times");
+    assert!(recovered > seeds, "only {recovered} recoveries");
+    println!("{seeds} seeds: {committed} bytes committed, all of every source's WAL; buffer full {paused} times, {recovered} recoveries");
 }

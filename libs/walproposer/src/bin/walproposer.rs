@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use utils::{Lsn, TenantId, TimelineId};
 use walproposer::driver::{self, PostgresSource, WalproposerConfig};
+use walproposer::pump::PumpLimits;
 
 /// Elect a term among the safekeepers and sync them, or stream a compute's
 /// WAL to them.
@@ -24,6 +25,10 @@ struct Cli {
     /// WAL segment size in bytes
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     wal_seg_size: u32,
+    /// WAL kept in memory at most, in bytes; reading from PostgreSQL pauses
+    /// while the buffer is full [default: 64 MiB]
+    #[arg(long)]
+    max_buffered_bytes: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,7 +61,17 @@ fn main() -> ExitCode {
         pg_version: cli.pg_version,
         system_id: 0,
         wal_seg_size: cli.wal_seg_size,
+        limits: PumpLimits {
+            max_buffered: cli
+                .max_buffered_bytes
+                .unwrap_or(PumpLimits::default().max_buffered),
+            ..PumpLimits::default()
+        },
     };
+    if config.limits.max_buffered < 1024 * 1024 {
+        eprintln!("error: --max-buffered-bytes must be at least 1 MiB (1048576)");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -86,7 +101,8 @@ fn main() -> ExitCode {
                     user,
                     slot,
                 };
-                driver::stream(config, source, start_lsn, cancel).await
+                let (status, _) = tokio::sync::watch::channel(Default::default());
+                driver::stream(config, source, start_lsn, status, cancel).await
             }
         }
     });
