@@ -21,9 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
-use axum::http::StatusCode;
-use compute_api::{ComputeMode, ComputeSpec, ComputeState, ComputeStatus};
-use daemon_utils::ApiError;
+use compute_api::{ComputeMode, ComputeSpec, ComputeState, ComputeStatus, SpecError};
 use prometheus::{Gauge, IntGaugeVec, Opts, Registry};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -41,6 +39,32 @@ use crate::{config, monitor, spec_apply, ComputeCtlConf};
 const PAGESERVER_WAIT: Duration = Duration::from_secs(120);
 /// How long syncing the safekeepers may take.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a request to the compute was refused or failed; the HTTP layer
+/// maps each case to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ComputeError {
+    /// The spec does not validate.
+    #[error("{0}")]
+    InvalidSpec(#[from] SpecError),
+    /// The request does not fit the compute's current status.
+    #[error("the compute is {status}: it cannot be {action} now")]
+    WrongStatus {
+        status: ComputeStatus,
+        action: &'static str,
+    },
+    /// A running compute without a spec: cannot happen, refused anyway.
+    #[error("the compute has no spec")]
+    NoSpec,
+    /// The new spec changes what only a new start can change.
+    #[error(
+        "changing {0} of a running compute needs a restart (terminate it and start a new one)"
+    )]
+    NeedsRestart(&'static str),
+    /// Anything else: reloading, connecting, applying roles and databases.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
 
 /// What `GET /status` shows, plus the spec.
 #[derive(Debug, Clone)]
@@ -198,14 +222,14 @@ impl ComputeNode {
 
     /// Starts the compute described by `spec` in the background (status
     /// `init`). Refused unless the compute is empty or failed.
-    pub fn start(self: &Arc<Self>, spec: ComputeSpec) -> Result<(), ApiError> {
+    pub fn start(self: &Arc<Self>, spec: ComputeSpec) -> Result<(), ComputeError> {
         let mut run = self.run.lock().unwrap_or_else(|e| e.into_inner());
         let status = self.status();
         if !matches!(status, ComputeStatus::Empty | ComputeStatus::Failed) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("the compute is {status}: it cannot be started now"),
-            ));
+            return Err(ComputeError::WrongStatus {
+                status,
+                action: "started",
+            });
         }
         self.state.send_modify(|inner| {
             inner.spec = Some(spec.clone());
@@ -242,9 +266,11 @@ impl ComputeNode {
 
     /// `POST /configure`: starts an empty (or failed) compute, waiting
     /// until it runs or fails; reconfigures a running one.
-    pub async fn configure(self: &Arc<Self>, spec: ComputeSpec) -> Result<ComputeState, ApiError> {
-        spec.validate()
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    pub async fn configure(
+        self: &Arc<Self>,
+        spec: ComputeSpec,
+    ) -> Result<ComputeState, ComputeError> {
+        spec.validate()?;
         let ops = self.ops.lock().await;
         match self.status() {
             ComputeStatus::Empty | ComputeStatus::Failed => {
@@ -258,22 +284,22 @@ impl ComputeNode {
                 self.reconfigure(spec).await?;
                 Ok(self.state())
             }
-            status => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("the compute is {status}: it cannot be configured now"),
-            )),
+            status => Err(ComputeError::WrongStatus {
+                status,
+                action: "configured",
+            }),
         }
     }
 
     /// Applies a new spec to the running compute: settings (reloaded),
     /// roles and databases. What needs a new start is refused.
-    async fn reconfigure(&self, spec: ComputeSpec) -> Result<(), ApiError> {
+    async fn reconfigure(&self, spec: ComputeSpec) -> Result<(), ComputeError> {
         let current = self
             .state
             .borrow()
             .spec
             .clone()
-            .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "the compute has no spec"))?;
+            .ok_or(ComputeError::NoSpec)?;
         let fixed = [
             (
                 "tenant_id",
@@ -313,10 +339,7 @@ impl ComputeNode {
         ];
         for (name, old, new) in fixed {
             if old != new {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!("changing {name} of a running compute needs a restart (terminate it and start a new one)"),
-                ));
+                return Err(ComputeError::NeedsRestart(name));
             }
         }
         let pgdata = &self.conf.pgdata;
@@ -331,12 +354,9 @@ impl ComputeNode {
             .await
             .context("reloading the configuration")?;
         if spec.mode == ComputeMode::Primary {
-            spec_apply::apply(&mut client, &spec).await.map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("applying the spec: {e:#}"),
-                )
-            })?;
+            spec_apply::apply(&mut client, &spec)
+                .await
+                .context("applying the spec")?;
         } else if !spec.roles.is_empty() || !spec.databases.is_empty() {
             warn!("a static compute is read-only: roles and databases are not applied");
         }

@@ -34,7 +34,7 @@ pub fn mandatory_settings(spec: &ComputeSpec) -> Vec<(&'static str, String)> {
         // No sockets in a shared directory: computes connect over TCP.
         ("unix_socket_directories", quote_conf("")),
         // Every page-modifying record carries the page image the pageserver
-        // stores (DESIGN.md §2).
+        // stores (docs/design.md).
         ("wal_consistency_checking", quote_conf("all")),
         ("wal_compression", "lz4".into()),
         ("wal_level", "replica".into()),

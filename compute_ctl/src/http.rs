@@ -9,7 +9,7 @@ use axum::{Json, Router};
 use compute_api::{ComputeSpec, ComputeState, ComputeStatus};
 use daemon_utils::{ApiError, CancellationToken};
 
-use crate::compute::ComputeNode;
+use crate::compute::{ComputeError, ComputeNode};
 
 #[derive(Clone)]
 struct AppState {
@@ -25,6 +25,20 @@ pub fn routes(node: Arc<ComputeNode>, shutdown: CancellationToken) -> Router {
         .route("/configure", post(configure))
         .route("/terminate", post(terminate))
         .with_state(AppState { node, shutdown })
+}
+
+/// The one place a compute error becomes an HTTP status.
+impl From<ComputeError> for ApiError {
+    fn from(e: ComputeError) -> Self {
+        let status = match &e {
+            ComputeError::InvalidSpec(_) => StatusCode::BAD_REQUEST,
+            ComputeError::WrongStatus { .. }
+            | ComputeError::NoSpec
+            | ComputeError::NeedsRestart(_) => StatusCode::CONFLICT,
+            ComputeError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, format!("{e:#}"))
+    }
 }
 
 async fn status(State(app): State<AppState>) -> Json<ComputeState> {

@@ -97,8 +97,7 @@ pub async fn run(mut conf: ComputeCtlConf, cancel: CancellationToken) -> anyhow:
                 "starting the compute for tenant {} timeline {}",
                 spec.tenant_id, spec.timeline_id
             );
-            node.start(spec)
-                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            node.start(spec)?;
         }
         None => info!("no compute spec given: waiting for POST /configure"),
     }

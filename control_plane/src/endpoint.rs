@@ -19,11 +19,11 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use utils::{Lsn, TenantId, TimelineId};
 
-use crate::background_process::{self, is_alive, send_signal, wait_for, Daemon, StopMode};
+use crate::daemon_process::{self, is_alive, send_signal, wait_for, Daemon, StopMode};
 use crate::local_env::{LocalEnv, Timeout, CONFIG_FILE};
 use crate::lock::{lock_creating, lock_existing, FileLock};
 use crate::state::{check_name, State};
-use crate::storage::{PageserverClient, SafekeeperClient};
+use crate::storage_clients::{PageserverClient, SafekeeperClient};
 
 pub const ENDPOINTS_DIR: &str = "endpoints";
 const ENDPOINT_FILE: &str = "endpoint.toml";
@@ -393,7 +393,7 @@ impl Endpoint {
         std::fs::write(&spec_path, spec)
             .with_context(|| format!("writing {}", spec_path.display()))?;
 
-        let http = background_process::http_client()?;
+        let http = daemon_process::http_client()?;
         let status_url = format!("http://{}/status", self.http_addr());
         let mut ready = |doc: &serde_json::Value| -> anyhow::Result<bool> {
             match doc["status"].as_str() {
@@ -561,7 +561,7 @@ impl Endpoint {
             _ if self.is_suspended() => return "suspended".into(),
             _ => return "stopped".into(),
         }
-        let state: Option<ComputeState> = background_process::http_client()
+        let state: Option<ComputeState> = daemon_process::http_client()
             .ok()
             .and_then(|c| {
                 c.get(format!("http://{}/status", self.http_addr()))
@@ -596,7 +596,7 @@ fn check_static_lsn(
         .with_context(|| format!("checking --lsn {lsn} on the pageserver"))?;
     if lsn > info.last_record_lsn {
         // Committed WAL the pageserver has not ingested yet is on its way.
-        let flushed = crate::storage::quorum_flush_lsn(env, tenant_id, timeline_id)?;
+        let flushed = crate::storage_clients::quorum_flush_lsn(env, tenant_id, timeline_id)?;
         if flushed.is_some_and(|f| lsn <= f) {
             pageserver.wait_for_lsn(tenant_id, timeline_id, lsn, Duration::from_secs(30))?;
             info = pageserver.timeline(tenant_id, timeline_id)?;

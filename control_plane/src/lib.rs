@@ -5,31 +5,31 @@
 //! processes with a log and a pid file each, and stops them again.
 //!
 //! * [`local_env`]: the repository and its config;
-//! * [`background_process`]: daemons as child processes;
+//! * [`daemon_process`]: daemons as child processes;
 //! * [`state`]: default tenant and branch names;
-//! * [`storage`]: the pageserver's and safekeepers' HTTP APIs;
+//! * [`storage_clients`]: the pageserver's and safekeepers' HTTP APIs;
 //! * [`tenants`]: `tenant` and `timeline` commands;
 //! * [`endpoint`]: compute endpoints (compute_ctl and its postgres);
 //! * [`lock`]: file locks that make endpoint changes safe between the
 //!   control-plane service and the CLI;
-//! * [`service`]: the control-plane service (`control-plane run`): the
+//! * [`wake_service`]: the control-plane service (`control-plane run`): the
 //!   wake API the proxy calls, and scale to zero.
 
-pub mod background_process;
+pub mod daemon_process;
 pub mod endpoint;
 pub mod local_env;
 pub mod lock;
-pub mod service;
 pub mod state;
-pub mod storage;
+pub mod storage_clients;
 pub mod tenants;
+pub mod wake_service;
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use background_process::{Daemon, StopMode};
+use daemon_process::{Daemon, StopMode};
 use local_env::{InitOptions, LocalEnv};
 
 /// Creates the repository at `repo`; returns what it wrote.

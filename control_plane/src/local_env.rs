@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use utils::NodeId;
 
-use crate::background_process::{find_running_pid_file, Daemon};
+use crate::daemon_process::{find_running_pid_file, Daemon};
 
 /// Name of the configuration file inside the repository directory.
 pub const CONFIG_FILE: &str = "config";

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use control_plane::background_process::StopMode;
+use control_plane::daemon_process::StopMode;
 use control_plane::endpoint::{self, Endpoint};
 use control_plane::local_env::{InitOptions, LocalEnv, Timeout};
 use control_plane::tenants;
@@ -278,13 +278,13 @@ fn main() -> ExitCode {
             }
         };
         return daemon_utils::launch(
-            control_plane::service::SERVICE,
+            control_plane::wake_service::SERVICE,
             None,
-            |conf: &mut control_plane::service::ServiceConf| {
+            |conf: &mut control_plane::wake_service::ServiceConf| {
                 conf.repo_dir = repo_dir;
                 conf.suspend_timeout = suspend_timeout;
             },
-            control_plane::service::run,
+            control_plane::wake_service::run,
         );
     }
     match run(cli) {
@@ -532,7 +532,7 @@ fn endpoint_command(repo: &Path, env: &LocalEnv, cmd: EndpointCmd) -> anyhow::Re
 
 fn daemon_command(
     cmd: DaemonCmd,
-    daemons: Vec<control_plane::background_process::Daemon>,
+    daemons: Vec<control_plane::daemon_process::Daemon>,
 ) -> anyhow::Result<()> {
     match cmd {
         DaemonCmd::Start(args) => control_plane::start_daemons(&daemons, args.timeout()),

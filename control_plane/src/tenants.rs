@@ -12,7 +12,7 @@ use utils::{Lsn, TenantId, TimelineId};
 
 use crate::local_env::LocalEnv;
 use crate::state::{check_name, State};
-use crate::storage::{quorum_flush_lsn, PageserverClient};
+use crate::storage_clients::{quorum_flush_lsn, PageserverClient};
 
 /// The name of a tenant's first timeline.
 pub const DEFAULT_BRANCH: &str = "main";

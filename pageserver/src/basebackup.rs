@@ -1,5 +1,5 @@
 //! Base backups: a tar of PGDATA as of an LSN, from which stock PostgreSQL
-//! starts without recovery (DESIGN.md §2, §4).
+//! starts without recovery (docs/design.md).
 //!
 //! Contents, in order: `PG_VERSION`, the configuration files (an empty
 //! `postgresql.conf`, which computes replace; a `pg_hba.conf` trusting

@@ -3,7 +3,7 @@
 //!
 //! * [`tenant_manager`], [`tenant`], [`timeline`]: tenants and timelines on
 //!   disk; [`pgdatadir`] the PostgreSQL data directory view over a timeline;
-//! * [`key`], [`value`], [`layer`], [`inmemory_layer`], [`layer_map`]: storage;
+//! * [`key`], [`value`], [`layer`], [`layer::inmemory`], [`layer::map`]: storage;
 //! * [`walreceiver`], [`walingest`]: WAL from the safekeepers into timelines;
 //! * [`import_datadir`], [`basebackup`]: bootstrap from initdb, base backups;
 //! * [`page_service`] (libpq: `pagestream`, `basebackup`) and [`http`].
@@ -12,10 +12,8 @@ pub mod background;
 pub mod basebackup;
 pub mod http;
 pub mod import_datadir;
-pub mod inmemory_layer;
 pub mod key;
 pub mod layer;
-pub mod layer_map;
 pub mod metrics;
 pub mod page_service;
 pub mod pgdatadir;

@@ -8,6 +8,8 @@ use prometheus::{IntCounter, Registry};
 pub struct Metrics {
     /// WAL records that change a page with neither an image nor a Rust redo.
     pub unhandled_wal_records: IntCounter,
+    /// Reads that failed on a version such a record made unreadable.
+    pub unreadable_page_reads: IntCounter,
     pub wal_records_ingested: IntCounter,
     pub remote_bytes_uploaded: IntCounter,
     pub remote_index_uploads: IntCounter,
@@ -21,7 +23,11 @@ impl Metrics {
         Metrics {
             unhandled_wal_records: counter(
                 "pageserver_unhandled_wal_records_total",
-                "WAL records changing a page with neither an image nor a Rust redo (the page is stale)",
+                "WAL records changing a page with neither an image nor a Rust redo (the page becomes unreadable)",
+            ),
+            unreadable_page_reads: counter(
+                "pageserver_unreadable_page_reads_total",
+                "Reads that failed because a record without image or redo made the page unreadable",
             ),
             wal_records_ingested: counter(
                 "pageserver_wal_records_ingested_total",
@@ -50,6 +56,7 @@ impl Metrics {
     pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
         for c in [
             &self.unhandled_wal_records,
+            &self.unreadable_page_reads,
             &self.wal_records_ingested,
             &self.remote_bytes_uploaded,
             &self.remote_index_uploads,

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use pageserver_api::pagestream::{RelSpec, Request, Response};
+use postgres_format::constants::BLCKSZ;
 use postgres_format::relfile::{ForkNumber, RelFileNode, RelTag};
 use pq_proto::{
     BeMessage, ErrorFields, FeMessage, Format, PostgresBackend, StartupRequest, TransactionStatus,
@@ -395,7 +396,8 @@ async fn handle_request(timeline: &Arc<Timeline>, request: &Request) -> anyhow::
                 for (spc, db) in timeline.list_dbs(lsn)? {
                     if db == db_oid {
                         for rel in timeline.list_rels(spc, db, lsn)? {
-                            total += timeline.get_rel_size(rel, lsn)?.unwrap_or(0) as u64 * 8192;
+                            total += timeline.get_rel_size(rel, lsn)?.unwrap_or(0) as u64
+                                * BLCKSZ as u64;
                         }
                     }
                 }
@@ -404,7 +406,7 @@ async fn handle_request(timeline: &Arc<Timeline>, request: &Request) -> anyhow::
             Request::GetSlruSegment { kind, segment, .. } => {
                 let kind = SlruKind::from_u32(kind as u32).context("invalid SLRU kind")?;
                 let pages = timeline.get_slru_segment_size(kind, segment, lsn)?;
-                let mut out = Vec::with_capacity(pages as usize * 8192);
+                let mut out = Vec::with_capacity(pages as usize * BLCKSZ);
                 for block in 0..pages {
                     out.extend_from_slice(&timeline.get_slru_page(kind, segment, block, lsn)?);
                 }

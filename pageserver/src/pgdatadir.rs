@@ -17,7 +17,7 @@ use utils::Lsn;
 
 use crate::key::{Key, SlruKind};
 use crate::timeline::{ReadError, RecordLsn, Timeline};
-use crate::value::{RustRecord, Value};
+use crate::value::{RustRecord, UnreadableRecord, Value, BLCKSZ};
 
 const DIRECTORY_FORMAT: u8 = 1;
 
@@ -157,7 +157,7 @@ impl Timeline {
         // A block inside the relation that no record wrote is zeros.
         Ok(self
             .get(Key::rel_block(rel, block), lsn)?
-            .unwrap_or_else(|| Bytes::from(vec![0u8; 8192])))
+            .unwrap_or_else(|| Bytes::from(vec![0u8; BLCKSZ])))
     }
 
     pub fn get_relmap_file(&self, spc: u32, db: u32, lsn: Lsn) -> Result<Option<Bytes>> {
@@ -187,7 +187,7 @@ impl Timeline {
     ) -> Result<Bytes> {
         Ok(self
             .get(Key::slru_page(kind, segment, block), lsn)?
-            .unwrap_or_else(|| Bytes::from(vec![0u8; 8192])))
+            .unwrap_or_else(|| Bytes::from(vec![0u8; BLCKSZ])))
     }
 
     pub fn list_twophase_files(&self, lsn: Lsn) -> Result<BTreeSet<u32>> {
@@ -214,7 +214,7 @@ impl Timeline {
         let mut total = 0u64;
         for (spc, db) in self.list_dbs(lsn)? {
             for rel in self.list_rels(spc, db, lsn)? {
-                total += self.get_rel_size(rel, lsn)?.unwrap_or(0) as u64 * 8192;
+                total += self.get_rel_size(rel, lsn)?.unwrap_or(0) as u64 * BLCKSZ as u64;
             }
         }
         Ok(total)
@@ -312,20 +312,45 @@ impl DatadirModification<'_> {
         Ok(())
     }
 
+    /// Extends `rel` (creating it) so that it holds `block`.
+    fn extend_to_hold(&mut self, rel: RelTag, block: u32) -> Result<()> {
+        let size = block.checked_add(1).ok_or_else(|| {
+            DatadirError::Invalid(format!(
+                "block {block} of {rel:?} is past the largest relation"
+            ))
+        })?;
+        match self.rel_size(rel)? {
+            None => self.put_rel_creation(rel, size)?,
+            Some(n) if block >= n => self.set_rel_size(rel, size),
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
     /// A page image; extends the relation (creating it) if the block is past its end.
     pub fn put_rel_page_image(&mut self, rel: RelTag, block: u32, page: Bytes) -> Result<()> {
-        if page.len() != 8192 {
+        if page.len() != BLCKSZ {
             return Err(DatadirError::Invalid(format!(
                 "page image of {} bytes for {rel:?} block {block}",
                 page.len()
             )));
         }
-        match self.rel_size(rel)? {
-            None => self.put_rel_creation(rel, block + 1)?,
-            Some(n) if block >= n => self.set_rel_size(rel, block + 1),
-            Some(_) => {}
-        }
+        self.extend_to_hold(rel, block)?;
         self.put(Key::rel_block(rel, block), Value::Image(page));
+        Ok(())
+    }
+
+    /// A page changed by a record the pageserver cannot reconstruct: its
+    /// version at this LSN is unreadable (the relation is extended to hold
+    /// the block, as the change would have).
+    pub fn put_rel_unreadable(
+        &mut self,
+        rel: RelTag,
+        block: u32,
+        record: UnreadableRecord,
+    ) -> Result<()> {
+        self.extend_to_hold(rel, block)?;
+        self.put(Key::rel_block(rel, block), Value::Unreadable(record));
         Ok(())
     }
 
@@ -510,7 +535,7 @@ mod tests {
     }
 
     fn page(fill: u8) -> Bytes {
-        Bytes::from(vec![fill; 8192])
+        Bytes::from(vec![fill; BLCKSZ])
     }
 
     #[test]

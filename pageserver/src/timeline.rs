@@ -18,7 +18,7 @@
 //! or [`Timeline::branch`] has no directory and stays in memory.
 //!
 //! A read collects values newest first: the open layer, the frozen layers,
-//! then the layer files ([`crate::layer_map`]) down to an image, then the
+//! then the layer files ([`crate::layer::map`]) down to an image, then the
 //! ancestor at the branch LSN.
 
 use std::io;
@@ -32,12 +32,12 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 use utils::{Lsn, TenantId, TimelineId};
 
-use crate::inmemory_layer::InMemoryLayer;
 use crate::key::{Key, KeyRange};
+use crate::layer::inmemory::InMemoryLayer;
+use crate::layer::map::{collect_values, LayerMap, PersistentLayer};
 use crate::layer::{DeltaLayerWriter, ImageLayerWriter, LayerError, LayerName};
-use crate::layer_map::{collect_values, LayerMap, PersistentLayer};
 use crate::tenant::metadata::{fsync_dir, MetadataError, TimelineMetadata};
-use crate::value::{RustRecord, Value, BLCKSZ};
+use crate::value::{RustRecord, UnreadableRecord, Value, BLCKSZ};
 
 /// Default size of the open in-memory layer that triggers a flush.
 pub const DEFAULT_OPEN_LAYER_MAX_BYTES: usize = 64 * 1024 * 1024;
@@ -66,13 +66,7 @@ impl Default for TimelineConf {
     }
 }
 
-/// The last record ingested: where it ends, and where it began (the next
-/// record's `xl_prev`, which a base backup's fabricated checkpoint needs).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RecordLsn {
-    pub last: Lsn,
-    pub prev: Lsn,
-}
+pub use crate::tenant::metadata::RecordLsn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -80,6 +74,14 @@ pub enum ReadError {
     MissingBase { key: Key, lsn: Lsn },
     #[error("{key:?} at {lsn}: {reason}")]
     Reconstruct { key: Key, lsn: Lsn, reason: String },
+    /// The version read was made unreadable by a record with neither a
+    /// page image nor a Rust redo.
+    #[error("{key:?} cannot be reconstructed at {lsn}: {record}")]
+    Unreadable {
+        key: Key,
+        lsn: Lsn,
+        record: UnreadableRecord,
+    },
     #[error("timed out after {timeout:?} waiting for WAL up to {lsn}; ingested up to {last}")]
     WaitTimeout {
         lsn: Lsn,
@@ -517,12 +519,6 @@ impl Timeline {
         layers.open.size()
     }
 
-    /// Frozen in-memory layers not written yet.
-    pub fn frozen_layer_count(&self) -> usize {
-        let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
-        layers.frozen.len()
-    }
-
     /// Wait until WAL up to `lsn` is ingested.
     pub async fn wait_lsn(&self, lsn: Lsn, timeout: Duration) -> Result<(), ReadError> {
         let mut rx = self.last_record.subscribe();
@@ -570,8 +566,24 @@ impl Timeline {
         Ok(collect_values(&candidates, key, lsn, out)?)
     }
 
-    /// The value of `key` as of `lsn`, `None` if it has none.
+    /// The value of `key` as of `lsn`, `None` if it has none. A version
+    /// made unreadable by a record without image or redo is an error
+    /// ([`ReadError::Unreadable`]), counted in the metrics.
     pub fn get(&self, key: Key, lsn: Lsn) -> Result<Option<Bytes>, ReadError> {
+        match self.get_version(key, lsn)? {
+            None => Ok(None),
+            Some(Value::Image(image)) => Ok(Some(image)),
+            Some(Value::Unreadable(record)) => {
+                crate::metrics::get().unreadable_page_reads.inc();
+                Err(ReadError::Unreadable { key, lsn, record })
+            }
+            Some(Value::Delta(_)) => unreachable!("get_version returns whole versions"),
+        }
+    }
+
+    /// The version of `key` as of `lsn`: an image, or the unreadable
+    /// version that stands at `lsn`; `None` if the key has none.
+    pub fn get_version(&self, key: Key, lsn: Lsn) -> Result<Option<Value>, ReadError> {
         let mut values: Vec<(Lsn, Value)> = Vec::new();
         let mut timeline = self;
         let mut at = lsn;
@@ -590,16 +602,20 @@ impl Timeline {
         let base = match values.pop() {
             None => return Ok(None),
             Some((_, Value::Image(image))) => image,
+            // Deltas above it cannot make it readable again.
+            Some((_, unreadable @ Value::Unreadable(_))) => return Ok(Some(unreadable)),
             Some((_, Value::Delta(_))) => return Err(ReadError::MissingBase { key, lsn }),
         };
         if values.is_empty() {
-            return Ok(Some(base));
+            return Ok(Some(Value::Image(base)));
         }
         let deltas = values.into_iter().rev().map(|(_, v)| match v {
             Value::Delta(d) => d,
-            Value::Image(_) => unreachable!("images end the collected values"),
+            Value::Image(_) | Value::Unreadable(_) => {
+                unreachable!("whole versions end the collected values")
+            }
         });
-        apply_deltas(key, lsn, &base, deltas).map(Some)
+        apply_deltas(key, lsn, &base, deltas).map(|page| Some(Value::Image(page)))
     }
 
     /// Store values at `lsn`. Several values for one key at one LSN are
@@ -610,8 +626,13 @@ impl Timeline {
         let mut folded: std::collections::BTreeMap<Key, Value> = Default::default();
         for (key, value) in values {
             match (folded.remove(&key), value) {
-                (None, value) | (Some(_), value @ Value::Image(_)) => {
+                (None, value)
+                | (Some(_), value @ Value::Image(_))
+                | (Some(_), value @ Value::Unreadable(_)) => {
                     folded.insert(key, value);
+                }
+                (Some(unreadable @ Value::Unreadable(_)), Value::Delta(_)) => {
+                    folded.insert(key, unreadable);
                 }
                 (Some(Value::Image(image)), Value::Delta(delta)) => {
                     let page = apply_deltas(key, lsn, &image, std::iter::once(delta))?;
@@ -619,11 +640,17 @@ impl Timeline {
                 }
                 (Some(Value::Delta(first)), Value::Delta(second)) => {
                     // Two deltas at one LSN: materialise the page.
-                    let base = self
-                        .get(key, Lsn(lsn.0.saturating_sub(1)))?
-                        .ok_or(ReadError::MissingBase { key, lsn })?;
-                    let page = apply_deltas(key, lsn, &base, [first, second].into_iter())?;
-                    folded.insert(key, Value::Image(page));
+                    let version = match self.get_version(key, Lsn(lsn.0.saturating_sub(1)))? {
+                        Some(Value::Image(base)) => {
+                            let deltas = [first, second].into_iter();
+                            Value::Image(apply_deltas(key, lsn, &base, deltas)?)
+                        }
+                        Some(unreadable @ Value::Unreadable(_)) => unreadable,
+                        Some(Value::Delta(_)) | None => {
+                            return Err(ReadError::MissingBase { key, lsn })
+                        }
+                    };
+                    folded.insert(key, version);
                 }
             }
         }
@@ -804,19 +831,6 @@ impl Timeline {
         Ok(keys.into_iter().collect())
     }
 
-    /// Keys in `range` that have a value stored on this timeline itself
-    /// (not its ancestors), for diagnostics and tests. A layer file that
-    /// cannot be read is logged and skipped; see [`Timeline::try_own_keys`].
-    pub fn own_keys(&self, range: KeyRange) -> Vec<Key> {
-        match self.try_own_keys(range) {
-            Ok(keys) => keys,
-            Err(e) => {
-                error!("timeline {}: listing keys: {e}", self.timeline_id);
-                Vec::new()
-            }
-        }
-    }
-
     /// Write an image layer at `lsn` (at most the disk-consistent LSN):
     /// the value as of `lsn` of every key of the timeline's own key space,
     /// so reads at or above `lsn` stop there. Returns the layer written,
@@ -850,8 +864,8 @@ impl Timeline {
         }
         let mut writer = ImageLayerWriter::new(&dir.join(name.to_string()), key_range, lsn)?;
         for key in keys {
-            if let Some(image) = self.get(key, lsn)? {
-                writer.put(key, image)?;
+            if let Some(version) = self.get_version(key, lsn)? {
+                writer.put_version(key, &version)?;
             }
         }
         writer.finish()?;
@@ -918,8 +932,8 @@ impl Timeline {
             };
             let mut writer = ImageLayerWriter::new(&dir.join(name.to_string()), range, lsn)?;
             for key in &keys {
-                if let Some(image) = self.get(*key, lsn)? {
-                    writer.put(*key, image)?;
+                if let Some(version) = self.get_version(*key, lsn)? {
+                    writer.put_version(*key, &version)?;
                 }
             }
             writer.finish()?;

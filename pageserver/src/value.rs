@@ -1,11 +1,14 @@
 //! What the pageserver stores at a `(Key, Lsn)`.
 //!
-//! A [`Value`] is either an **image** (a full 8 KiB page, or a small blob such
-//! as a relation size or a directory listing) or a **delta**: a
+//! A [`Value`] is an **image** (a full 8 KiB page, or a small blob such
+//! as a relation size or a directory listing), a **delta**: a
 //! [`RustRecord`], one of the non-page changes the pageserver applies itself
-//! in Rust (DESIGN.md §2) because PostgreSQL's WAL carries no image for them.
-//! A page is reconstructed from the newest image at or below the requested
-//! LSN and the deltas above it, applied oldest first.
+//! in Rust (docs/design.md) because PostgreSQL's WAL carries no image for them,
+//! or an **unreadable** version: a record changed the page without an image
+//! and the pageserver has no redo for it. A page is reconstructed from the
+//! newest image at or below the requested LSN and the deltas above it,
+//! applied oldest first; a read that meets an unreadable version first
+//! fails, naming the record, and never serves an older version instead.
 //!
 //! Each delta applies to **one page**: the producer (WAL ingest) splits a
 //! record's changes by page. [`RustRecord::apply`] checks that every item it
@@ -22,8 +25,9 @@
 //!
 //! ```text
 //! u8 version (= 1)
-//! u8 tag: 0 = image, 1 = delta
+//! u8 tag: 0 = image, 1 = delta, 2 = unreadable
 //! image: the bytes, to the end
+//! unreadable: u64 LSN of the record, u8 rmgr id, u8 info
 //! delta: u8 record tag, then
 //!   1 ClogSetStatus     u8 status (1 committed, 2 aborted, 3 sub-committed), u32 n, n × u32 xid
 //!   2 VmClearBits       u8 all_visible (0|1), u32 n, n × u32 heap block
@@ -35,9 +39,9 @@
 //! the input, bad flags and trailing bytes, with an error; it never panics.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use utils::Lsn;
 
-/// Size of a page (`BLCKSZ`).
-pub const BLCKSZ: usize = 8192;
+pub use postgres_format::constants::BLCKSZ;
 
 /// Transactions per CLOG page: 2 bits each (`CLOG_XACTS_PER_PAGE`).
 pub const CLOG_XACTS_PER_PAGE: u32 = (BLCKSZ * 4) as u32;
@@ -67,6 +71,7 @@ pub const MULTIXACT_MEMBERS_PER_PAGE: u32 =
 const ENCODING_VERSION: u8 = 1;
 const TAG_IMAGE: u8 = 0;
 const TAG_DELTA: u8 = 1;
+const TAG_UNREADABLE: u8 = 2;
 const REC_CLOG: u8 = 1;
 const REC_VM: u8 = 2;
 const REC_MXOFF: u8 = 3;
@@ -79,6 +84,32 @@ pub enum Value {
     Image(Bytes),
     /// A change applied on top of the previous version.
     Delta(RustRecord),
+    /// A version that cannot be reconstructed: a WAL record changed the
+    /// page without an image, and the pageserver has no redo for it. Reads
+    /// of this version (and of later ones up to the next image) fail; it
+    /// never falls back to an older version.
+    Unreadable(UnreadableRecord),
+}
+
+/// The WAL record that made a page version unreadable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnreadableRecord {
+    /// Where the record starts.
+    pub lsn: Lsn,
+    /// Its resource manager id and info byte.
+    pub rmgr: u8,
+    pub info: u8,
+}
+
+impl std::fmt::Display for UnreadableRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rmgr = postgres_format::constants::rmgr_name(self.rmgr).unwrap_or("custom");
+        write!(
+            f,
+            "the WAL record at {} (rmgr {rmgr}, info {:#04x}) changed it without a page image, and the pageserver has no redo for it",
+            self.lsn, self.info
+        )
+    }
 }
 
 /// Transaction status in the CLOG (`XidStatus`).
@@ -163,13 +194,10 @@ pub struct ApplyError {
 }
 
 impl Value {
-    /// Whether this value needs no older version (an image).
+    /// Whether this value needs no older version (an image, or an
+    /// unreadable version, which no older version can stand in for).
     pub fn will_init(&self) -> bool {
-        matches!(self, Value::Image(_))
-    }
-
-    pub fn is_image(&self) -> bool {
-        self.will_init()
+        matches!(self, Value::Image(_) | Value::Unreadable(_))
     }
 
     /// The encoding described in the module documentation.
@@ -180,6 +208,12 @@ impl Value {
             Value::Image(img) => {
                 out.put_u8(TAG_IMAGE);
                 out.put_slice(img);
+            }
+            Value::Unreadable(u) => {
+                out.put_u8(TAG_UNREADABLE);
+                out.put_u64_le(u.lsn.0);
+                out.put_u8(u.rmgr);
+                out.put_u8(u.info);
             }
             Value::Delta(rec) => {
                 out.put_u8(TAG_DELTA);
@@ -224,6 +258,7 @@ impl Value {
     pub fn encoded_len(&self) -> usize {
         2 + match self {
             Value::Image(img) => img.len(),
+            Value::Unreadable(_) => 10,
             Value::Delta(RustRecord::ClogSetStatus { xids, .. }) => 1 + 1 + 4 + 4 * xids.len(),
             Value::Delta(RustRecord::VmClearBits { heap_blocks, .. }) => {
                 1 + 1 + 4 + 4 * heap_blocks.len()
@@ -250,6 +285,19 @@ impl Value {
         }
         match r.u8()? {
             TAG_IMAGE => Ok(Value::Image(buf.slice(2..))),
+            TAG_UNREADABLE => {
+                let lsn = Lsn(u64::from_le_bytes(
+                    r.take(8)?.try_into().map_err(|_| err("LSN".into()))?,
+                ));
+                let (rmgr, info) = (r.u8()?, r.u8()?);
+                if r.pos != buf.len() {
+                    return Err(err(format!(
+                        "{} trailing bytes after an unreadable version",
+                        buf.len() - r.pos
+                    )));
+                }
+                Ok(Value::Unreadable(UnreadableRecord { lsn, rmgr, info }))
+            }
             TAG_DELTA => {
                 let rec = match r.u8()? {
                     REC_CLOG => {

@@ -1,6 +1,6 @@
 //! WAL ingest: one WAL record at a time into a timeline.
 //!
-//! Computes run with `wal_consistency_checking = all` (DESIGN.md §2), so
+//! Computes run with `wal_consistency_checking = all` (docs/design.md), so
 //! every page-modifying record carries an image of each page it registers,
 //! as the page is after the change. The images are stored with `pd_lsn` set
 //! to the record's end (as redo would leave the page). What changes without
@@ -23,8 +23,10 @@
 //!   and offset, oldest xid and multixact), advanced as redo advances them.
 //!
 //! A block reference without an image is a change the pageserver cannot
-//! reconstruct: it is counted in [`WalIngest::unhandled_records`] and logged
-//! at ERROR, never skipped silently.
+//! reconstruct: it is counted in [`WalIngest::unhandled_records`], logged
+//! at ERROR, and stored as an unreadable version of each page it changes
+//! ([`crate::value::Value::Unreadable`]), so reads of those pages fail until
+//! a newer image instead of returning the older version.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -43,8 +45,8 @@ use crate::key::{SlruKind, SLRU_PAGES_PER_SEGMENT};
 use crate::pgdatadir::DatadirModification;
 use crate::timeline::{RecordLsn, Timeline};
 use crate::value::{
-    ClogStatus, MultiXactStatus, RustRecord, CLOG_XACTS_PER_PAGE, MULTIXACT_MEMBERS_PER_PAGE,
-    MULTIXACT_OFFSETS_PER_PAGE, VM_HEAPBLOCKS_PER_PAGE, VM_MAP_OFFSET,
+    ClogStatus, MultiXactStatus, RustRecord, UnreadableRecord, CLOG_XACTS_PER_PAGE,
+    MULTIXACT_MEMBERS_PER_PAGE, MULTIXACT_OFFSETS_PER_PAGE, VM_HEAPBLOCKS_PER_PAGE, VM_MAP_OFFSET,
 };
 
 /// Ingests WAL records into a timeline, keeping the checkpoint values
@@ -153,10 +155,12 @@ impl WalIngest {
                     imaged.insert((tag, block.block));
                 }
                 None => {
+                    // Never serve the older version: the page is unreadable
+                    // until a newer image.
                     self.unhandled_records += 1;
                     crate::metrics::get().unhandled_wal_records.inc();
                     error!(
-                        "WAL record at {} (rmgr {}, info {:#04x}) changes block {} of {} fork {} without an image, and the pageserver has no redo for it: this page is now stale (run computes with wal_consistency_checking = all)",
+                        "WAL record at {} (rmgr {}, info {:#04x}) changes block {} of {} fork {} without an image, and the pageserver has no redo for it: the page cannot be read until a newer image (run computes with wal_consistency_checking = all)",
                         record.lsn,
                         rmgr_name(record.header.rmid).unwrap_or("custom"),
                         record.header.info,
@@ -164,6 +168,15 @@ impl WalIngest {
                         tag.node,
                         tag.fork.name()
                     );
+                    m.put_rel_unreadable(
+                        tag,
+                        block.block,
+                        UnreadableRecord {
+                            lsn: record.lsn,
+                            rmgr: record.header.rmid,
+                            info: record.header.info,
+                        },
+                    )?;
                 }
             }
         }

@@ -292,7 +292,11 @@ fn image_layer_round_trip_and_lookups() {
     let name: LayerName = path.file_name().unwrap().to_str().unwrap().parse().unwrap();
     assert_eq!(name, r.layer_name());
     for k in &keys {
-        assert_eq!(r.get(*k).unwrap().as_ref(), images.get(k), "{k:?}");
+        assert_eq!(
+            r.get(*k).unwrap(),
+            images.get(k).cloned().map(Value::Image),
+            "{k:?}"
+        );
     }
     for k in [
         Key::MIN,
@@ -301,10 +305,14 @@ fn image_layer_round_trip_and_lookups() {
         keys[0].next(),
         keys[keys.len() - 1].next(),
     ] {
-        assert_eq!(r.get(k).unwrap().as_ref(), images.get(&k));
+        assert_eq!(r.get(k).unwrap(), images.get(&k).cloned().map(Value::Image));
     }
-    let all: Vec<(Key, Bytes)> = r.iter().collect::<Result<_, _>>().unwrap();
-    assert_eq!(all, images.into_iter().collect::<Vec<_>>());
+    let all: Vec<(Key, Value)> = r.iter().collect::<Result<_, _>>().unwrap();
+    let want: Vec<(Key, Value)> = images
+        .into_iter()
+        .map(|(k, b)| (k, Value::Image(b)))
+        .collect();
+    assert_eq!(all, want);
     // A delta reader refuses an image layer, and the reverse.
     let e = DeltaLayerReader::open(&path).err().unwrap();
     assert!(e.to_string().contains("expected a delta layer"), "{e}");
@@ -652,7 +660,7 @@ fn compressible_and_incompressible_blocks() {
         }
         let r = ImageLayerReader::open(&path).unwrap();
         for (k, v) in &images {
-            assert_eq!(r.get(*k).unwrap().as_ref(), Some(v));
+            assert_eq!(r.get(*k).unwrap(), Some(Value::Image(v.clone())));
         }
     }
 }

@@ -11,7 +11,9 @@ use pageserver::key::{Key, KeyRange, SlruKind};
 use pageserver::layer::{DeltaLayerWriter, LayerName};
 use pageserver::tenant::{Tenant, TenantError, TenantState};
 use pageserver::timeline::{BranchError, ReadError, RecordLsn, Timeline, TimelineConf};
-use pageserver::value::{ClogStatus, RustRecord, Value, BLCKSZ, CLOG_XACTS_PER_PAGE};
+use pageserver::value::{
+    ClogStatus, RustRecord, UnreadableRecord, Value, BLCKSZ, CLOG_XACTS_PER_PAGE,
+};
 use postgres_format::relfile::{ForkNumber, RelFileNode, RelTag};
 use postgres_format::PgMajorVersion;
 use rand::rngs::StdRng;
@@ -84,6 +86,7 @@ impl Model {
                             break;
                         }
                         Value::Delta(d) => deltas.push(d.clone()),
+                        Value::Unreadable(_) => panic!("the model stores no unreadable versions"),
                     }
                 }
                 if found.is_some() {
@@ -664,4 +667,92 @@ fn steady_updates_keep_physical_size_bounded() {
         tl.last_record_lsn(),
         "one partition",
     );
+}
+
+/// A page changed by a record with neither an image nor a redo is never
+/// served from its older version: reads at and after that record fail,
+/// naming it, through flushes, compaction and a reload, until a newer image.
+#[test]
+fn unreadable_versions_fail_reads_until_an_image() {
+    let mut s = setup(23, 16 * 1024);
+    let tl = s
+        .tenant
+        .create_root_timeline(tid(1), PgMajorVersion::V15, START)
+        .unwrap();
+    let key = rel_key(0);
+    let other = rel_key(1);
+    let record = UnreadableRecord {
+        lsn: Lsn(0x1FF8),
+        rmgr: 10, // Heap
+        info: 0x00,
+    };
+    let commit = |tl: &Timeline, lsn: u64, values: Vec<(Key, Value)>| {
+        let prev = tl.last_record();
+        tl.put_batch(Lsn(lsn), values).unwrap();
+        tl.advance_last_record(RecordLsn {
+            last: Lsn(lsn),
+            prev: prev.last,
+        });
+    };
+    let old = Bytes::from(vec![1u8; BLCKSZ]);
+    let new = Bytes::from(vec![2u8; BLCKSZ]);
+    commit(
+        &tl,
+        0x1800,
+        vec![
+            (key, Value::Image(old.clone())),
+            (other, Value::Image(old.clone())),
+        ],
+    );
+    commit(&tl, 0x2000, vec![(key, Value::Unreadable(record))]);
+    // A delta on top, and two in one record, stay unreadable.
+    let vm = Value::Delta(RustRecord::VmClearBits {
+        heap_blocks: vec![0],
+        all_visible: true,
+    });
+    commit(&tl, 0x2800, vec![(key, vm.clone()), (key, vm)]);
+    commit(&tl, 0x3000, vec![(key, Value::Image(new.clone()))]);
+
+    let check = |tl: &Timeline, what: &str| {
+        assert_eq!(
+            tl.get(key, Lsn(0x1FFF)).unwrap(),
+            Some(old.clone()),
+            "{what}"
+        );
+        for lsn in [0x2000, 0x2400, 0x2800, 0x2FFF] {
+            match tl.get(key, Lsn(lsn)) {
+                Err(ReadError::Unreadable { record: r, .. }) => assert_eq!(r, record, "{what}"),
+                other => panic!("{what}: at {lsn:#x}: expected an unreadable page, got {other:?}"),
+            }
+        }
+        let message = tl.get(key, Lsn(0x2000)).unwrap_err().to_string();
+        assert!(
+            message.contains("0/1FF8") && message.contains("rmgr Heap"),
+            "{message}"
+        );
+        assert_eq!(
+            tl.get(key, Lsn(0x3000)).unwrap(),
+            Some(new.clone()),
+            "{what}"
+        );
+        assert_eq!(
+            tl.get(other, Lsn(0x2800)).unwrap(),
+            Some(old.clone()),
+            "{what}"
+        );
+    };
+    check(&tl, "in memory");
+    tl.flush().unwrap();
+    check(&tl, "flushed");
+    // An image layer at an LSN where the page is unreadable keeps it so.
+    tl.compact_images(Lsn(0x2800)).unwrap().unwrap();
+    tl.compact_images(tl.disk_consistent_lsn())
+        .unwrap()
+        .unwrap();
+    check(&tl, "compacted");
+    let id = tl.timeline_id;
+    drop(tl);
+    s.tenant = Tenant::load(&s.workdir, s.tenant_id, conf(16 * 1024));
+    let tl = s.tenant.get_timeline(id).unwrap();
+    check(&tl, "reloaded");
 }

@@ -21,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::control_plane::{ControlPlane, WakeError};
+use crate::control_plane_client::{ControlPlane, WakeError};
 use crate::metrics::Metrics;
 use crate::routing::{route, Target};
 

@@ -1,10 +1,10 @@
 //! The proxy is the single PostgreSQL-protocol entry point: it finds the
 //! endpoint a client asks for ([`routing`]), asks the control plane to
-//! wake its compute ([`control_plane`]), and relays the connection
+//! wake its compute ([`control_plane_client`]), and relays the connection
 //! ([`connection`]). Authentication passes through to the compute.
 
 pub mod connection;
-pub mod control_plane;
+pub mod control_plane_client;
 pub mod metrics;
 pub mod routing;
 
@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::connection::{CancelMap, Shared};
-use crate::control_plane::ControlPlane;
+use crate::control_plane_client::ControlPlane;
 use crate::metrics::Metrics;
 
 pub const SERVICE: ServiceInfo = daemon_utils::service_info!("proxy");

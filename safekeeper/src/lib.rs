@@ -2,9 +2,9 @@
 //! stores WAL pushed by the walproposer and serves it to pageservers.
 //!
 //! * [`acceptor`]: the consensus acceptor, a state machine over storage;
-//! * [`control_file`], [`wal_storage`]: that storage on disk;
+//! * [`state_file`], [`wal_storage`]: that storage on disk;
 //! * [`timeline`]: the timelines of this safekeeper;
-//! * [`service`]: the libpq WAL service ([`receive_wal`] from walproposers,
+//! * [`wal_service`]: the libpq WAL service ([`receive_wal`] from walproposers,
 //!   [`send_wal`] to pageservers and standbys);
 //! * [`http`]: the management API;
 //! * [`broker`]: publishing timeline state to the storage broker;
@@ -13,14 +13,14 @@
 
 pub mod acceptor;
 pub mod broker;
-pub mod control_file;
 pub mod http;
 pub mod metrics;
 pub mod receive_wal;
 pub mod send_wal;
-pub mod service;
+pub mod state_file;
 pub mod timeline;
 pub mod wal_backup;
+pub mod wal_service;
 pub mod wal_storage;
 
 use std::path::PathBuf;
@@ -154,7 +154,7 @@ pub async fn run(conf: SafeKeeperConf, cancel: CancellationToken) -> anyhow::Res
             cancel.clone(),
         ))
     });
-    let wal_service = tokio::spawn(service::serve(
+    let wal_service = tokio::spawn(wal_service::serve(
         pg_listener,
         timelines.clone(),
         conf.max_connections,

@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 use utils::Lsn;
 
-use crate::service::ReadLimit;
 use crate::timeline::Timeline;
+use crate::wal_service::ReadLimit;
 use crate::wal_storage::WalReader;
 
 /// WAL sent in one message, at most.

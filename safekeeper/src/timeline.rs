@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use utils::{Lsn, NodeId, TenantId, TimelineId};
 
 use crate::acceptor::{Acceptor, PersistentState, ServerInfo};
-use crate::control_file::{FileControlStore, CONTROL_FILE_NAME};
+use crate::state_file::{FileControlStore, CONTROL_FILE_NAME};
 use crate::wal_storage::PhysicalWal;
 
 pub type TimelineAcceptor = Acceptor<FileControlStore, PhysicalWal>;
@@ -343,9 +343,9 @@ impl GlobalTimelines {
             if let Some(start) = req.start_lsn {
                 state.timeline_start_lsn = start;
             }
-            crate::control_file::write_atomically(
+            crate::state_file::write_atomically(
                 &tmp.join(CONTROL_FILE_NAME),
-                &crate::control_file::encode(&state)?,
+                &crate::state_file::encode(&state)?,
             )?;
             std::fs::create_dir_all(dir.parent().expect("tenant dir"))?;
             std::fs::rename(&tmp, &dir)

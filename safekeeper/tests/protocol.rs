@@ -217,7 +217,7 @@ impl Safekeeper {
                 .join("safekeeper.control"),
         )
         .unwrap();
-        safekeeper::control_file::decode(&bytes).unwrap()
+        safekeeper::state_file::decode(&bytes).unwrap()
     }
 
     async fn connect(&self, tenant: TenantId, timeline: TimelineId) -> Client {
@@ -814,7 +814,7 @@ async fn deposed_proposer_is_refused() {
     state.proposer_id = [0xb; 16];
     assert_eq!(
         state,
-        safekeeper::control_file::decode(&after_b_vote.control).unwrap()
+        safekeeper::state_file::decode(&after_b_vote.control).unwrap()
     );
     assert_eq!(sk.snapshot(tenant, timeline).files, after_b_vote.files);
 

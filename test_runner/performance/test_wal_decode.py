@@ -1,7 +1,7 @@
 """WAL decoding throughput: pg_wal_inspect against pg_waldump on the same WAL.
 
 pgbench writes WAL with page images on every record (as computes run, see
-DESIGN.md §2). Both tools then read all of it; each is timed over several
+docs/design.md). Both tools then read all of it; each is timed over several
 runs and the median is reported. pg_waldump prints every record with block
 details (its output discarded); pg_wal_inspect decodes every record and parses
 the records the pageserver applies, once also restoring and checking every

@@ -1,4 +1,4 @@
-"""The README transcript (shared/seeds/readme.txt), command by command,
+"""The README walkthrough (README.md, after Neon's own), command by command,
 through neon_local: tenants, branches, endpoints and psql on them; time
 travel with read-only endpoints; and the errors users meet.
 

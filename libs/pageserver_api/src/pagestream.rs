@@ -7,6 +7,7 @@
 //! timeout) until WAL up to it is ingested.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use postgres_format::constants::BLCKSZ;
 use utils::Lsn;
 
 /// A relation fork as the protocol names it.
@@ -241,7 +242,7 @@ impl Response {
                 Response::Nblocks(u32_at(rest, 0))
             }
             102 => {
-                exact(8192)?;
+                exact(BLCKSZ)?;
                 Response::Page(b.slice(1..))
             }
             103 => {
@@ -249,7 +250,7 @@ impl Response {
                 Response::DbSize(u64_at(rest, 0))
             }
             104 => {
-                if rest.len() % 8192 != 0 {
+                if rest.len() % BLCKSZ != 0 {
                     return Err(DecodeError::Invalid("SLRU segment length"));
                 }
                 Response::SlruSegment(b.slice(1..))
@@ -297,9 +298,9 @@ mod tests {
         for r in [
             Response::Exists(true),
             Response::Nblocks(12),
-            Response::Page(Bytes::from(vec![7u8; 8192])),
+            Response::Page(Bytes::from(vec![7u8; BLCKSZ])),
             Response::DbSize(1 << 40),
-            Response::SlruSegment(Bytes::from(vec![1u8; 8192 * 2])),
+            Response::SlruSegment(Bytes::from(vec![1u8; BLCKSZ * 2])),
             Response::Error("no".into()),
         ] {
             assert_eq!(Response::decode(&r.encode()).unwrap(), r);

@@ -135,11 +135,6 @@ impl CheckPoint {
         w.pad(4);
         w.0.try_into().expect("CheckPoint is 88 bytes")
     }
-
-    /// The 32-bit next transaction id (without epoch).
-    pub fn next_xid32(&self) -> u32 {
-        self.next_xid as u32
-    }
 }
 
 /// `ControlFileData`.

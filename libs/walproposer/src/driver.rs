@@ -231,6 +231,9 @@ impl Driver {
                     }
                 } => {
                     let Some((at, data)) = received else {
+                        if self.cancel.is_cancelled() {
+                            return Ok(None);
+                        }
                         bail!("reading WAL from PostgreSQL stopped");
                     };
                     self.pump.source_wal(&mut self.proposer, at, data)?;

@@ -98,7 +98,7 @@ async fn worker(
         let block = rng.random_range(0..nblocks);
         let started = Instant::now();
         match request(&mut copy, &Request::GetPage { lsn, rel, block }).await? {
-            Response::Page(page) if page.len() == 8192 => {}
+            Response::Page(page) if page.len() == postgres_format::constants::BLCKSZ => {}
             other => bail!("unexpected answer to GetPage of block {block}: {other:?}"),
         }
         latencies.push(started.elapsed());

@@ -283,6 +283,11 @@ pub(crate) struct LayerFileWriter {
 }
 
 impl LayerFileWriter {
+    /// Where the finished file goes.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn new(
         path: &Path,
         kind: LayerKind,

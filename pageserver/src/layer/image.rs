@@ -1,4 +1,5 @@
-//! Image layers: for a key range, each key's image at one LSN.
+//! Image layers: for a key range, each key's whole version at one LSN:
+//! an image, or an unreadable version ([`Value::Unreadable`]).
 
 use std::path::Path;
 
@@ -38,6 +39,18 @@ impl ImageLayerWriter {
     /// or an error.
     pub fn put(&mut self, key: Key, image: Bytes) -> Result<(), LayerError> {
         self.inner.put(key, self.lsn, &Value::Image(image))
+    }
+
+    /// Add a whole version of `key` (an image or an unreadable version; a
+    /// delta is refused), as [`ImageLayerWriter::put`].
+    pub fn put_version(&mut self, key: Key, version: &Value) -> Result<(), LayerError> {
+        if let Value::Delta(d) = version {
+            return Err(LayerError::misuse(
+                self.inner.path(),
+                format!("{key:?}: a {} delta cannot go in an image layer", d.name()),
+            ));
+        }
+        self.inner.put(key, self.lsn, version)
     }
 
     /// Write index, footer and header; fsync; rename into place.
@@ -94,9 +107,9 @@ impl ImageLayerReader {
         }
     }
 
-    fn image(&self, block: usize, key: Key, value: Value) -> Result<Bytes, LayerError> {
+    fn version(&self, block: usize, key: Key, value: Value) -> Result<Value, LayerError> {
         match value {
-            Value::Image(b) => Ok(b),
+            Value::Image(_) | Value::Unreadable(_) => Ok(value),
             Value::Delta(r) => Err(LayerError::CorruptBlock {
                 path: self.file.path.clone(),
                 block,
@@ -106,8 +119,8 @@ impl ImageLayerReader {
         }
     }
 
-    /// The image of `key`, if this layer has one. Reads at most one block.
-    pub fn get(&self, key: Key) -> Result<Option<Bytes>, LayerError> {
+    /// The version of `key`, if this layer has one. Reads at most one block.
+    pub fn get(&self, key: Key) -> Result<Option<Value>, LayerError> {
         let index = &self.file.index;
         let i = index.partition_point(|m| m.first.0 <= key);
         if i == 0 || index[i - 1].last.0 < key {
@@ -119,7 +132,7 @@ impl ImageLayerReader {
             Ok(at) => {
                 let e = entries.into_iter().nth(at).map(|e| e.value);
                 match e {
-                    Some(v) => self.image(block, key, v).map(Some),
+                    Some(v) => self.version(block, key, v).map(Some),
                     None => Ok(None),
                 }
             }
@@ -127,8 +140,8 @@ impl ImageLayerReader {
         }
     }
 
-    /// Every (key, image) in key order; ends after the first error.
-    pub fn iter(&self) -> impl Iterator<Item = Result<(Key, Bytes), LayerError>> + '_ {
+    /// Every (key, version) in key order; ends after the first error.
+    pub fn iter(&self) -> impl Iterator<Item = Result<(Key, Value), LayerError>> + '_ {
         let mut block = 0usize;
         let mut seen = 0u64;
         EntryIter::new(&self.file).map(move |r| {
@@ -141,7 +154,7 @@ impl ImageLayerReader {
                 block += 1;
             }
             seen += 1;
-            self.image(block, e.key, e.value).map(|b| (e.key, b))
+            self.version(block, e.key, e.value).map(|v| (e.key, v))
         })
     }
 }

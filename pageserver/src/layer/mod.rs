@@ -1,4 +1,6 @@
-//! Immutable layer files.
+//! Layers: the immutable layer files (delta and image, their format and
+//! names), the in-memory layer that receives ingested WAL ([`inmemory`]),
+//! and the layer map that finds the layers a read needs ([`map`]).
 //!
 //! A **delta layer** holds every value of a key range over an LSN range
 //! `[lsn_start, lsn_end)`, sorted by (key, LSN). An **image layer** holds,
@@ -110,6 +112,8 @@
 mod delta;
 mod file;
 mod image;
+pub mod inmemory;
+pub mod map;
 mod name;
 
 use std::io;

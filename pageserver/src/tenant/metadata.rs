@@ -27,7 +27,13 @@ use std::path::{Path, PathBuf};
 use postgres_format::PgMajorVersion;
 use utils::{Lsn, TimelineId};
 
-use crate::timeline::RecordLsn;
+/// The last record ingested: where it ends, and where it began (the next
+/// record's `xl_prev`, which a base backup's fabricated checkpoint needs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordLsn {
+    pub last: Lsn,
+    pub prev: Lsn,
+}
 
 pub const METADATA_FILE_NAME: &str = "metadata";
 const MAGIC: &[u8; 8] = b"PSTLMETA";

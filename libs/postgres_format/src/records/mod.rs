@@ -1,6 +1,6 @@
 //! The records the pageserver applies itself, parsed from their main data.
 //!
-//! Relation pages come with images (DESIGN.md §2); what does not is parsed
+//! Relation pages come with images (docs/design.md); what does not is parsed
 //! here: transaction status (commit, abort, two-phase), CLOG and multixact
 //! pages, the relation mapper, relation creation and truncation, database
 //! creation and drop, checkpoints and next-OID, running transactions, and

@@ -146,19 +146,9 @@ impl WalStreamDecoder {
         })
     }
 
-    /// Require every long page header to carry this system identifier.
-    pub fn set_system_id(&mut self, system_id: u64) {
-        self.system_id = Some(system_id);
-    }
-
     /// Require the first record to point back to `prev` (its `xl_prev`).
     pub fn set_prev_record(&mut self, prev: Lsn) {
         self.prev_record = Some(prev);
-    }
-
-    /// The LSN up to which bytes have been fed.
-    pub fn available_lsn(&self) -> Lsn {
-        self.lsn + self.input.len() as u64
     }
 
     /// The LSN where the decoder stands: where the record being decoded

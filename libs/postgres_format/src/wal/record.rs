@@ -107,11 +107,6 @@ impl BlockReference {
     pub fn will_init(&self) -> bool {
         self.flags & BKPBLOCK_WILL_INIT != 0
     }
-
-    /// The relation was named by the previous block reference.
-    pub fn same_rel(&self) -> bool {
-        self.flags & BKPBLOCK_SAME_REL != 0
-    }
 }
 
 /// A decoded WAL record.

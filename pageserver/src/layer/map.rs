@@ -262,8 +262,8 @@ pub fn collect_values(
             let LayerReader::Image(reader) = reader.as_ref() else {
                 continue;
             };
-            if let Some(image) = reader.get(key)? {
-                out.push((il, Value::Image(image)));
+            if let Some(version) = reader.get(key)? {
+                out.push((il, version));
                 return Ok(true);
             }
         }

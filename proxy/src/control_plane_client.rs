@@ -1,53 +1,25 @@
-//! The control plane's wake API, as the proxy uses it.
-//!
-//! `POST <base>/v1/wake_compute` with `{"endpoint": name}`,
-//! `{"branch": name}` or `{}` (the default branch) answers, once the
-//! compute accepts connections, `{"endpoint": name, "address":
-//! "host:port"}`. The control plane creates and starts an endpoint for a
-//! branch that has none, and lets concurrent wakes of one endpoint wait for
-//! a single start. Errors come as `{"error": message}`: 404 for an unknown
-//! name, other codes for a failed start.
+//! The proxy's client of the control plane's wake API
+//! ([`control_plane_api`]).
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use control_plane_api::{ErrorBody, WakeRequest, WakeResponse, WAKE_COMPUTE_PATH};
 
 use crate::routing::Target;
 
-#[derive(Debug, Serialize, Default)]
-pub struct WakeRequest {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub branch: Option<String>,
-}
-
-impl From<&Target> for WakeRequest {
-    fn from(target: &Target) -> Self {
-        match target {
-            Target::Endpoint(name) => WakeRequest {
-                endpoint: Some(name.clone()),
-                ..Default::default()
-            },
-            Target::Branch(name) => WakeRequest {
-                branch: Some(name.clone()),
-                ..Default::default()
-            },
-            Target::Default => WakeRequest::default(),
-        }
+/// The wake request for a routing target.
+fn wake_request(target: &Target) -> WakeRequest {
+    match target {
+        Target::Endpoint(name) => WakeRequest {
+            endpoint: Some(name.clone()),
+            ..Default::default()
+        },
+        Target::Branch(name) => WakeRequest {
+            branch: Some(name.clone()),
+            ..Default::default()
+        },
+        Target::Default => WakeRequest::default(),
     }
-}
-
-#[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Eq)]
-pub struct WakeResponse {
-    pub endpoint: String,
-    /// `host:port` of the compute's PostgreSQL.
-    pub address: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct ErrorBody {
-    error: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +52,7 @@ impl ControlPlane {
             .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))?;
         Ok(ControlPlane {
             client,
-            wake_url: format!("{}/v1/wake_compute", base.trim_end_matches('/')),
+            wake_url: format!("{}{WAKE_COMPUTE_PATH}", base.trim_end_matches('/')),
         })
     }
 
@@ -89,7 +61,7 @@ impl ControlPlane {
         let response = self
             .client
             .post(&self.wake_url)
-            .json(&WakeRequest::from(target))
+            .json(&wake_request(target))
             .send()
             .await
             .map_err(|e| WakeError::Unavailable(format!("{}: {e}", self.wake_url)))?;

@@ -32,13 +32,14 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use compute_api::{ComputeState, ComputeStatus};
+use control_plane_api::{WakeRequest, WakeResponse, WAKE_COMPUTE_PATH};
 use daemon_utils::{bind_listener, ApiError, CancellationToken, HttpServer, ServiceInfo};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::RwLock;
 use tracing::{info, warn};
 
-use crate::background_process::StopMode;
+use crate::daemon_process::StopMode;
 use crate::endpoint::{CreateOptions, Endpoint};
 use crate::local_env::{LocalEnv, Timeout};
 use crate::state::{check_name, State};
@@ -58,21 +59,6 @@ pub struct ServiceConf {
     pub repo_dir: PathBuf,
     /// Overrides `control_plane.default_suspend_timeout`.
     pub suspend_timeout: Option<Timeout>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WakeRequest {
-    #[serde(default)]
-    endpoint: Option<String>,
-    #[serde(default)]
-    branch: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct WakeResponse {
-    endpoint: String,
-    address: String,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -383,10 +369,7 @@ async fn wake_handler(
     body: Bytes,
 ) -> Result<Json<WakeResponse>, ApiError> {
     let req: WakeRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        WakeRequest {
-            endpoint: None,
-            branch: None,
-        }
+        WakeRequest::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
             ApiError::new(
@@ -426,7 +409,7 @@ pub async fn run(conf: ServiceConf, cancel: CancellationToken) -> anyhow::Result
         svc.repo.display()
     );
     let routes = Router::new()
-        .route("/v1/wake_compute", post(wake_handler))
+        .route(WAKE_COMPUTE_PATH, post(wake_handler))
         .with_state(svc.clone());
     let suspender = {
         let (svc, cancel) = (svc.clone(), cancel.clone());
