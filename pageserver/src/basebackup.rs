@@ -361,3 +361,29 @@ impl<W: Write> Tar<W> {
             .context("flushing the base backup")
     }
 }
+
+/// A base backup at `lsn` (default: the last record ingested). At the last
+/// record, the fabricated checkpoint points back to it exactly; at an
+/// earlier LSN (a read-only endpoint, a branch point) no record index says
+/// where the previous record began, so its prev-link is left invalid, which
+/// PostgreSQL accepts for a checkpoint it reads directly.
+pub fn basebackup_at(
+    timeline: &Timeline,
+    lsn: Option<Lsn>,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    let last = timeline.last_record();
+    let record = match lsn {
+        None => last,
+        Some(lsn) if lsn == last.last => last,
+        Some(lsn) if lsn > last.last => bail!(
+            "LSN {lsn} is beyond the WAL ingested so far ({})",
+            last.last
+        ),
+        Some(lsn) => RecordLsn {
+            last: lsn,
+            prev: Lsn::INVALID,
+        },
+    };
+    send_basebackup(timeline, record, out).map(|_| ())
+}

@@ -145,7 +145,7 @@ pub async fn run(conf: PageServerConf, cancel: CancellationToken) -> anyhow::Res
     let page_service = tokio::spawn(page_service::serve(
         pg_listener,
         manager.clone(),
-        page_service::basebackup_at,
+        basebackup::basebackup_at,
         conf.max_connections,
         cancel.clone(),
     ));

@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use bytes::Bytes;
 use pageserver_api::pagestream::{RelSpec, Request, Response};
-use postgres_format::constants::BLCKSZ;
 use postgres_format::relfile::{ForkNumber, RelFileNode, RelTag};
 use pq_proto::{
     BeMessage, ErrorFields, FeMessage, Format, PostgresBackend, StartupRequest, TransactionStatus,
@@ -42,34 +40,9 @@ pub trait TimelineLookup: Send + Sync + 'static {
     ) -> anyhow::Result<Arc<Timeline>>;
 }
 
-/// Produces base backups; [`basebackup_at`] in the pageserver, a stand-in in tests.
+/// Produces base backups; [`crate::basebackup::basebackup_at`] in the
+/// pageserver, a stand-in in tests.
 pub type BasebackupFn = fn(&Timeline, Option<Lsn>, &mut dyn std::io::Write) -> anyhow::Result<()>;
-
-/// A base backup at `lsn` (default: the last record ingested). At the last
-/// record, the fabricated checkpoint points back to it exactly; at an
-/// earlier LSN (a read-only endpoint, a branch point) no record index says
-/// where the previous record began, so its prev-link is left invalid, which
-/// PostgreSQL accepts for a checkpoint it reads directly.
-pub fn basebackup_at(
-    timeline: &Timeline,
-    lsn: Option<Lsn>,
-    out: &mut dyn std::io::Write,
-) -> anyhow::Result<()> {
-    let last = timeline.last_record();
-    let record = match lsn {
-        None => last,
-        Some(lsn) if lsn == last.last => last,
-        Some(lsn) if lsn > last.last => bail!(
-            "LSN {lsn} is beyond the WAL ingested so far ({})",
-            last.last
-        ),
-        Some(lsn) => crate::timeline::RecordLsn {
-            last: lsn,
-            prev: Lsn::INVALID,
-        },
-    };
-    crate::basebackup::send_basebackup(timeline, record, out).map(|_| ())
-}
 
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
@@ -391,26 +364,10 @@ async fn handle_request(timeline: &Arc<Timeline>, request: &Request) -> anyhow::
             Request::GetPage { rel, block, .. } => {
                 Response::Page(timeline.get_rel_page(rel_tag(&rel)?, block, lsn)?)
             }
-            Request::DbSize { db_oid, .. } => {
-                let mut total = 0u64;
-                for (spc, db) in timeline.list_dbs(lsn)? {
-                    if db == db_oid {
-                        for rel in timeline.list_rels(spc, db, lsn)? {
-                            total += timeline.get_rel_size(rel, lsn)?.unwrap_or(0) as u64
-                                * BLCKSZ as u64;
-                        }
-                    }
-                }
-                Response::DbSize(total)
-            }
+            Request::DbSize { db_oid, .. } => Response::DbSize(timeline.db_size(db_oid, lsn)?),
             Request::GetSlruSegment { kind, segment, .. } => {
                 let kind = SlruKind::from_u32(kind as u32).context("invalid SLRU kind")?;
-                let pages = timeline.get_slru_segment_size(kind, segment, lsn)?;
-                let mut out = Vec::with_capacity(pages as usize * BLCKSZ);
-                for block in 0..pages {
-                    out.extend_from_slice(&timeline.get_slru_page(kind, segment, block, lsn)?);
-                }
-                Response::SlruSegment(Bytes::from(out))
+                Response::SlruSegment(timeline.get_slru_segment(kind, segment, lsn)?)
             }
         })
     })

@@ -211,13 +211,37 @@ impl Timeline {
 
     /// Bytes of relation data (all forks of all relations) at `lsn`.
     pub fn logical_size(&self, lsn: Lsn) -> Result<u64> {
+        self.relations_size(lsn, |_| true)
+    }
+
+    /// Bytes of relation data of database `db_oid` (in every tablespace)
+    /// at `lsn`: `pg_database_size`.
+    pub fn db_size(&self, db_oid: u32, lsn: Lsn) -> Result<u64> {
+        self.relations_size(lsn, |db| db == db_oid)
+    }
+
+    fn relations_size(&self, lsn: Lsn, include: impl Fn(u32) -> bool) -> Result<u64> {
         let mut total = 0u64;
         for (spc, db) in self.list_dbs(lsn)? {
+            if !include(db) {
+                continue;
+            }
             for rel in self.list_rels(spc, db, lsn)? {
-                total += self.get_rel_size(rel, lsn)?.unwrap_or(0) as u64 * BLCKSZ as u64;
+                let blocks = u64::from(self.get_rel_size(rel, lsn)?.unwrap_or(0));
+                total = total.saturating_add(blocks * BLCKSZ as u64);
             }
         }
         Ok(total)
+    }
+
+    /// A whole SLRU segment at `lsn`: its pages, in order.
+    pub fn get_slru_segment(&self, kind: SlruKind, segment: u32, lsn: Lsn) -> Result<Bytes> {
+        let pages = self.get_slru_segment_size(kind, segment, lsn)?;
+        let mut out = Vec::with_capacity(pages as usize * BLCKSZ);
+        for block in 0..pages {
+            out.extend_from_slice(&self.get_slru_page(kind, segment, block, lsn)?);
+        }
+        Ok(Bytes::from(out))
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use common::{extract_tar, give_to_postgres, initdb, PgServer};
+use pageserver::basebackup;
 use pageserver::import_datadir::{end_of_wal, import_datadir};
 use pageserver::page_service::{self, TimelineLookup};
 use pageserver::timeline::{RecordLsn, Timeline};
@@ -66,7 +67,7 @@ async fn page_service_serves_basebackups_and_pages() -> anyhow::Result<()> {
     let server = tokio::spawn(page_service::serve(
         listener,
         lookup,
-        page_service::basebackup_at,
+        basebackup::basebackup_at,
         16,
         cancel.clone(),
     ));

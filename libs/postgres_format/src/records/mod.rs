@@ -6,7 +6,10 @@
 //! creation and drop, checkpoints and next-OID, running transactions, and
 //! the heap records whose visibility-map changes are not logged as pages.
 
+mod counters;
 mod heap;
+mod slru;
+mod storage;
 mod xact;
 
 use serde::Serialize;
@@ -150,181 +153,58 @@ impl From<&CheckPoint> for CheckPointSummary {
     }
 }
 
-/// Parse the main data of the record kinds the pageserver applies.
+/// A malformed main data, before it is given the record's LSN and rmgr.
+#[derive(Debug)]
+enum Malformed {
+    Short(ShortInput),
+    Invalid(String),
+}
+
+impl From<ShortInput> for Malformed {
+    fn from(e: ShortInput) -> Self {
+        Malformed::Short(e)
+    }
+}
+
+impl Malformed {
+    fn at(self, lsn: Lsn, rmgr: &'static str) -> RecordParseError {
+        match self {
+            Malformed::Short(source) => RecordParseError::Short { lsn, rmgr, source },
+            Malformed::Invalid(reason) => RecordParseError::Invalid { lsn, rmgr, reason },
+        }
+    }
+}
+
+/// A count stored as a C `int`, which must not be negative.
+fn count(n: i32, what: &str) -> Result<usize, Malformed> {
+    usize::try_from(n).map_err(|_| Malformed::Invalid(format!("negative {what} {n}")))
+}
+
+/// Parse the main data of the record kinds the pageserver applies, by
+/// resource manager.
 pub fn parse_record(record: &DecodedRecord) -> Result<ParsedRecord, RecordParseError> {
     let rmid = record.header.rmid;
     let rmgr = rmgr_name(rmid).unwrap_or("custom");
     let lsn = record.lsn;
-    let short = |source| RecordParseError::Short { lsn, rmgr, source };
     let mut r = Reader::new(&record.main_data, rmgr);
     let info = record.header.rmgr_info();
-    let rel = |r: &mut Reader<'_>| -> Result<RelFileNode, ShortInput> {
-        Ok(RelFileNode {
-            spc_oid: r.u32()?,
-            db_oid: r.u32()?,
-            rel_node: r.u32()?,
-        })
-    };
     let parsed = match rmid {
-        RM_XACT_ID => ParsedRecord::Transaction(
-            xact::parse(record, &mut r).map_err(|e| e.into_parse_error(lsn, rmgr))?,
-        ),
-        RM_CLOG_ID => match info {
-            0x00 => ParsedRecord::ClogZeroPage {
-                page: r.u32().map_err(short)?,
-            },
-            0x10 => ParsedRecord::ClogTruncate {
-                page: r.u32().map_err(short)?,
-                oldest_xid: r.u32().map_err(short)?,
-                oldest_xid_db: r.u32().map_err(short)?,
-            },
-            _ => ParsedRecord::Other,
-        },
-        RM_MULTIXACT_ID => match info {
-            0x00 => ParsedRecord::MultiXactZeroOffsetPage {
-                page: r.u32().map_err(short)?,
-            },
-            0x10 => ParsedRecord::MultiXactZeroMemberPage {
-                page: r.u32().map_err(short)?,
-            },
-            0x20 => {
-                let multi = r.u32().map_err(short)?;
-                let offset = r.u32().map_err(short)?;
-                let count = r.i32().map_err(short)?;
-                let count = usize::try_from(count).map_err(|_| RecordParseError::Invalid {
-                    lsn,
-                    rmgr,
-                    reason: format!("negative member count {count}"),
-                })?;
-                let raw = r.u32_vec(count.saturating_mul(2)).map_err(short)?;
-                let members = raw.chunks_exact(2).map(|m| (m[0], m[1])).collect();
-                ParsedRecord::MultiXactCreate {
-                    multi,
-                    offset,
-                    members,
-                }
-            }
-            0x30 => ParsedRecord::MultiXactTruncate {
-                oldest_multi_db: r.u32().map_err(short)?,
-                start_offset: r.u32().map_err(short)?,
-                end_offset: r.u32().map_err(short)?,
-                start_member: r.u32().map_err(short)?,
-                end_member: r.u32().map_err(short)?,
-            },
-            _ => ParsedRecord::Other,
-        },
-        RM_RELMAP_ID if info == 0x00 => {
-            let db_oid = r.u32().map_err(short)?;
-            let spc_oid = r.u32().map_err(short)?;
-            let nbytes = r.i32().map_err(short)?;
-            let nbytes = usize::try_from(nbytes).map_err(|_| RecordParseError::Invalid {
-                lsn,
-                rmgr,
-                reason: format!("negative map size {nbytes}"),
-            })?;
-            let data = r.bytes(nbytes).map_err(short)?.to_vec();
-            ParsedRecord::RelmapUpdate {
-                db_oid,
-                spc_oid,
-                data,
-            }
+        RM_XACT_ID => {
+            return xact::parse(record, &mut r)
+                .map(ParsedRecord::Transaction)
+                .map_err(|e| e.into_parse_error(lsn, rmgr));
         }
-        RM_SMGR_ID => match info {
-            0x10 => {
-                let node = rel(&mut r).map_err(short)?;
-                let fork_number = r.u32().map_err(short)?;
-                let fork = u8::try_from(fork_number)
-                    .ok()
-                    .and_then(ForkNumber::from_u8)
-                    .ok_or_else(|| RecordParseError::Invalid {
-                        lsn,
-                        rmgr,
-                        reason: format!("invalid fork number {fork_number}"),
-                    })?;
-                ParsedRecord::SmgrCreate { rel: node, fork }
-            }
-            0x20 => {
-                let blocks = r.u32().map_err(short)?;
-                let node = rel(&mut r).map_err(short)?;
-                let flags = r.u32().map_err(short)?;
-                ParsedRecord::SmgrTruncate {
-                    rel: node,
-                    blocks,
-                    heap: flags & 0x1 != 0,
-                    visibility_map: flags & 0x2 != 0,
-                    fsm: flags & 0x4 != 0,
-                }
-            }
-            _ => ParsedRecord::Other,
-        },
-        RM_DBASE_ID => match info {
-            0x00 => ParsedRecord::DatabaseCreateFileCopy {
-                db_oid: r.u32().map_err(short)?,
-                spc_oid: r.u32().map_err(short)?,
-                src_db_oid: r.u32().map_err(short)?,
-                src_spc_oid: r.u32().map_err(short)?,
-            },
-            0x10 => ParsedRecord::DatabaseCreateWalLog {
-                db_oid: r.u32().map_err(short)?,
-                spc_oid: r.u32().map_err(short)?,
-            },
-            0x20 => {
-                let db_oid = r.u32().map_err(short)?;
-                let count = r.i32().map_err(short)?;
-                let count = usize::try_from(count).map_err(|_| RecordParseError::Invalid {
-                    lsn,
-                    rmgr,
-                    reason: format!("negative tablespace count {count}"),
-                })?;
-                ParsedRecord::DatabaseDrop {
-                    db_oid,
-                    spc_oids: r.u32_vec(count).map_err(short)?,
-                }
-            }
-            _ => ParsedRecord::Other,
-        },
-        RM_XLOG_ID => match info {
-            XLOG_CHECKPOINT_SHUTDOWN | XLOG_CHECKPOINT_ONLINE => {
-                let checkpoint = CheckPoint::decode(r.rest()).map_err(short)?;
-                ParsedRecord::Checkpoint {
-                    shutdown: info == XLOG_CHECKPOINT_SHUTDOWN,
-                    checkpoint: (&checkpoint).into(),
-                }
-            }
-            XLOG_NEXTOID => ParsedRecord::NextOid {
-                oid: r.u32().map_err(short)?,
-            },
-            _ => ParsedRecord::Other,
-        },
-        RM_STANDBY_ID if info == 0x10 => {
-            let xcnt = r.i32().map_err(short)?;
-            let subxcnt = r.i32().map_err(short)?;
-            let subxid_overflow = r.bool().map_err(short)?;
-            r.skip(3).map_err(short)?;
-            let next_xid = r.u32().map_err(short)?;
-            let oldest_running_xid = r.u32().map_err(short)?;
-            let latest_completed_xid = r.u32().map_err(short)?;
-            let (Ok(xcnt), Ok(subxcnt)) = (usize::try_from(xcnt), u32::try_from(subxcnt)) else {
-                return Err(RecordParseError::Invalid {
-                    lsn,
-                    rmgr,
-                    reason: format!("negative xid counts {xcnt}, {subxcnt}"),
-                });
-            };
-            ParsedRecord::RunningXacts {
-                next_xid,
-                oldest_running_xid,
-                latest_completed_xid,
-                xids: r.u32_vec(xcnt).map_err(short)?,
-                subxid_count: subxcnt,
-                subxid_overflow,
-            }
-        }
-        RM_HEAP_ID | RM_HEAP2_ID => match heap::parse(record, &mut r).map_err(short)? {
-            Some(heap) => ParsedRecord::Heap(heap),
-            None => ParsedRecord::Other,
-        },
-        _ => ParsedRecord::Other,
+        RM_CLOG_ID => slru::parse_clog(info, &mut r),
+        RM_MULTIXACT_ID => slru::parse_multixact(info, &mut r),
+        RM_RELMAP_ID => storage::parse_relmap(info, &mut r),
+        RM_SMGR_ID => storage::parse_smgr(info, &mut r),
+        RM_DBASE_ID => storage::parse_database(info, &mut r),
+        RM_XLOG_ID => counters::parse_xlog(info, &mut r),
+        RM_STANDBY_ID => counters::parse_standby(info, &mut r),
+        RM_HEAP_ID | RM_HEAP2_ID => heap::parse(record, &mut r)
+            .map(|heap| heap.map_or(ParsedRecord::Other, ParsedRecord::Heap))
+            .map_err(Malformed::from),
+        _ => Ok(ParsedRecord::Other),
     };
-    Ok(parsed)
+    parsed.map_err(|e| e.at(lsn, rmgr))
 }
