@@ -45,6 +45,17 @@ def start_port(output: str) -> int:
     return int(m[1])
 
 
+def start_cluster(nl: NeonLocal, config: Path, ports: PortDistributor, safekeepers: int) -> int:
+    """init and start a repository with a default tenant and a running
+    endpoint 'main'; returns its postgres port."""
+    write_neon_local_config(config, ports, safekeepers=safekeepers, endpoint_ports=10)
+    nl.run("init", "--config", config)
+    nl.run("start")
+    nl.run("tenant", "create", "--set-default")
+    nl.run("endpoint", "create", "main")
+    return start_port(nl.run("endpoint", "start", "main").stdout)
+
+
 def endpoint_status(nl: NeonLocal, name: str) -> str:
     for line in nl.run("endpoint", "list").stdout.splitlines()[1:]:
         # ENDPOINT ADDRESS TIMELINE BRANCH LSN STATUS; columns are two or
@@ -62,12 +73,7 @@ def test_bulk_load_one_safekeeper(neon_local: NeonLocal, port_distributor: PortD
     commit when the walproposer dropped WAL the safekeeper still needed)."""
     nl = neon_local
     config = test_output_dir / "init.toml"
-    write_neon_local_config(config, port_distributor, safekeepers=1, endpoint_ports=10)
-    nl.run("init", "--config", config)
-    nl.run("start")
-    nl.run("tenant", "create", "--set-default")
-    nl.run("endpoint", "create", "main")
-    port = start_port(nl.run("endpoint", "start", "main").stdout)
+    port = start_cluster(nl, config, port_distributor, safekeepers=1)
     for i in (1, 2, 3):
         started = time.monotonic()
         psql(pg_bin, port, BULK_LOAD.format(t=f"t{i}"), timeout=LOAD_DEADLINE)
@@ -195,12 +201,7 @@ def test_stuck_commits_are_visible(neon_local: NeonLocal, port_distributor: Port
     shows the endpoint's commits as stuck until a quorum is back."""
     nl = neon_local
     config = test_output_dir / "init.toml"
-    write_neon_local_config(config, port_distributor, safekeepers=3, endpoint_ports=10)
-    nl.run("init", "--config", config)
-    nl.run("start")
-    nl.run("tenant", "create", "--set-default")
-    nl.run("endpoint", "create", "main")
-    port = start_port(nl.run("endpoint", "start", "main").stdout)
+    port = start_cluster(nl, config, port_distributor, safekeepers=3)
     psql(pg_bin, port, "CREATE TABLE t (i int)")
     nl.run("safekeeper", "stop", "2")
     nl.run("safekeeper", "stop", "3")
@@ -245,12 +246,7 @@ def test_endpoint_restarts_with_a_safekeeper_down(neon_local: NeonLocal,  # noqa
     timelines when it is back and catches up."""
     nl = neon_local
     config = test_output_dir / "init.toml"
-    write_neon_local_config(config, port_distributor, safekeepers=3, endpoint_ports=10)
-    nl.run("init", "--config", config)
-    nl.run("start")
-    nl.run("tenant", "create", "--set-default")
-    nl.run("endpoint", "create", "main")
-    port = start_port(nl.run("endpoint", "start", "main").stdout)
+    port = start_cluster(nl, config, port_distributor, safekeepers=3)
     psql(pg_bin, port, "CREATE TABLE ledger (n int)")
     acknowledged = []
     for n in range(1, 51):
