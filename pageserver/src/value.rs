@@ -724,6 +724,11 @@ mod tests {
         vec![
             Value::Image(Bytes::from_static(b"")),
             Value::Image(Bytes::from(vec![7u8; BLCKSZ])),
+            Value::Unreadable(UnreadableRecord {
+                lsn: Lsn(0x016B_5A50),
+                rmgr: 10,
+                info: 0x20,
+            }),
             Value::Delta(RustRecord::ClogSetStatus {
                 xids: vec![1, 2, 3],
                 status: ClogStatus::SubCommitted,
@@ -771,6 +776,9 @@ mod tests {
             vec![1, 1, 3, 0, 0, 0, 0, 0, 0, 0],
             vec![1, 1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             vec![1, 1, 4, 0, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0, 6],
+            // Unreadable: short, and with a trailing byte.
+            vec![1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 10],
+            vec![1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 10, 0, 0],
         ];
         for b in bad {
             assert!(Value::decode(&b).is_err(), "{b:?}");

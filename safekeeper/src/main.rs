@@ -48,7 +48,8 @@ struct Cli {
     remote_storage: Option<RemoteStorageConfig>,
     /// For tests only: acknowledge WAL no faster than this many bytes a
     /// second, as a slow disk would [default: full speed]
-    #[arg(long = "testing-wal-write-rate", value_name = "BYTES_PER_SEC")]
+    #[arg(long = "testing-wal-write-rate", value_name = "BYTES_PER_SEC",
+          value_parser = clap::value_parser!(u64).range(1..))]
     testing_wal_write_bytes_per_second: Option<u64>,
 }
 

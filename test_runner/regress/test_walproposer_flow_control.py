@@ -149,8 +149,10 @@ def test_throttled_single_safekeeper(make_wal_service: Callable[..., WalService]
         assert lsn_int(status["commit_lsn"]) >= end
         report_figure(f"throttled safekeeper ({rate >> 20} MiB/s): {wal >> 20} MiB of WAL committed, "
                       f"walproposer peak RSS {peak >> 20} MiB (buffer limit 64 MiB)")
-        # The buffer, the queue, a recovery chunk and the program itself.
-        assert peak < 64 * 1024 * 1024 + 64 * 1024 * 1024, f"walproposer RSS peaked at {peak} bytes"
+        # The buffer, the queues, the channel from PostgreSQL, the program
+        # and the allocator's slack; without flow control it held all the
+        # WAL the load wrote (378 MiB, asserted above to exceed 300 MiB).
+        assert peak < 64 * 1024 * 1024 + 96 * 1024 * 1024, f"walproposer RSS peaked at {peak} bytes"
     finally:
         compute.kill()
 

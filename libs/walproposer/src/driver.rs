@@ -443,8 +443,7 @@ impl Driver {
     fn report(&mut self) {
         let now = Instant::now();
         let commit = self.proposer.commit_lsn();
-        let (buffer_start, buffer_end) = self.pump.buffered();
-        let received = buffer_end.max(buffer_start);
+        let (_, received) = self.pump.buffered();
         let waiting = received > commit;
         if commit != self.last_commit || !waiting {
             self.last_commit = commit;

@@ -86,10 +86,6 @@ impl WalPump {
         }
     }
 
-    pub fn limits(&self) -> PumpLimits {
-        self.limits
-    }
-
     /// Begin the source WAL afresh at `start` (sync mode, once elected).
     pub fn reset(&mut self, start: Lsn) {
         self.buffer = WalBuffer::new(start);

@@ -45,11 +45,6 @@ pub struct WalproposerStatus {
 }
 
 impl WalproposerStatus {
-    /// Whether WAL read from PostgreSQL waits for a quorum.
-    pub fn waiting(&self) -> bool {
-        self.received_lsn > self.commit_lsn
-    }
-
     /// One line: what commits wait for, safekeeper by safekeeper.
     pub fn describe_wait(&self) -> String {
         let mut text = String::new();
