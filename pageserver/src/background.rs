@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use utils::{Lsn, TenantId, TimelineId};
 
+use crate::tenant::timeline::Timeline;
 use crate::tenant::Tenant;
 use crate::tenant_manager::TenantManager;
-use crate::timeline::Timeline;
 
 /// Settings of the background loop (in the pageserver's config).
 #[derive(Clone, Debug, Serialize, Deserialize)]

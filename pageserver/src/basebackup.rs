@@ -28,7 +28,7 @@ use tracing::info;
 use utils::Lsn;
 
 use crate::key::SlruKind;
-use crate::timeline::{RecordLsn, Timeline};
+use crate::tenant::timeline::{RecordLsn, Timeline};
 
 /// Directories every data directory has (created empty when they hold nothing).
 const PGDATA_DIRS: &[&str] = &[

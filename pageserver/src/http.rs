@@ -12,9 +12,9 @@ use pageserver_api::models::{
 };
 use utils::{TenantId, TimelineId};
 
+use crate::tenant::timeline::{BranchError, Timeline};
 use crate::tenant::{Tenant, TenantError, TenantState};
 use crate::tenant_manager::{AlreadyExists, AttachError, TenantManager};
-use crate::timeline::{BranchError, Timeline};
 
 type Manager = Arc<TenantManager>;
 

@@ -36,7 +36,7 @@ use utils::Lsn;
 
 use crate::key::{Key, SlruKind, SLRU_PAGES_PER_SEGMENT};
 use crate::pgdatadir::DatadirModification;
-use crate::timeline::{RecordLsn, Timeline};
+use crate::tenant::timeline::{RecordLsn, Timeline};
 use crate::value::Value;
 
 /// Pages written to the timeline in one batch while importing a relation.

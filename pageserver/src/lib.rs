@@ -13,14 +13,12 @@ pub mod basebackup;
 pub mod http;
 pub mod import_datadir;
 pub mod key;
-pub mod layer;
 pub mod metrics;
 pub mod page_service;
 pub mod pgdatadir;
 pub mod remote_timeline;
 pub mod tenant;
 pub mod tenant_manager;
-pub mod timeline;
 pub mod value;
 pub mod walingest;
 pub mod walreceiver;
@@ -78,8 +76,8 @@ impl Default for PageServerConf {
             pg_bin_dir: PathBuf::from("/usr/lib/postgresql/15/bin"),
             pg_os_user: "postgres".into(),
             max_connections: 1000,
-            open_layer_max_bytes: timeline::DEFAULT_OPEN_LAYER_MAX_BYTES,
-            image_partition_keys: timeline::DEFAULT_IMAGE_PARTITION_KEYS,
+            open_layer_max_bytes: tenant::timeline::DEFAULT_OPEN_LAYER_MAX_BYTES,
+            image_partition_keys: tenant::timeline::DEFAULT_IMAGE_PARTITION_KEYS,
             background: background::BackgroundConf::default(),
             remote_storage: None,
         }
@@ -110,7 +108,7 @@ pub async fn run(conf: PageServerConf, cancel: CancellationToken) -> anyhow::Res
         }
         None => None,
     };
-    let timeline_conf = timeline::TimelineConf {
+    let timeline_conf = tenant::timeline::TimelineConf {
         open_layer_max_bytes: conf.open_layer_max_bytes,
         image_partition_keys: conf.image_partition_keys,
     };

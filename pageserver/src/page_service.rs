@@ -25,7 +25,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use utils::{Lsn, TenantId, TimelineId};
 
 use crate::key::SlruKind;
-use crate::timeline::Timeline;
+use crate::tenant::timeline::Timeline;
 
 /// How long a request may wait for WAL up to its LSN.
 pub const WAIT_LSN_TIMEOUT: Duration = Duration::from_secs(60);

@@ -16,7 +16,7 @@ use postgres_format::relfile::{ForkNumber, RelFileNode, RelTag};
 use utils::Lsn;
 
 use crate::key::{Key, SlruKind};
-use crate::timeline::{ReadError, RecordLsn, Timeline};
+use crate::tenant::timeline::{ReadError, RecordLsn, Timeline};
 use crate::value::{RustRecord, UnreadableRecord, Value, BLCKSZ};
 
 const DIRECTORY_FORMAT: u8 = 1;

@@ -31,10 +31,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use utils::{Lsn, TenantId, TimelineId};
 
-use crate::layer::LayerName;
+use crate::tenant::layer::LayerName;
 use crate::tenant::metadata::TimelineMetadata;
+use crate::tenant::timeline::Timeline;
 use crate::tenant::{Tenant, TenantState};
-use crate::timeline::Timeline;
 
 pub const INDEX_FILE_NAME: &str = "index_part.json";
 const INDEX_VERSION: u32 = 1;
@@ -421,7 +421,7 @@ async fn upload_layer(
 mod tests {
     use super::*;
     use crate::key::{Key, KeyRange};
-    use crate::timeline::RecordLsn;
+    use crate::tenant::timeline::RecordLsn;
     use postgres_format::PgMajorVersion;
 
     fn metadata(dc: u64) -> TimelineMetadata {

@@ -18,8 +18,8 @@ use utils::{Lsn, TenantId, TimelineId};
 use crate::import_datadir::{end_of_wal, import_datadir};
 use crate::page_service::TimelineLookup;
 use crate::remote_timeline;
+use crate::tenant::timeline::{RecordLsn, Timeline, TimelineConf};
 use crate::tenant::{Tenant, TenantState};
-use crate::timeline::{RecordLsn, Timeline, TimelineConf};
 
 /// How PostgreSQL's `initdb` is run to bootstrap timelines.
 #[derive(Clone, Debug)]

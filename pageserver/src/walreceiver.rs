@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use utils::{Lsn, NodeId};
 
-use crate::timeline::Timeline;
+use crate::tenant::timeline::Timeline;
 use crate::walingest::WalIngest;
 
 /// Switch safekeepers when another stays this far ahead in commit LSN.

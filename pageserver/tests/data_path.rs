@@ -9,7 +9,7 @@ use anyhow::Context;
 use common::{configure, extract_tar, give_to_postgres, initdb, run, PgServer};
 use pageserver::basebackup::send_basebackup;
 use pageserver::import_datadir::{end_of_wal, import_datadir};
-use pageserver::timeline::{RecordLsn, Timeline};
+use pageserver::tenant::timeline::{RecordLsn, Timeline};
 use pageserver::walingest::WalIngest;
 use postgres_format::wal::read_wal_directory;
 use postgres_format::PgMajorVersion;

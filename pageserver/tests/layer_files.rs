@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use pageserver::key::{Key, KeyRange, SlruKind};
-use pageserver::layer::{
+use pageserver::tenant::layer::{
     DeltaLayerReader, DeltaLayerWriter, ImageLayerReader, ImageLayerWriter, LayerError, LayerName,
 };
 use pageserver::value::{ClogStatus, MultiXactStatus, RustRecord, Value};

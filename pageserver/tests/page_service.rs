@@ -12,7 +12,7 @@ use common::{extract_tar, give_to_postgres, initdb, PgServer};
 use pageserver::basebackup;
 use pageserver::import_datadir::{end_of_wal, import_datadir};
 use pageserver::page_service::{self, TimelineLookup};
-use pageserver::timeline::{RecordLsn, Timeline};
+use pageserver::tenant::timeline::{RecordLsn, Timeline};
 use pageserver_api::pagestream::{RelSpec, Request, Response};
 use postgres_format::PgMajorVersion;
 use tokio_util::sync::CancellationToken;

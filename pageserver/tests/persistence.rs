@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pageserver::key::{Key, KeyRange, SlruKind};
-use pageserver::layer::{DeltaLayerWriter, LayerName};
+use pageserver::tenant::layer::{DeltaLayerWriter, LayerName};
+use pageserver::tenant::timeline::{BranchError, ReadError, RecordLsn, Timeline, TimelineConf};
 use pageserver::tenant::{Tenant, TenantError, TenantState};
-use pageserver::timeline::{BranchError, ReadError, RecordLsn, Timeline, TimelineConf};
 use pageserver::value::{
     ClogStatus, RustRecord, UnreadableRecord, Value, BLCKSZ, CLOG_XACTS_PER_PAGE,
 };

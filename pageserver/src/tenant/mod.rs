@@ -9,7 +9,9 @@
 //! read marks the whole tenant broken (with the reason); nothing is
 //! deleted.
 
+pub mod layer;
 pub mod metadata;
+pub mod timeline;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -19,8 +21,10 @@ use postgres_format::PgMajorVersion;
 use tracing::warn;
 use utils::{Lsn, TenantId, TimelineId};
 
-use crate::layer::LayerName;
-use crate::timeline::{Ancestor, BranchError, RecordLsn, StorageError, Timeline, TimelineConf};
+use crate::tenant::layer::LayerName;
+use crate::tenant::timeline::{
+    Ancestor, BranchError, RecordLsn, StorageError, Timeline, TimelineConf,
+};
 use metadata::{fsync_dir, MetadataError, TimelineMetadata};
 
 /// Suffix of a timeline directory being created.

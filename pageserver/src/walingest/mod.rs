@@ -49,7 +49,7 @@ use tracing::error;
 use utils::Lsn;
 
 use crate::pgdatadir::DatadirModification;
-use crate::timeline::{RecordLsn, Timeline};
+use crate::tenant::timeline::{RecordLsn, Timeline};
 
 mod checkpoint;
 mod heap;

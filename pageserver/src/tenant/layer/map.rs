@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use utils::Lsn;
 
 use crate::key::{Key, KeyRange};
-use crate::layer::{DeltaLayerReader, ImageLayerReader, LayerError, LayerName};
+use crate::tenant::layer::{DeltaLayerReader, ImageLayerReader, LayerError, LayerName};
 use crate::value::Value;
 
 /// An open layer file.
