@@ -15,13 +15,13 @@ use anyhow::{bail, Context};
 use pageserver_api::pagestream::{RelSpec, Request, Response};
 use postgres_format::relfile::{ForkNumber, RelFileNode, RelTag};
 use pq_proto::{
-    BeMessage, ErrorFields, FeMessage, Format, PostgresBackend, StartupRequest, TransactionStatus,
+    BeMessage, ErrorFields, FeMessage, Format, PostgresBackend, QueryError, QueryHandler,
+    QueryOutcome, ServerConfig, StartupParams,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, Instrument};
 use utils::{Lsn, TenantId, TimelineId};
 
 use crate::key::SlruKind;
@@ -29,7 +29,6 @@ use crate::tenant::timeline::Timeline;
 
 /// How long a request may wait for WAL up to its LSN.
 pub const WAIT_LSN_TIMEOUT: Duration = Duration::from_secs(60);
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Finds timelines for the page service.
 pub trait TimelineLookup: Send + Sync + 'static {
@@ -94,109 +93,37 @@ pub async fn serve(
     max_connections: usize,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let limit = Arc::new(Semaphore::new(max_connections));
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!("accepting a page service connection: {e}");
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
-                let mut pgb = PostgresBackend::new(stream);
-                if let Ok(Ok(_)) = tokio::time::timeout(STARTUP_TIMEOUT, pgb.read_startup()).await {
-                    let _ = pgb
-                        .write_message(&BeMessage::ErrorResponse(&ErrorFields::fatal(
-                            "53300",
-                            "too many connections to this pageserver",
-                        )))
-                        .await;
-                    let _ = pgb.flush().await;
-                }
-            });
-            continue;
-        };
-        let (timelines, cancel) = (timelines.clone(), cancel.clone());
-        tokio::spawn(
-            async move {
-                let _permit = permit;
-                if let Err(e) =
-                    handle_connection(PostgresBackend::new(stream), timelines, basebackup, cancel)
-                        .await
-                {
-                    info!("connection ended: {e:#}");
-                }
-            }
-            .instrument(info_span!("page_service", %peer)),
-        );
-    }
+    let handler = Arc::new(PageService {
+        timelines,
+        basebackup,
+    });
+    let config = ServerConfig::new("pageserver", max_connections);
+    pq_proto::query_server::serve(listener, handler, config, cancel).await
 }
 
-pub async fn handle_connection<S>(
-    mut pgb: PostgresBackend<S>,
+/// The page service's queries.
+struct PageService {
     timelines: Arc<dyn TimelineLookup>,
     basebackup: BasebackupFn,
-    cancel: CancellationToken,
-) -> anyhow::Result<()>
+}
+
+impl<S> QueryHandler<S> for PageService
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let startup = tokio::time::timeout(STARTUP_TIMEOUT, pgb.read_startup())
-        .await
-        .context("no startup packet within the startup timeout")?;
-    match startup {
-        Ok(StartupRequest::Startup(_)) => {}
-        Ok(StartupRequest::Cancel(_)) => return Ok(()),
-        Err(e) => {
-            let _ = pgb
-                .write_message(&BeMessage::ErrorResponse(&ErrorFields::fatal(
-                    "08P01",
-                    format!("invalid startup packet: {e}"),
-                )))
-                .await;
-            let _ = pgb.flush().await;
-            return Err(e).context("reading the startup packet");
-        }
+    type Session = ();
+
+    fn startup(&self, _params: &StartupParams) -> Result<(), QueryError> {
+        Ok(())
     }
-    pgb.write_message(&BeMessage::AuthenticationOk).await?;
-    pgb.write_message(&BeMessage::ParameterStatus {
-        name: "server_version",
-        value: "15.0",
-    })
-    .await?;
-    pgb.write_message(&BeMessage::ReadyForQuery(TransactionStatus::Idle))
-        .await?;
-    pgb.flush().await?;
-    loop {
-        let message = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            m = pgb.read_message() => m?,
-        };
-        let query = match message {
-            None | Some(FeMessage::Terminate) => return Ok(()),
-            Some(FeMessage::Query(q)) => q,
-            Some(other) => {
-                error_and_ready(
-                    &mut pgb,
-                    &format!("unexpected message {other:?}: only simple queries are accepted"),
-                )
-                .await?;
-                continue;
-            }
-        };
-        let command = match parse_command(&query) {
-            Ok(c) => c,
-            Err(e) => {
-                error_and_ready(&mut pgb, &format!("{e:#}")).await?;
-                continue;
-            }
-        };
+
+    async fn query(
+        &self,
+        _session: &mut (),
+        pgb: &mut PostgresBackend<S>,
+        query: &str,
+    ) -> Result<QueryOutcome<S>, QueryError> {
+        let command = parse_command(query)?;
         let (tenant_id, timeline_id) = match &command {
             Command::Pagestream {
                 tenant_id,
@@ -208,40 +135,21 @@ where
                 ..
             } => (*tenant_id, *timeline_id),
         };
-        let timeline = match timelines.get_timeline(tenant_id, timeline_id) {
-            Ok(t) => t,
-            Err(e) => {
-                error_and_ready(&mut pgb, &format!("{e:#}")).await?;
-                continue;
-            }
-        };
+        let timeline = self.timelines.get_timeline(tenant_id, timeline_id)?;
         match command {
-            Command::Pagestream { .. } => {
+            Command::Pagestream { .. } => Ok(QueryOutcome::take_over(move |pgb, cancel| {
                 let span = info_span!("pagestream", %tenant_id, %timeline_id);
-                return pagestream(pgb, timeline, cancel).instrument(span).await;
-            }
+                pagestream(pgb, timeline, cancel).instrument(span)
+            })),
             Command::Basebackup { lsn, .. } => {
                 let span = info_span!("basebackup", %tenant_id, %timeline_id);
-                send_basebackup(&mut pgb, timeline, lsn, basebackup)
+                send_basebackup(pgb, timeline, lsn, self.basebackup)
                     .instrument(span)
                     .await?;
+                Ok(QueryOutcome::Done)
             }
         }
     }
-}
-
-async fn error_and_ready<S: AsyncWrite + Unpin>(
-    pgb: &mut PostgresBackend<S>,
-    message: &str,
-) -> anyhow::Result<()> {
-    pgb.write_message(&BeMessage::ErrorResponse(&ErrorFields::error(
-        "XX000", message,
-    )))
-    .await?;
-    pgb.write_message(&BeMessage::ReadyForQuery(TransactionStatus::Idle))
-        .await?;
-    pgb.flush().await?;
-    Ok(())
 }
 
 async fn send_basebackup<S>(
@@ -254,21 +162,15 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     if let Some(lsn) = lsn {
-        if let Err(e) = timeline.wait_lsn(lsn, WAIT_LSN_TIMEOUT).await {
-            return error_and_ready(pgb, &e.to_string()).await;
-        }
+        timeline.wait_lsn(lsn, WAIT_LSN_TIMEOUT).await?;
     }
     // Build the tar off the runtime, then stream it.
-    let result = tokio::task::spawn_blocking(move || {
+    let tar = tokio::task::spawn_blocking(move || {
         let mut tar = Vec::new();
         basebackup(&timeline, lsn, &mut tar).map(|()| tar)
     })
     .await
-    .context("base backup task")?;
-    let tar = match result {
-        Ok(tar) => tar,
-        Err(e) => return error_and_ready(pgb, &format!("{e:#}")).await,
-    };
+    .context("base backup task")??;
     info!("sending a base backup of {} bytes", tar.len());
     pgb.write_message(&BeMessage::CopyOutResponse(Format::Binary))
         .await?;
@@ -278,9 +180,6 @@ where
     pgb.write_message(&BeMessage::CopyDone).await?;
     pgb.write_message(&BeMessage::CommandComplete("COPY 0"))
         .await?;
-    pgb.write_message(&BeMessage::ReadyForQuery(TransactionStatus::Idle))
-        .await?;
-    pgb.flush().await?;
     Ok(())
 }
 

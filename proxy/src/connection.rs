@@ -32,7 +32,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 /// The largest message of the compute's that the proxy parses (during the
 /// startup phase only; later bytes are copied without parsing).
 const MAX_STARTUP_REPLY_LEN: usize = 1 << 20;
-const CANCEL_REQUEST_CODE: i32 = (1234 << 16) | 5678;
 
 /// Cancel keys of the sessions relayed now, and the compute each is on.
 #[derive(Default)]
@@ -380,20 +379,7 @@ async fn forward_cancel(shared: &Shared, key: CancelKey) {
         debug!("cancel request with an unknown key");
         return;
     };
-    let mut packet = BytesMut::with_capacity(16);
-    packet.put_i32(16);
-    packet.put_i32(CANCEL_REQUEST_CODE);
-    packet.put_i32(key.process_id);
-    packet.put_i32(key.secret_key);
-    let sent = async {
-        let mut s = TcpStream::connect(address).await?;
-        s.write_all(&packet).await?;
-        s.shutdown().await?;
-        // Wait for the compute to close, as libpq's PQcancel does.
-        let mut rest = Vec::new();
-        s.read_to_end(&mut rest).await?;
-        std::io::Result::Ok(())
-    };
+    let sent = pq_proto::client::send_cancel_request(address, key);
     match tokio::time::timeout(shared.connect_timeout, sent).await {
         Ok(Ok(())) => {
             shared.metrics.cancels.inc();

@@ -17,7 +17,6 @@ use axum::Router;
 use daemon_utils::{bind_listener, CancellationToken, HttpServer, ServiceInfo};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::sync::Semaphore;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::connection::{CancelMap, Shared};
@@ -127,24 +126,27 @@ pub async fn run(conf: ProxyConf, cancel: CancellationToken) -> anyhow::Result<(
         conf.control_plane_api
     );
     let http_task = tokio::spawn(http.serve(http_listener, Router::new(), cancel.clone()));
-    let limit = Arc::new(Semaphore::new(conf.max_connections.max(1)));
+    // Refused at once: a client that requires TLS still reads why.
+    let pg_listener = pq_proto::Listener::new(
+        pg_listener,
+        "proxy",
+        conf.max_connections,
+        pq_proto::Refusal::Immediately,
+        shared.startup_timeout,
+    );
     loop {
-        let (tcp, peer) = tokio::select! {
+        let accepted = tokio::select! {
             _ = cancel.cancelled() => break,
             accepted = pg_listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     warn!("accepting a connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
         shared.metrics.connections.inc();
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tokio::spawn(refuse_too_many(tcp));
-            continue;
-        };
+        let (tcp, peer, permit) = (accepted.stream, accepted.peer, accepted.permit);
         let (shared, cancel) = (shared.clone(), cancel.clone());
         tokio::spawn(
             async move {
@@ -158,16 +160,4 @@ pub async fn run(conf: ProxyConf, cancel: CancellationToken) -> anyhow::Result<(
     }
     http_task.await.context("the HTTP server task")??;
     Ok(())
-}
-
-async fn refuse_too_many(mut tcp: tokio::net::TcpStream) {
-    use tokio::io::AsyncWriteExt;
-    let mut out = bytes::BytesMut::new();
-    let fields = pq_proto::ErrorFields::fatal("53300", "too many connections to the proxy");
-    if pq_proto::BeMessage::ErrorResponse(&fields)
-        .write(&mut out)
-        .is_ok()
-    {
-        let _ = tcp.write_all(&out).await;
-    }
 }

@@ -9,22 +9,17 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use pq_proto::{
-    BeMessage, ColumnDesc, ErrorFields, FeMessage, PostgresBackend, StartupParams, StartupRequest,
-    TransactionStatus,
+    ColumnDesc, PostgresBackend, QueryError, QueryHandler, QueryOutcome, ServerConfig,
+    StartupParams,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info_span, Instrument};
 use utils::{Lsn, TenantId, TimelineId};
 
 use crate::receive_wal::WriteThrottle;
 use crate::timeline::{GlobalTimelines, Timeline};
 use crate::{receive_wal, send_wal};
-
-/// A connection must send its startup packet within this time (as
-/// PostgreSQL's `authentication_timeout`), or it is closed.
-const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How a WAL reader wants WAL: up to the commit LSN (pageservers,
 /// standbys), or up to the flush LSN (a walproposer recovering a lagging
@@ -150,176 +145,65 @@ pub async fn serve(
     throttle: Option<WriteThrottle>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let limit = Arc::new(Semaphore::new(max_connections));
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!("accepting a WAL service connection: {e}");
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let (timelines, cancel) = (timelines.clone(), cancel.clone());
-        match limit.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tokio::spawn(
-                    async move {
-                        let _permit = permit;
-                        if let Err(e) = handle_connection(stream, timelines, throttle, cancel).await
-                        {
-                            info!("connection ended: {e:#}");
-                        }
-                    }
-                    .instrument(info_span!("wal_service", %peer)),
-                );
-            }
-            Err(_) => {
-                tokio::spawn(async move {
-                    let mut pgb = PostgresBackend::new(stream);
-                    if let Ok(Ok(_)) =
-                        tokio::time::timeout(STARTUP_TIMEOUT, pgb.read_startup()).await
-                    {
-                        let _ = pgb
-                            .send_error("53300", "too many connections to this safekeeper")
-                            .await;
-                        let _ = pgb.flush().await;
-                    }
-                });
-            }
-        }
-    }
+    let handler = Arc::new(WalService {
+        timelines,
+        throttle,
+    });
+    let config = ServerConfig::new("safekeeper", max_connections);
+    pq_proto::query_server::serve(listener, handler, config, cancel).await
 }
 
-async fn handle_connection(
-    stream: TcpStream,
+/// The WAL service's queries.
+struct WalService {
     timelines: Arc<GlobalTimelines>,
     throttle: Option<WriteThrottle>,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut pgb = PostgresBackend::new(stream);
-    let startup = tokio::time::timeout(STARTUP_TIMEOUT, pgb.read_startup())
-        .await
-        .context("no startup packet within the startup timeout")?;
-    let params = match startup {
-        Ok(StartupRequest::Startup(params)) => params,
-        Ok(StartupRequest::Cancel(_)) => return Ok(()),
-        Err(e) => {
-            let _ = pgb
-                .send_error("08P01", &format!("invalid startup packet: {e}"))
-                .await;
-            let _ = pgb.flush().await;
-            return Err(e).context("reading the startup packet");
-        }
-    };
-    let conn = match ConnectionParams::parse(&params) {
-        Ok(conn) => conn,
-        Err(e) => {
-            pgb.send_error("08P01", &format!("{e:#}")).await?;
-            pgb.flush().await?;
-            return Err(e);
-        }
-    };
-    pgb.write_message(&BeMessage::AuthenticationOk).await?;
-    for (name, value) in [
-        ("server_version", "15.0"),
-        ("server_encoding", "UTF8"),
-        ("client_encoding", "UTF8"),
-        ("DateStyle", "ISO"),
-        ("integer_datetimes", "on"),
-    ] {
-        pgb.write_message(&BeMessage::ParameterStatus { name, value })
-            .await?;
-    }
-    pgb.write_message(&BeMessage::ReadyForQuery(TransactionStatus::Idle))
-        .await?;
-    pgb.flush().await?;
-    debug!(application_name = conn.application_name, "connected");
+}
 
-    loop {
-        let message = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            m = pgb.read_message() => m?,
-        };
-        let query = match message {
-            None | Some(FeMessage::Terminate) => return Ok(()),
-            Some(FeMessage::Query(query)) => query,
-            Some(other) => {
-                pgb.send_error(
-                    "08P01",
-                    &format!("unexpected message {other:?}: only simple queries are accepted"),
-                )
-                .await?;
-                pgb.write_message(&BeMessage::ReadyForQuery(TransactionStatus::Idle))
-                    .await?;
-                pgb.flush().await?;
-                continue;
+impl QueryHandler<TcpStream> for WalService {
+    type Session = ConnectionParams;
+
+    fn startup(&self, params: &StartupParams) -> Result<ConnectionParams, QueryError> {
+        let conn = ConnectionParams::parse(params)
+            .map_err(|e| QueryError::fatal("08P01", format!("{e:#}")))?;
+        debug!(application_name = conn.application_name, "connected");
+        Ok(conn)
+    }
+
+    async fn query(
+        &self,
+        conn: &mut ConnectionParams,
+        pgb: &mut PostgresBackend<TcpStream>,
+        query: &str,
+    ) -> Result<QueryOutcome<TcpStream>, QueryError> {
+        match parse_command(query)? {
+            Command::IdentifySystem => {
+                identify_system(pgb, conn, &self.timelines).await?;
+                Ok(QueryOutcome::Done)
             }
-        };
-        let result = match parse_command(&query) {
-            Ok(Command::IdentifySystem) => identify_system(&mut pgb, &conn, &timelines).await,
-            Ok(Command::StartWalPush) => {
-                let timeline = match conn.timeline(&timelines) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        report(&mut pgb, &e).await?;
-                        continue;
-                    }
-                };
-                let span = info_span!("wal_push", tenant_id = %timeline.tenant_id, timeline_id = %timeline.timeline_id);
-                return receive_wal::handle(pgb, timeline, throttle, cancel)
-                    .instrument(span)
-                    .await;
+            Command::StartWalPush => {
+                let timeline = conn.timeline(&self.timelines)?;
+                let throttle = self.throttle;
+                Ok(QueryOutcome::take_over(move |pgb, cancel| {
+                    let span = info_span!("wal_push", tenant_id = %timeline.tenant_id, timeline_id = %timeline.timeline_id);
+                    receive_wal::handle(pgb, timeline, throttle, cancel).instrument(span)
+                }))
             }
-            Ok(Command::StartReplication { start }) => {
-                let timeline = match conn.timeline(&timelines) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        report(&mut pgb, &e).await?;
-                        continue;
-                    }
-                };
+            Command::StartReplication { start } => {
+                let timeline = conn.timeline(&self.timelines)?;
                 let local_start = timeline.acceptor().state.local_start_lsn;
                 if start < local_start {
-                    let e = anyhow::anyhow!("requested WAL at {start} is not on this safekeeper, its WAL begins at {local_start}");
-                    report(&mut pgb, &e).await?;
-                    continue;
+                    return Err(anyhow::anyhow!("requested WAL at {start} is not on this safekeeper, its WAL begins at {local_start}").into());
                 }
                 let span = info_span!("wal_send", tenant_id = %timeline.tenant_id, timeline_id = %timeline.timeline_id, app = conn.application_name);
                 let from_pageserver = conn.application_name == "pageserver";
-                return send_wal::handle(
-                    pgb,
-                    timeline,
-                    start,
-                    conn.read_limit,
-                    from_pageserver,
-                    cancel,
-                )
-                .instrument(span)
-                .await;
+                let read_limit = conn.read_limit;
+                Ok(QueryOutcome::take_over(move |pgb, cancel| {
+                    send_wal::handle(pgb, timeline, start, read_limit, from_pageserver, cancel)
+                        .instrument(span)
+                }))
             }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            report(&mut pgb, &e).await?;
         }
     }
-}
-
-/// Answer a failed command with an ErrorResponse and wait for the next one.
-async fn report(pgb: &mut PostgresBackend<TcpStream>, e: &anyhow::Error) -> anyhow::Result<()> {
-    pgb.write_message(&BeMessage::ErrorResponse(&ErrorFields::error(
-        "XX000",
-        format!("{e:#}"),
-    )))
-    .await?;
-    pgb.write_message(&BeMessage::ReadyForQuery(TransactionStatus::Idle))
-        .await?;
-    pgb.flush().await?;
-    Ok(())
 }
 
 async fn identify_system(
@@ -350,9 +234,6 @@ async fn identify_system(
         None,
     ];
     pgb.send_query_result(&columns, &[row]).await?;
-    pgb.write_message(&BeMessage::ReadyForQuery(TransactionStatus::Idle))
-        .await?;
-    pgb.flush().await?;
     Ok(())
 }
 

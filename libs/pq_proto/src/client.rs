@@ -164,6 +164,21 @@ fn keep_error(
     Ok(())
 }
 
+/// Send a `CancelRequest` for the session with `key` on a connection of its
+/// own, then wait for the server to close it (as libpq's `PQcancel` does).
+/// Whether anything was cancelled is not reported, by design.
+pub async fn send_cancel_request(addr: impl ToSocketAddrs, key: CancelKey) -> io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut packet = BytesMut::with_capacity(16);
+    frontend::cancel_request(key.process_id, key.secret_key, &mut packet);
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(&packet).await?;
+    stream.shutdown().await?;
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await?;
+    Ok(())
+}
+
 /// Connects over TCP and runs the startup phase: sends a `StartupMessage`
 /// with `params` (`user` is required; add `database`, `application_name`,
 /// `options`, `replication=true`, …; `client_encoding` defaults to UTF8),

@@ -13,6 +13,11 @@
 //! * [`client`]: [`Client`], a client connection over TCP built on the
 //!   `postgres-protocol` crate: authentication (trust, cleartext, MD5,
 //!   SCRAM-SHA-256), simple queries, COPY OUT and COPY BOTH streams.
+//! * [`listener`]: accepting connections up to a limit, refusing the rest
+//!   with `53300`.
+//! * [`query_server`]: a whole server for simple-query daemons: startup,
+//!   the authentication hook, the query loop, error replies and
+//!   cancellation, around a [`QueryHandler`].
 //! * [`replication`]: the physical replication messages carried in
 //!   `CopyData` (`w`, `k`, `r`, `h`) and PostgreSQL timestamps; both sides
 //!   encode and decode them.
@@ -25,6 +30,8 @@
 pub mod backend;
 pub mod client;
 pub mod frontend;
+pub mod listener;
+pub mod query_server;
 pub mod replication;
 pub mod server;
 
@@ -38,6 +45,8 @@ pub use frontend::{
     parse_startup, ExtendedMessage, FeMessage, ReplicationMode, StartupPacket, StartupParams,
     StartupRequest,
 };
+pub use listener::{Accepted, Listener, Refusal};
+pub use query_server::{QueryError, QueryHandler, QueryOutcome, ServerConfig};
 pub use server::PostgresBackend;
 
 /// Default limit on the body of one message: 16 MiB of payload plus room for
