@@ -1,6 +1,6 @@
 import pytest
 
-pytest_plugins = ["fixtures.neon_fixtures", "fixtures.wal_service", "fixtures.storage", "fixtures.remote_storage"]
+pytest_plugins = ["fixtures.neon_fixtures"]
 
 _FIGURES: list[str] = []
 

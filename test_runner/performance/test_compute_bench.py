@@ -28,13 +28,14 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from fixtures.daemons import NeonLocal, neon_local, write_neon_local_config  # noqa: F401
-from fixtures.neon_fixtures import PortDistributor, output_root, wait_until
+from fixtures.neon_fixtures import NeonEnvBuilder, output_root
+from fixtures.neon_local import NeonLocal
 from fixtures.pg import PgBin, VanillaPostgres
+from fixtures.port_distributor import PortDistributor
+from fixtures.utils import wait_until
 
 SCALE = 10
 STARTS = 5
@@ -46,6 +47,8 @@ SAME_SETTINGS = ["shared_buffers", "fsync", "synchronous_commit", "wal_level", "
 
 
 class Cluster:
+    """A started neon_local repository with a default tenant."""
+
     def __init__(self, nl: NeonLocal, pg_bin: PgBin):
         self.nl, self.pg_bin = nl, pg_bin
 
@@ -87,15 +90,12 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(neon_local: NeonLocal, port_distributor: PortDistributor, test_output_dir: Path,  # noqa: F811
-            pg_bin: PgBin) -> Iterator[Cluster]:
-    config = test_output_dir / "init.toml"
-    write_neon_local_config(config, port_distributor, safekeepers=1, endpoint_ports=10)
-    neon_local.run("init", "--config", config)
-    neon_local.run("start")
-    neon_local.run("tenant", "create", "--set-default")
-    yield Cluster(neon_local, pg_bin)
-    neon_local.run("stop", check=False)
+def cluster(neon_env_builder: NeonEnvBuilder, pg_bin: PgBin) -> Cluster:
+    neon_env_builder.num_safekeepers = 1
+    nl = neon_env_builder.neon_local()
+    nl.run("start")
+    nl.run("tenant", "create", "--set-default")
+    return Cluster(nl, pg_bin)
 
 
 def pgbench_tps(out: str) -> float:

@@ -26,18 +26,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from fixtures.neon_fixtures import PortDistributor, output_root, wait_until
-from fixtures.pg import PgBin
-from fixtures.storage import Compute, Storage
-from fixtures.wal_service import lsn_int, lsn_str
+from fixtures.compute import Compute
+from fixtures.lsn import lsn_int, lsn_str
+from fixtures.neon_fixtures import NeonEnv, NeonEnvBuilder, output_root
+from fixtures.utils import wait_until
 
 SMALL_SCALE = 1       # about 15 MB
 LARGE_SCALE = int(os.environ.get("PAGESERVER_BENCH_SCALE", "68"))  # about 1 GB
@@ -50,15 +48,13 @@ interval_seconds = 1.0
 
 
 @pytest.fixture
-def bench_storage(neon_binpath: Path, pg_bin: PgBin, port_distributor: PortDistributor, test_output_dir: Path):
-    s = Storage(neon_binpath, pg_bin, port_distributor, test_output_dir, pageserver_config=CONFIG)
-    s.start()
-    yield s
-    s.stop()
+def bench_env(neon_env_builder: NeonEnvBuilder) -> NeonEnv:
+    neon_env_builder.pageserver_config = CONFIG
+    return neon_env_builder.init_start()
 
 
-def branch_times(storage: Storage, tenant: str, timeline: str) -> list[float]:
-    ps = storage.pageserver
+def branch_times(env: NeonEnv, tenant: str, timeline: str) -> list[float]:
+    ps = env.pageserver
     times = []
     for _ in range(BRANCHES):
         t0 = time.perf_counter()
@@ -68,11 +64,11 @@ def branch_times(storage: Storage, tenant: str, timeline: str) -> list[float]:
     return times
 
 
-def basebackup_seconds(storage: Storage, tenant: str, timeline: str, lsn: int) -> tuple[float, int]:
-    ps = storage.pageserver
+def basebackup_seconds(env: NeonEnv, tenant: str, timeline: str, lsn: int) -> tuple[float, int]:
+    ps = env.pageserver
     query = f"basebackup {tenant} {timeline} {lsn_str(lsn)}"
     t0 = time.perf_counter()
-    out = subprocess.run([storage.pg_bin.path("psql"), "-X", "-h", "127.0.0.1", "-p", str(ps.pg_port), "-U", "cloud_admin",
+    out = subprocess.run([env.pg_bin.path("psql"), "-X", "-h", "127.0.0.1", "-p", str(ps.pg_port), "-U", "cloud_admin",
                           "-d", "postgres", "-c", query], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     elapsed = time.perf_counter() - t0
     assert out.returncode == 0, out.stderr
@@ -81,7 +77,7 @@ def basebackup_seconds(storage: Storage, tenant: str, timeline: str, lsn: int) -
 
 def pg_basebackup_seconds(compute: Compute) -> tuple[float, int]:
     t0 = time.perf_counter()
-    out = subprocess.run([compute.storage.pg_bin.path("pg_basebackup"), "-h", "127.0.0.1", "-p", str(compute.pg.port),
+    out = subprocess.run([compute.pg.pg_bin.path("pg_basebackup"), "-h", "127.0.0.1", "-p", str(compute.pg.port),
                           "-U", "cloud_admin", "-D", "-", "-Ft", "-X", "none", "--no-sync", "-c", "fast"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     elapsed = time.perf_counter() - t0
@@ -89,8 +85,8 @@ def pg_basebackup_seconds(compute: Compute) -> tuple[float, int]:
     return elapsed, len(out.stdout)
 
 
-def pagebench(storage: Storage, tenant: str, timeline: str, lsn: int, rel: str, connections: int) -> dict:
-    out = subprocess.run([str(storage.binpath / "pagebench"), "--pageserver", f"127.0.0.1:{storage.pageserver.pg_port}",
+def pagebench(env: NeonEnv, tenant: str, timeline: str, lsn: int, rel: str, connections: int) -> dict:
+    out = subprocess.run([str(env.binpath / "pagebench"), "--pageserver", f"127.0.0.1:{env.pageserver.pg_port}",
                           "--tenant-id", tenant, "--timeline-id", timeline, "--lsn", lsn_str(lsn), "--rel", rel,
                           "--seconds", str(PAGEBENCH_SECONDS), "--connections", str(connections)],
                          capture_output=True, text=True)
@@ -102,14 +98,14 @@ def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1000
 
 
-def test_pageserver_bench(bench_storage: Storage, report_figure):
+def test_pageserver_bench(bench_env: NeonEnv, report_figure):
     started = time.monotonic()
-    storage = bench_storage
-    ps = storage.pageserver
+    env = bench_env
+    ps = env.pageserver
     tenant = ps.create_tenant()
     timeline = ps.create_timeline(tenant)["timeline_id"]
-    storage.wal_service(tenant, timeline)
-    compute = storage.compute("main", tenant, timeline)
+    env.wal_service(tenant, timeline)
+    compute = env.compute("main", tenant, timeline)
     pg = compute.pg
     result: dict = {"small_scale": SMALL_SCALE, "large_scale": LARGE_SCALE}
 
@@ -119,13 +115,12 @@ def test_pageserver_bench(bench_storage: Storage, report_figure):
     ps.wait_for_lsn(tenant, timeline, lsn, timeout=300)
     small_logical = ps.timeline(tenant, timeline)["logical_size"]
     os.sync()
-    small_branch = branch_times(storage, tenant, timeline)
-    small_bb = [basebackup_seconds(storage, tenant, timeline, lsn) for _ in range(3)]
+    small_branch = branch_times(env, tenant, timeline)
+    small_bb = [basebackup_seconds(env, tenant, timeline, lsn) for _ in range(3)]
     small_pgbb = [pg_basebackup_seconds(compute) for _ in range(3)]
 
     # Large data set, written while the pageserver is down; then ingest.
-    ps.proc.send_signal(signal.SIGTERM)
-    assert ps.proc.wait(timeout=120) == 0
+    assert ps.stop() == 0
     t0 = time.perf_counter()
     pg.pgbench("-i", "-s", str(LARGE_SCALE), "-q")
     load_seconds = time.perf_counter() - t0
@@ -150,15 +145,15 @@ def test_pageserver_bench(bench_storage: Storage, report_figure):
     # checkpoint wrote serve them (a read at an older LSN goes below them).
     read_lsn = lsn_int(info["last_record_lsn"])
     os.sync()
-    large_branch = branch_times(storage, tenant, timeline)
+    large_branch = branch_times(env, tenant, timeline)
 
     # GetPage@LSN on pgbench_accounts at the last LSN.
     rel = pg.sql("SELECT CASE reltablespace WHEN 0 THEN 1663 ELSE reltablespace END || '/' || "
                  "(SELECT oid FROM pg_database WHERE datname = current_database()) || '/' || "
                  "pg_relation_filenode('pgbench_accounts') FROM pg_class WHERE relname = 'pgbench_accounts'")
-    getpage = {c: pagebench(storage, tenant, timeline, read_lsn, rel, c) for c in (1, 4)}
+    getpage = {c: pagebench(env, tenant, timeline, read_lsn, rel, c) for c in (1, 4)}
 
-    large_bb = basebackup_seconds(storage, tenant, timeline, read_lsn)
+    large_bb = basebackup_seconds(env, tenant, timeline, read_lsn)
     large_pgbb = pg_basebackup_seconds(compute)
     assert pg.sql("SELECT count(*) FROM pgbench_accounts") == str(LARGE_SCALE * 100000)
 

@@ -27,13 +27,13 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from fixtures.daemons import NeonLocal, http_session, neon_local, write_neon_local_config  # noqa: F401
-from fixtures.neon_fixtures import PortDistributor, output_root, wait_until
+from fixtures.neon_fixtures import NeonEnvBuilder, output_root
+from fixtures.neon_local import NeonLocal
 from fixtures.pg import PgBin
+from fixtures.utils import http_session, wait_until
 
 WAKES = 20
 WARM_CONNECTIONS = 200
@@ -44,8 +44,10 @@ ABBA = ["proxy", "direct", "direct", "proxy"]
 
 
 class Cluster:
-    def __init__(self, nl: NeonLocal, pg_bin: PgBin, proxy_port: int, control_plane: str):
-        self.nl, self.pg_bin, self.proxy_port, self.cp = nl, pg_bin, proxy_port, control_plane
+    """A started neon_local repository with a default tenant, and its proxy."""
+
+    def __init__(self, nl: NeonLocal, pg_bin: PgBin):
+        self.nl, self.pg_bin, self.proxy_port, self.cp = nl, pg_bin, nl.proxy_port, nl.http["control_plane"]
         self.session = http_session()
 
     def run(self, *args: str) -> str:
@@ -85,17 +87,12 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(neon_local: NeonLocal, port_distributor: PortDistributor, test_output_dir: Path,  # noqa: F811
-            pg_bin: PgBin) -> Iterator[Cluster]:
-    config = test_output_dir / "init.toml"
-    proxy_port = port_distributor.get()
-    http = write_neon_local_config(config, port_distributor, safekeepers=1, endpoint_ports=10,
-                                   proxy_pg_port=proxy_port)
-    neon_local.run("init", "--config", config)
-    neon_local.run("start", "--suspend-timeout", "1s")
-    neon_local.run("tenant", "create", "--set-default")
-    yield Cluster(neon_local, pg_bin, proxy_port, http["control_plane"])
-    neon_local.run("stop", check=False)
+def cluster(neon_env_builder: NeonEnvBuilder, pg_bin: PgBin) -> Cluster:
+    neon_env_builder.num_safekeepers = 1
+    nl = neon_env_builder.neon_local()
+    nl.run("start", "--suspend-timeout", "1s")
+    nl.run("tenant", "create", "--set-default")
+    return Cluster(nl, pg_bin)
 
 
 def tps(out: str) -> float:

@@ -10,37 +10,31 @@ on loopback):
 2. Attach time against data size: detach, then attach (downloading every
    layer), at scale 1 and at scale 10.
 
-Figures go to the summary and to ``test_output/bench/remote_storage.json``.
+Figures go to the summary and to ``test_output/bench/remote_env.json``.
 """
 
 from __future__ import annotations
 
 import json
-import signal
 import time
-from pathlib import Path
 
 import pytest
 
-from fixtures.daemons import daemon_metric as metric
-from fixtures.neon_fixtures import PortDistributor, output_root, wait_until
-from fixtures.pg import PgBin
-from fixtures.remote_storage import S3Server
-from fixtures.storage import Storage
-from fixtures.wal_service import lsn_int
+from fixtures.lsn import lsn_int
+from fixtures.neon_fixtures import NeonEnv, NeonEnvBuilder, output_root
+from fixtures.utils import wait_until
 
 
 @pytest.fixture
-def bench_storage_no_remote(neon_binpath: Path, pg_bin: PgBin, port_distributor: PortDistributor, test_output_dir: Path):
-    s = Storage(neon_binpath, pg_bin, port_distributor, test_output_dir,
-                pageserver_config="[background]\ninterval_seconds = 1.0\n")
-    s.start()
-    yield s
-    s.stop()
+def bench_env(neon_env_builder: NeonEnvBuilder) -> NeonEnv:
+    """The default cluster and an S3 server, which the pageserver does not use yet."""
+    neon_env_builder.enable_remote_storage(pageserver_prefix=None)
+    neon_env_builder.pageserver_config = "[background]\ninterval_seconds = 1.0\n"
+    return neon_env_builder.init_start()
 
 
-def attach_seconds(storage: Storage, tenant: str) -> float:
-    ps = storage.pageserver
+def attach_seconds(env: NeonEnv, tenant: str) -> float:
+    ps = env.pageserver
     r = ps.http("POST", f"/v1/tenant/{tenant}/detach")
     assert r.status_code == 200, r.text
     t0 = time.perf_counter()
@@ -49,33 +43,31 @@ def attach_seconds(storage: Storage, tenant: str) -> float:
     return time.perf_counter() - t0
 
 
-def test_remote_storage_bench(bench_storage_no_remote: Storage, s3_server: S3Server, report_figure):
-    storage, s3 = bench_storage_no_remote, s3_server
-    ps = storage.pageserver
+def test_remote_storage_bench(bench_env: NeonEnv, report_figure):
+    env, s3 = bench_env, bench_env.s3
+    ps = env.pageserver
     result: dict = {"server": "moto (Python S3-protocol server) on loopback"}
     # Data first, with no remote storage configured.
     tenants = {}
     for scale in (1, 10):
         tenant = ps.create_tenant()
         timeline = ps.create_timeline(tenant)["timeline_id"]
-        storage.wal_service(tenant, timeline)
-        compute = storage.compute(f"c{scale}", tenant, timeline)
+        env.wal_service(tenant, timeline)
+        compute = env.compute(f"c{scale}", tenant, timeline)
         compute.pg.pgbench("-i", "-s", str(scale), "-q")
         ps.wait_for_lsn(tenant, timeline, compute.insert_lsn(), timeout=600)
         compute.stop()
         r = ps.http("POST", f"/v1/tenant/{tenant}/timeline/{timeline}/checkpoint")
         assert r.ok, r.text
         tenants[scale] = (tenant, timeline)
-    files = [p for p in (storage.out / "pageserver" / "tenants").rglob("*")
+    files = [p for p in (ps.workdir / "tenants").rglob("*")
              if p.is_file() and p.name != "metadata" and "timelines" in p.parts]
     total = sum(p.stat().st_size for p in files)
 
     # Restart with remote storage: the uploaders find no index and upload
     # every layer.
-    ps.proc.send_signal(signal.SIGTERM)
-    assert ps.proc.wait(timeout=120) == 0
-    config = ps.args[ps.args.index("--config") + 1]
-    Path(config).write_text(f"remote_storage = {s3.config_toml('bench')}\n[background]\ninterval_seconds = 1.0\n")
+    assert ps.stop() == 0
+    ps.config_path.write_text(f"remote_storage = {s3.config_toml('bench')}\n[background]\ninterval_seconds = 1.0\n")
     t0 = time.perf_counter()
     ps.start()
 
@@ -88,7 +80,7 @@ def test_remote_storage_bench(bench_storage_no_remote: Storage, s3_server: S3Ser
 
     wait_until("every layer uploaded", uploaded, 600, 0.05)
     seconds = time.perf_counter() - t0
-    sent = metric(ps, "pageserver_remote_bytes_uploaded_total")
+    sent = ps.metric("pageserver_remote_bytes_uploaded_total")
     assert sent >= total * 0.9, (sent, total)
     t0 = time.perf_counter()
     for p in files:
@@ -103,14 +95,14 @@ def test_remote_storage_bench(bench_storage_no_remote: Storage, s3_server: S3Ser
     })
     attach = {}
     for scale, (tenant, timeline) in tenants.items():
-        layer_dir = storage.out / "pageserver" / "tenants" / tenant / "timelines" / timeline
+        layer_dir = ps.workdir / "tenants" / tenant / "timelines" / timeline
         size = sum(p.stat().st_size for p in layer_dir.iterdir() if p.name != "metadata")
-        attach[scale] = {"layer_mb": round(size / 1e6, 1), "attach_seconds": round(attach_seconds(storage, tenant), 2)}
+        attach[scale] = {"layer_mb": round(size / 1e6, 1), "attach_seconds": round(attach_seconds(env, tenant), 2)}
         assert ps.http("GET", f"/v1/tenant/{tenant}").json()["state"] == "active"
     result["attach"] = attach
     out = output_root() / "bench"
     out.mkdir(exist_ok=True)
-    (out / "remote_storage.json").write_text(json.dumps(result, indent=2))
+    (out / "remote_env.json").write_text(json.dumps(result, indent=2))
     report_figure(f"remote storage: upload {result['upload_mb']} MB of layers in {result['upload_seconds_including_restart']} s "
                   f"(pageserver restart included) = {result['upload_mb_per_s']} MB/s; boto3 put_object of the same files, "
                   f"one at a time, {result['boto3_put_mb_per_s']} MB/s ({result['upload_ratio_to_boto3']}x)")

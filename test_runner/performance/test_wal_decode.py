@@ -18,6 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from fixtures.lsn import SEGMENT_SIZE, lsn_int, segment_number
 from fixtures.neon_fixtures import output_root
 from fixtures.pg import PgBin, VanillaPostgres
 
@@ -47,9 +48,8 @@ def test_wal_decode_throughput(vanilla_pg: VanillaPostgres, pg_bin: PgBin, neon_
     summary = json.loads(subprocess.run(
         [str(neon_binpath / "pg_wal_inspect"), "dump", "--summary-only", str(wal_dir)],
         check=True, capture_output=True, text=True).stdout)["summary"]
-    first_lsn = int(segments[0].name[8:16], 16) << 32 | int(segments[0].name[16:24], 16) << 24
-    high, low = summary["end_lsn"].split("/")
-    wal_bytes = ((int(high, 16) << 32) | int(low, 16)) - first_lsn
+    first_lsn = segment_number(segments[0].name) * SEGMENT_SIZE
+    wal_bytes = lsn_int(summary["end_lsn"]) - first_lsn
 
     inspect = [str(neon_binpath / "pg_wal_inspect"), "dump", "--summary-only", str(wal_dir)]
     ours = [timed(inspect) for _ in range(RUNS)]

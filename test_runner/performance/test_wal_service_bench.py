@@ -30,14 +30,13 @@ import json
 import re
 import statistics
 import time
-from pathlib import Path
-from typing import Iterator
-
 import pytest
 
-from fixtures.neon_fixtures import PortDistributor, output_root, wait_until
-from fixtures.pg import PgBin, VanillaPostgres
-from fixtures.wal_service import SEGMENT_SIZE, Compute, Safekeeper, WalService, lsn_int
+from fixtures.lsn import SEGMENT_SIZE, lsn_int
+from fixtures.neon_fixtures import NeonEnv, NeonEnvBuilder, output_root
+from fixtures.pg import VanillaPostgres
+from fixtures.utils import wait_until
+from fixtures.wal_service import WalService
 
 SCALE = 10
 LATENCY_SECONDS = 8
@@ -110,24 +109,20 @@ def mean_by_mode(runs: list[tuple[bool, float]], on: bool) -> float:
 
 
 @pytest.fixture
-def one_safekeeper_compute(pg_bin: PgBin, neon_binpath: Path, port_distributor: PortDistributor,
-                           test_output_dir: Path) -> Iterator[Compute]:
-    """A second compute whose timeline lives on one safekeeper (started by the test)."""
-    output = test_output_dir / "one_safekeeper"
-    output.mkdir()
-    sk = Safekeeper(neon_binpath / "safekeeper", 1, output / "sk1", port_distributor.get(),
-                    port_distributor.get(), output / "sk1.log")
-    sk.datadir.mkdir()
-    pg = VanillaPostgres(pg_bin, test_output_dir / "pgdata_one_safekeeper", port_distributor.get())
-    compute = Compute(pg, WalService([sk]), neon_binpath, output)
-    yield compute
-    compute.kill()
-    sk.kill()
+def env(neon_env_builder: NeonEnvBuilder) -> NeonEnv:
+    """Four safekeepers alone: three for the first compute, and one,
+    stopped until the test starts it, for the second."""
+    neon_env_builder.pageserver = False
+    neon_env_builder.num_safekeepers = 4
+    env = neon_env_builder.init_start()
+    env.safekeepers[3].kill()
+    return env
 
 
-def test_wal_service_bench(compute: Compute, wal_service: WalService, one_safekeeper_compute: Compute,
-                           report_figure):
+def test_wal_service_bench(env: NeonEnv, report_figure):
     started = time.monotonic()
+    wal_service = env.wal_service(safekeepers=env.safekeepers[:3])
+    compute = env.new_compute(wal_service)
     pg = compute.pg
     compute.init()
     compute.start()
@@ -161,10 +156,9 @@ def test_wal_service_bench(compute: Compute, wal_service: WalService, one_safeke
         sk.kill()
 
     # 3. One safekeeper's WAL throughput, end to end.
-    single = one_safekeeper_compute
-    sk = single.service.safekeepers[0]
+    sk = env.safekeepers[3]
     sk.start()
-    single.service.create_timeline()
+    single = env.new_compute(env.wal_service(safekeepers=[sk]), "one_safekeeper")
     single.init()
     single.start()
     pg1 = single.pg

@@ -11,23 +11,17 @@ import hmac
 import json
 import os
 import re
-import signal
 import subprocess
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from fixtures.daemons import (  # noqa: F401 - the fixtures are used by name
-    DaemonFactory,
-    DaemonProcess,
-    metric_value,
-    pid_alive,
-    start_daemon,
-)
-from fixtures.neon_fixtures import PortDistributor, wait_until
+from fixtures.neon_fixtures import NeonEnv
 from fixtures.pg import PgBin
-from fixtures.storage import Storage
+from fixtures.port_distributor import PortDistributor
+from fixtures.process import Daemon
+from fixtures.utils import metric_value, pid_alive, wait_until
 
 
 def scram_verifier(password: str, iterations: int = 4096) -> str:
@@ -41,39 +35,40 @@ def scram_verifier(password: str, iterations: int = 4096) -> str:
 
 
 class ComputeCtl:
-    def __init__(self, storage: Storage, start_daemon: DaemonFactory, pg_bin: PgBin,
-                 tenant: str, timeline: str, out: Path):
-        self.storage, self.start_daemon, self.pg_bin = storage, start_daemon, pg_bin
+    """compute_ctls on one timeline of the cluster, their files in ``out``."""
+
+    def __init__(self, env: NeonEnv, pg_bin: PgBin, tenant: str, timeline: str, out: Path):
+        self.env, self.pg_bin = env, pg_bin
         self.tenant, self.timeline, self.out = tenant, timeline, out
-        self.started: list[DaemonProcess] = []
+        self.started: list[Daemon] = []
 
     def spec(self, pg_port: int, **extra) -> dict:
-        ps = self.storage.pageserver
+        ps = self.env.pageserver
         return {
             "tenant_id": self.tenant,
             "timeline_id": self.timeline,
             "pageserver_connstring": f"postgresql://cloud_admin@127.0.0.1:{ps.pg_port}",
             "pageserver_http": f"127.0.0.1:{ps.http_port}",
-            "safekeepers": [sk.address for sk in self.storage.safekeepers],
+            "safekeepers": [sk.address for sk in self.env.safekeepers],
             "pg_port": pg_port,
             **extra,
         }
 
-    def start(self, name: str, spec: dict | None) -> DaemonProcess:
+    def start(self, name: str, spec: dict | None) -> Daemon:
         args = ["--pgdata", str(self.out / name)]
         if spec is not None:
             path = self.out / f"{name}.json"
             path.write_text(json.dumps(spec))
             args += ["--spec", str(path)]
-        daemon = self.start_daemon("compute_ctl", *args)
+        daemon = self.env.start_daemon("compute_ctl", *args)
         self.started.append(daemon)
         return daemon
 
     def stop_all(self) -> None:
         """SIGTERM (not SIGKILL): compute_ctl stops its postgres."""
         for daemon in self.started:
-            if daemon.proc.poll() is None:
-                daemon.stop(signal.SIGTERM, timeout=60)
+            if daemon.running:
+                daemon.stop()
 
     def psql(self, port: int, sql: str, user: str = "cloud_admin", password: str | None = None,
              dbname: str = "postgres", check: bool = True):
@@ -86,13 +81,13 @@ class ComputeCtl:
         return result.stdout.strip() if check else result
 
 
-def status(daemon: DaemonProcess) -> dict:
+def status(daemon: Daemon) -> dict:
     r = daemon.get("/status")
     r.raise_for_status()
     return r.json()
 
 
-def wait_status(daemon: DaemonProcess, want: str, timeout: float = 120) -> dict:
+def wait_status(daemon: Daemon, want: str, timeout: float = 120) -> dict:
     def reached():
         s = status(daemon)
         assert s["status"] in (want, "init", "running"), s
@@ -105,12 +100,12 @@ def wait_status(daemon: DaemonProcess, want: str, timeout: float = 120) -> dict:
 
 
 @pytest.fixture
-def cc(storage: Storage, start_daemon: DaemonFactory, pg_bin: PgBin, test_output_dir: Path) -> Iterator[ComputeCtl]:
-    """compute_ctls on a new timeline of the storage."""
-    tenant = storage.pageserver.create_tenant()
-    timeline = storage.pageserver.create_timeline(tenant)["timeline_id"]
-    storage.wal_service(tenant, timeline)
-    computes = ComputeCtl(storage, start_daemon, pg_bin, tenant, timeline, test_output_dir)
+def cc(neon_env: NeonEnv, pg_bin: PgBin, test_output_dir: Path) -> Iterator[ComputeCtl]:
+    """compute_ctls on a new timeline of the default cluster."""
+    tenant = neon_env.pageserver.create_tenant()
+    timeline = neon_env.pageserver.create_timeline(tenant)["timeline_id"]
+    neon_env.wal_service(tenant, timeline)
+    computes = ComputeCtl(neon_env, pg_bin, tenant, timeline, test_output_dir)
     yield computes
     computes.stop_all()
 
@@ -160,7 +155,7 @@ def test_compute_ctl_lifecycle(cc: ComputeCtl, pg_bin: PgBin, port_distributor: 
                     databases=[{"name": "app2", "owner": "alice"}, {"name": "bobdb", "owner": "bob"}],
                     delta_operations=[{"action": "rename_db", "name": "app", "new_name": "app2"}],
                     settings={"work_mem": "9MB"})
-    r = first.session.post(f"http://127.0.0.1:{first.http_port}/configure", json=spec2, timeout=60)
+    r = first.http("POST", "/configure", json=spec2, timeout=60)
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "running"
     assert cc.psql(port, "SHOW work_mem") == "9MB"
@@ -172,7 +167,7 @@ def test_compute_ctl_lifecycle(cc: ComputeCtl, pg_bin: PgBin, port_distributor: 
     spec3 = dict(spec2, roles=[spec2["roles"][0]], databases=[spec2["databases"][0]],
                  delta_operations=[{"action": "delete_db", "name": "bobdb"},
                                    {"action": "delete_role", "name": "bob"}])
-    r = first.session.post(f"http://127.0.0.1:{first.http_port}/configure", json=spec3, timeout=60)
+    r = first.http("POST", "/configure", json=spec3, timeout=60)
     assert r.status_code == 200, r.text
     assert cc.psql(port, "SELECT count(*) FROM pg_roles WHERE rolname = 'bob'") == "0"
     assert cc.psql(port, "SELECT count(*) FROM pg_database WHERE datname = 'bobdb'") == "0"
@@ -183,7 +178,7 @@ def test_compute_ctl_lifecycle(cc: ComputeCtl, pg_bin: PgBin, port_distributor: 
         (cc.spec(port, roles=[{"name": "cloud_admin"}]), 400, "reserved"),
         (dict(spec3, timeline_id="0" * 32), 409, "needs a restart"),
     ]:
-        r = first.session.post(f"http://127.0.0.1:{first.http_port}/configure", json=body, timeout=60)
+        r = first.http("POST", "/configure", json=body, timeout=60)
         assert r.status_code == code and text in r.json()["error"], r.text
 
     # The monitor: a busy client moves last_active.
@@ -196,9 +191,9 @@ def test_compute_ctl_lifecycle(cc: ComputeCtl, pg_bin: PgBin, port_distributor: 
 
     # /terminate stops postgres, answers, and compute_ctl exits 0.
     pg_pid = status(first)["postgres_pid"]
-    r = first.session.post(f"http://127.0.0.1:{first.http_port}/terminate", timeout=60)
+    r = first.http("POST", "/terminate", timeout=60)
     assert r.status_code == 200 and r.json()["status"] == "terminated", r.text
-    assert first.wait_exit() == 0
+    assert first.wait() == 0
     wait_until("postgres to exit", lambda: not pid_alive(pg_pid), 10)
 
     # A new start takes a fresh PGDATA from storage: the data is there, a
@@ -211,7 +206,7 @@ def test_compute_ctl_lifecycle(cc: ComputeCtl, pg_bin: PgBin, port_distributor: 
 
     # SIGTERM: postgres stops fast, compute_ctl exits 0.
     pg_pid = status(second)["postgres_pid"]
-    assert second.stop(signal.SIGTERM, timeout=60) == 0
+    assert second.stop() == 0
     assert not pid_alive(pg_pid)
     assert "received SIGTERM" in second.log and "compute_ctl shut down" in second.log
 
@@ -223,7 +218,7 @@ def test_compute_ctl_configure_and_fencing(cc: ComputeCtl, port_distributor: Por
     assert old.wait_ready()["status"] == "empty"
     assert status(old)["status"] == "empty"
     old_port = port_distributor.get()
-    r = old.session.post(f"http://127.0.0.1:{old.http_port}/configure", json=cc.spec(old_port), timeout=120)
+    r = old.http("POST", "/configure", json=cc.spec(old_port), timeout=120)
     assert r.status_code == 200 and r.json()["status"] == "running", r.text
     cc.psql(old_port, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
     old_pg = status(old)["postgres_pid"]
@@ -240,8 +235,8 @@ def test_compute_ctl_configure_and_fencing(cc: ComputeCtl, port_distributor: Por
     wait_until("the fenced postgres to exit", lambda: not pid_alive(old_pg), 30)
     assert old.get("/v1/status").json()["status"] == "failed"
     # A failed compute_ctl still answers, and exits on SIGTERM.
-    assert old.stop(signal.SIGTERM, timeout=60) == 0
-    assert new.stop(signal.SIGTERM, timeout=60) == 0
+    assert old.stop() == 0
+    assert new.stop() == 0
 
 
 def test_compute_ctl_start_failure(cc: ComputeCtl, port_distributor: PortDistributor):

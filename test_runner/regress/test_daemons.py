@@ -16,19 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.daemons import (  # noqa: F401 - the fixtures are used by name
-    BINARIES,
-    DAEMONS,
-    DaemonFactory,
-    NeonLocal,
-    http_session,
-    metric_value,
-    neon_local,
-    pid_alive,
-    start_daemon,
-    write_neon_local_config,
-)
-from fixtures.neon_fixtures import PortDistributor, wait_until
+from fixtures.daemons import BINARIES, DAEMONS
+from fixtures.neon_fixtures import NeonEnv, NeonEnvBuilder
+from fixtures.port_distributor import PortDistributor
+from fixtures.utils import http_session, metric_value, pid_alive, wait_until
 
 NODE_DAEMONS = {"pageserver", "safekeeper"}
 
@@ -49,14 +40,12 @@ def test_help(neon_binpath: Path, binary: str):
 
 
 @pytest.mark.parametrize("name", DAEMONS)
-def test_daemon_status_metrics_and_sigterm(
-    start_daemon: DaemonFactory, name: str, test_output_dir: Path
-):
-    daemon = start_daemon(name)
+def test_daemon_status_metrics_and_sigterm(bare_env: NeonEnv, name: str, test_output_dir: Path):
+    daemon = bare_env.start_daemon(name)
     status = daemon.wait_ready()
     assert status["service"] == name
     assert status["status"] == ("empty" if name == "compute_ctl" else "ok")
-    assert status["pid"] == daemon.proc.pid
+    assert status["pid"] == daemon.pid
     assert isinstance(status["uptime_seconds"], int)
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", status["version"])
     if name in NODE_DAEMONS:
@@ -92,13 +81,13 @@ def test_daemon_status_metrics_and_sigterm(
 
 
 @pytest.mark.parametrize("name", DAEMONS)
-def test_port_in_use(start_daemon: DaemonFactory, port_distributor: PortDistributor, name: str):
+def test_port_in_use(bare_env: NeonEnv, port_distributor: PortDistributor, name: str):
     port = port_distributor.get()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         taken.listen()
-        daemon = start_daemon(name, http_port=port)
-        assert daemon.wait_exit() != 0
+        daemon = bare_env.start_daemon(name, http_port=port)
+        assert daemon.wait() != 0
     log = daemon.log
     assert f"127.0.0.1:{port}" in log and "in use" in log, log
     assert "panicked" not in log
@@ -116,55 +105,51 @@ def test_bad_listen_address(neon_binpath: Path, test_output_dir: Path):
 
 
 @pytest.mark.parametrize("name", DAEMONS)
-def test_malformed_config(start_daemon: DaemonFactory, test_output_dir: Path, name: str):
+def test_malformed_config(bare_env: NeonEnv, test_output_dir: Path, name: str):
     config = test_output_dir / "bad.toml"
     config.write_text("# comment\nthis is not toml\n")
-    daemon = start_daemon(name, "--config", str(config))
-    assert daemon.wait_exit() != 0
+    daemon = bare_env.start_daemon(name, "--config", str(config))
+    assert daemon.wait() != 0
     assert f"parsing config file {config}: line 2, column " in daemon.log, daemon.log
 
     config.write_text("no_such_key = 1\n")
-    daemon = start_daemon(name, "--config", str(config))
-    assert daemon.wait_exit() != 0
+    daemon = bare_env.start_daemon(name, "--config", str(config))
+    assert daemon.wait() != 0
     expected = f"parsing config file {config}: line 1, column 1: unknown field `no_such_key`"
     assert expected in daemon.log, daemon.log
 
     missing = test_output_dir / "missing.toml"
-    daemon = start_daemon(name, "--config", str(missing))
-    assert daemon.wait_exit() != 0
+    daemon = bare_env.start_daemon(name, "--config", str(missing))
+    assert daemon.wait() != 0
     assert f"reading config file {missing}: No such file" in daemon.log
 
 
-def test_config_file_and_flag_override(
-    start_daemon: DaemonFactory, port_distributor: PortDistributor, test_output_dir: Path
-):
+def test_config_file_and_flag_override(bare_env: NeonEnv, port_distributor: PortDistributor, test_output_dir: Path):
     """Values come from the config file unless a flag overrides them."""
     config = test_output_dir / "safekeeper.toml"
     unused_port = port_distributor.get()
     config.write_text(f'id = 7\nlisten_http_addr = "127.0.0.1:{unused_port}"\n')
     # start_daemon passes --listen-http with a port of its own: it wins.
-    daemon = start_daemon("safekeeper", "--config", str(config))
+    daemon = bare_env.start_daemon("safekeeper", "--config", str(config))
     status = daemon.wait_ready()
     assert status["node_id"] == 7
     assert daemon.http_port != unused_port
     assert daemon.stop() == 0
 
 
-def test_compute_ctl_bad_spec(start_daemon: DaemonFactory, test_output_dir: Path):
+def test_compute_ctl_bad_spec(bare_env: NeonEnv, test_output_dir: Path):
     """A spec that cannot be used stops compute_ctl at once with one line."""
     spec = test_output_dir / "spec.json"
     spec.write_text(json.dumps({"mode": "primary"}))
-    daemon = start_daemon("compute_ctl", "--spec", str(spec))
-    assert daemon.wait_exit() != 0
+    daemon = bare_env.start_daemon("compute_ctl", "--spec", str(spec))
+    assert daemon.wait() != 0
     assert "invalid compute spec: missing field `tenant_id`" in daemon.log, daemon.log
     assert f"in {spec}" in daemon.log, daemon.log
 
 
-def test_neon_local_init_start_stop(
-    neon_local: NeonLocal, port_distributor: PortDistributor, test_output_dir: Path
-):
-    config = test_output_dir / "init.toml"
-    http = write_neon_local_config(config, port_distributor, safekeepers=3)
+def test_neon_local_init_start_stop(neon_env_builder: NeonEnvBuilder):
+    neon_local = neon_env_builder.neon_local(init=False)
+    config, http = neon_local.config_path, neon_local.http
     neon_local.run("init", "--config", config, "--num-safekeepers", "3")
     assert (neon_local.repo_dir / "config").is_file()
 
@@ -214,14 +199,12 @@ def test_neon_local_init_start_stop(
     assert not (neon_local.repo_dir / "safekeepers").exists()
 
 
-def test_neon_local_start_failure_cleans_up(
-    neon_local: NeonLocal, port_distributor: PortDistributor, test_output_dir: Path
-):
+def test_neon_local_start_failure_cleans_up(neon_env_builder: NeonEnvBuilder):
     """A daemon that cannot start: neon_local shows its log, stops what it
     started and leaves no process nor pid file."""
-    config = test_output_dir / "init.toml"
-    http = write_neon_local_config(config, port_distributor, safekeepers=1)
-    neon_local.run("init", "--config", config)
+    neon_env_builder.num_safekeepers = 1
+    neon_local = neon_env_builder.neon_local()
+    http = neon_local.http
     host, port = http["pageserver 1"].split(":")
     with socket.socket() as taken:
         taken.bind((host, int(port)))
@@ -258,27 +241,22 @@ NO_ENDPOINT = "error: there is no endpoint named 'main' (see `neon_local endpoin
         (["endpoint", "stop", "main"], NO_ENDPOINT),
     ],
 )
-def test_neon_local_commands_need_daemons_and_tenant(
-    neon_local: NeonLocal,
-    port_distributor: PortDistributor,
-    test_output_dir: Path,
-    command: list[str],
-    error: str,
-):
+def test_neon_local_commands_need_daemons_and_tenant(neon_env_builder: NeonEnvBuilder, command: list[str],
+                                                     error: str):
     """Before `start` and `tenant create`, commands fail with one line and
     change nothing."""
-    config = test_output_dir / "init.toml"
-    http = write_neon_local_config(config, port_distributor, safekeepers=1)
-    neon_local.run("init", "--config", config)
+    neon_env_builder.num_safekeepers = 1
+    neon_local = neon_env_builder.neon_local()
     before = sorted(p.relative_to(neon_local.repo_dir) for p in neon_local.repo_dir.rglob("*"))
     result = neon_local.run(*command, check=False)
     assert result.returncode != 0
-    assert result.stderr == error.format(pageserver=http["pageserver 1"]) + "\n"
+    assert result.stderr == error.format(pageserver=neon_local.http["pageserver 1"]) + "\n"
     after = sorted(p.relative_to(neon_local.repo_dir) for p in neon_local.repo_dir.rglob("*"))
     assert after == before
 
 
-def test_neon_local_needs_init(neon_local: NeonLocal):
+def test_neon_local_needs_init(neon_env_builder: NeonEnvBuilder):
+    neon_local = neon_env_builder.neon_local(init=False)
     result = neon_local.run("start", check=False)
     assert result.returncode != 0
     assert "neon_local init" in result.stderr

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.neon_fixtures import REPO_ROOT, PortDistributor, run_checked, wait_until
+from fixtures.neon_fixtures import REPO_ROOT
 from fixtures.pg import PgBin
+from fixtures.port_distributor import PortDistributor
+from fixtures.utils import run_checked, wait_until
 
 COMPOSE_DIR = REPO_ROOT / "docker-compose"
 PASSWORD = "compose-test-password"

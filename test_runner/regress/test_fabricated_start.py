@@ -14,19 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.neon_fixtures import run_checked
+from fixtures.lsn import SEGMENT_SIZE, lsn_int, lsn_str
 from fixtures.pg import PgBin, VanillaPostgres
-
-SEGMENT = 16 * 1024 * 1024
-
-
-def lsn_int(text: str) -> int:
-    high, low = text.split("/")
-    return (int(high, 16) << 32) | int(low, 16)
-
-
-def lsn_str(value: int) -> str:
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+from fixtures.utils import run_checked
 
 
 def controldata(pg_bin: PgBin, datadir: Path) -> dict[str, str]:
@@ -57,7 +47,7 @@ def test_postgres_starts_from_fabricated_checkpoint(
         page_end = (old_checkpoint // 8192 + 2) * 8192
         args += ["--after", lsn_str(page_end - 40)]
     elif placement == "across_segments":
-        segment_end = (old_checkpoint // SEGMENT + 2) * SEGMENT
+        segment_end = (old_checkpoint // SEGMENT_SIZE + 2) * SEGMENT_SIZE
         args += ["--after", lsn_str(segment_end - 48)]
     out = run_checked(args).stdout
     m = re.search(r"fabricated shutdown checkpoint at (\S+) \(previous record at (\S+), ending at \S+\); new WAL starts at (\S+)", out)
@@ -67,7 +57,7 @@ def test_postgres_starts_from_fabricated_checkpoint(
     if placement == "across_pages":
         assert checkpoint // 8192 != (end - 1) // 8192, "record does not cross a page boundary"
     if placement == "across_segments":
-        assert checkpoint // SEGMENT != (end - 1) // SEGMENT, "record does not cross a segment"
+        assert checkpoint // SEGMENT_SIZE != (end - 1) // SEGMENT_SIZE, "record does not cross a segment"
         assert len([p for p in (pg.datadir / "pg_wal").iterdir() if p.is_file()]) == 2
 
     after = controldata(pg_bin, pg.datadir)

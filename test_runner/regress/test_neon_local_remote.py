@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import re
 import shutil
-from pathlib import Path
 
-from fixtures.daemons import NeonLocal, http_session, neon_local, write_neon_local_config  # noqa: F401
-from fixtures.neon_fixtures import PortDistributor, wait_until
+from fixtures.lsn import lsn_int
+from fixtures.neon_fixtures import NeonEnvBuilder
+from fixtures.neon_local import started_endpoint_port
 from fixtures.pg import PgBin
-from fixtures.wal_service import lsn_int
+from fixtures.utils import http_session, wait_until
 
 
 def psql(pg_bin: PgBin, port: int, sql: str) -> str:
@@ -20,23 +20,14 @@ def psql(pg_bin: PgBin, port: int, sql: str) -> str:
                        "-U", "cloud_admin", "postgres", "-c", sql], as_pg_user=False).stdout.strip()
 
 
-def start_port(output: str) -> int:
-    m = re.search(r"postgresql://cloud_admin@127\.0\.0\.1:(\d+)/postgres", output)
-    assert m, output
-    return int(m[1])
-
-
-def test_wiped_pageserver_comes_back(neon_local: NeonLocal, port_distributor: PortDistributor,
-                                     test_output_dir: Path, pg_bin: PgBin):
-    nl = neon_local
-    config = test_output_dir / "init.toml"
-    http = write_neon_local_config(config, port_distributor, safekeepers=1, endpoint_ports=10)
-    nl.run("init", "--config", config)
+def test_wiped_pageserver_comes_back(neon_env_builder: NeonEnvBuilder, pg_bin: PgBin):
+    neon_env_builder.num_safekeepers = 1
+    nl = neon_env_builder.neon_local()
     nl.run("start")
     out = nl.run("tenant", "create", "--set-default").stdout
     tenant = re.search(r"tenant ([0-9a-f]{32})", out)[1]
     nl.run("endpoint", "create", "main")
-    port = start_port(nl.run("endpoint", "start", "main").stdout)
+    port = started_endpoint_port(nl.run("endpoint", "start", "main").stdout)
     psql(pg_bin, port, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g")
     nl.run("timeline", "branch", "--branch-name", "b1")
     psql(pg_bin, port, "INSERT INTO t SELECT g FROM generate_series(1001, 1500) g")
@@ -44,7 +35,7 @@ def test_wiped_pageserver_comes_back(neon_local: NeonLocal, port_distributor: Po
     tree = nl.run("timeline", "list").stdout
 
     # Remote storage has an index for every timeline.
-    ps = f"http://{http['pageserver 1']}"
+    ps = f"http://{nl.http['pageserver 1']}"
     session = http_session()
     timelines = [t["timeline_id"] for t in session.get(f"{ps}/v1/tenant/{tenant}/timeline", timeout=10).json()]
     assert len(timelines) == 2
@@ -60,10 +51,10 @@ def test_wiped_pageserver_comes_back(neon_local: NeonLocal, port_distributor: Po
     assert f"tenant {tenant} re-attached from remote storage" in out, out
     assert nl.run("timeline", "list").stdout == tree
 
-    port = start_port(nl.run("endpoint", "start", "main").stdout)
+    port = started_endpoint_port(nl.run("endpoint", "start", "main").stdout)
     assert psql(pg_bin, port, "SELECT count(*), sum(id) FROM t") == "1500|1125750"
     nl.run("endpoint", "create", "b1", "--branch-name", "b1")
-    port = start_port(nl.run("endpoint", "start", "b1").stdout)
+    port = started_endpoint_port(nl.run("endpoint", "start", "b1").stdout)
     assert psql(pg_bin, port, "SELECT count(*) FROM t") == "1000"
 
     # A restart with the directory in place attaches nothing.

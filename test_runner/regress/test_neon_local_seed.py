@@ -11,20 +11,14 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from fixtures.daemons import (  # noqa: F401 - the fixtures are used by name
-    NeonLocal,
-    http_session,
-    neon_local,
-    pid_alive,
-    write_neon_local_config,
-)
-from fixtures.neon_fixtures import PortDistributor, wait_until
+from fixtures.lsn import lsn_int
+from fixtures.neon_fixtures import NeonEnvBuilder
+from fixtures.neon_local import NeonLocal
 from fixtures.pg import PgBin
-from fixtures.wal_service import lsn_int
+from fixtures.utils import http_session, pid_alive
 
 ID = r"[0-9a-f]{32}"
 LSN = r"[0-9A-F]+/[0-9A-F]+"
@@ -33,8 +27,8 @@ LSN = r"[0-9A-F]+/[0-9A-F]+"
 class Cluster:
     """A started neon_local repository, with psql."""
 
-    def __init__(self, nl: NeonLocal, pg_bin: PgBin, http: dict[str, str]):
-        self.nl, self.pg_bin, self.http = nl, pg_bin, http
+    def __init__(self, nl: NeonLocal, pg_bin: PgBin):
+        self.nl, self.pg_bin = nl, pg_bin
 
     def run(self, *args: str) -> str:
         return self.nl.run(*args).stdout
@@ -67,15 +61,11 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(request: pytest.FixtureRequest, neon_local: NeonLocal, port_distributor: PortDistributor,
-            test_output_dir: Path, pg_bin: PgBin) -> Iterator[Cluster]:
+def cluster(request: pytest.FixtureRequest, neon_env_builder: NeonEnvBuilder, pg_bin: PgBin) -> Cluster:
     """An initialised repository on free ports, with one safekeeper (as
     `init` makes by default) or as many as the test's parameter says."""
-    safekeepers = getattr(request, "param", 1)
-    config = test_output_dir / "init.toml"
-    http = write_neon_local_config(config, port_distributor, safekeepers=safekeepers, endpoint_ports=10)
-    neon_local.run("init", "--config", config, "--num-safekeepers", str(safekeepers))
-    yield Cluster(neon_local, pg_bin, http)
+    neon_env_builder.num_safekeepers = getattr(request, "param", 1)
+    return Cluster(neon_env_builder.neon_local(), pg_bin)
 
 
 def start_port(output: str, name: str, timeline: str) -> int:
@@ -218,7 +208,7 @@ def test_time_travel(cluster: Cluster):
     cluster.run("stop")
 
 
-def test_errors(cluster: Cluster, port_distributor: PortDistributor):
+def test_errors(cluster: Cluster):
     """Each mistake gets one line, a non-zero exit and no partial state."""
     cluster.run("start")
     out = cluster.run("tenant", "create", "--set-default")

@@ -4,17 +4,17 @@ LSN see exactly what was committed before it."""
 
 from __future__ import annotations
 
-from fixtures.storage import Storage
-from fixtures.wal_service import lsn_int
+from fixtures.lsn import lsn_int, lsn_str
+from fixtures.neon_fixtures import NeonEnv
 
 
-def test_compute_restarts_from_pageserver(storage: Storage):
-    ps = storage.pageserver
+def test_compute_restarts_from_pageserver(neon_env: NeonEnv):
+    ps = neon_env.pageserver
     tenant = ps.create_tenant()
     timeline = ps.create_timeline(tenant)["timeline_id"]
-    storage.wal_service(tenant, timeline)
+    neon_env.wal_service(tenant, timeline)
 
-    main = storage.compute("main", tenant, timeline)
+    main = neon_env.compute("main", tenant, timeline)
     main.pg.sql("CREATE TABLE t (key int PRIMARY KEY, value text)")
     points = []
     for i in range(1, 6):
@@ -26,17 +26,17 @@ def test_compute_restarts_from_pageserver(storage: Storage):
 
     # A new compute starts where the safekeepers' WAL ends (as compute_ctl
     # will: sync, then a base backup at that LSN) and has every committed row.
-    synced = storage.sync_safekeepers(tenant, timeline)
-    again = storage.compute("again", tenant, timeline, lsn=synced)
+    synced = neon_env.sync_safekeepers(tenant, timeline)
+    again = neon_env.compute("again", tenant, timeline, lsn=synced)
     assert again.pg.sql("SELECT count(*), sum(key) FROM t") == "500|125250"
     again.pg.sql("INSERT INTO t VALUES (1000, 'after restart')")
     ps.wait_for_lsn(tenant, timeline, again.insert_lsn())
 
     # A branch at each recorded LSN sees exactly the rows committed up to it.
     for n, (lsn, rows) in enumerate(points):
-        branch = ps.create_timeline(tenant, ancestor_timeline_id=timeline, ancestor_start_lsn=f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}")
+        branch = ps.create_timeline(tenant, ancestor_timeline_id=timeline, ancestor_start_lsn=lsn_str(lsn))
         assert lsn_int(branch["ancestor_lsn"]) == lsn
-        c = storage.compute(f"branch{n}", tenant, branch["timeline_id"], walproposer=False)
+        c = neon_env.compute(f"branch{n}", tenant, branch["timeline_id"], walproposer=False)
         assert c.pg.sql("SELECT count(*) FROM t") == str(rows)
         c.stop()
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from fixtures.neon_fixtures import wait_until
+from fixtures.compute import Compute
+from fixtures.lsn import lsn_int, lsn_str
+from fixtures.neon_fixtures import NeonEnv
 from fixtures.pg import VanillaPostgres
-from fixtures.storage import Compute, Storage
-from fixtures.wal_service import lsn_int, lsn_str
+from fixtures.utils import wait_until
 
 # Debug builds ingest slowly: pgbench -s 5 with wal_consistency_checking is
 # a few hundred MB of WAL.
@@ -28,11 +29,11 @@ SELECT (SELECT sum(abalance) FROM pgbench_accounts),
 """
 
 
-def new_timeline(storage: Storage) -> tuple[str, str]:
-    ps = storage.pageserver
+def new_timeline(env: NeonEnv) -> tuple[str, str]:
+    ps = env.pageserver
     tenant = ps.create_tenant()
     timeline = ps.create_timeline(tenant)["timeline_id"]
-    storage.wal_service(tenant, timeline)
+    env.wal_service(tenant, timeline)
     return tenant, timeline
 
 
@@ -58,24 +59,24 @@ def assert_no_failed_transactions(out: str, returncode: int = 0) -> None:
     assert "number of failed transactions: 0 " in out, out
 
 
-def ingested(storage: Storage, compute: Compute, timeout: float = INGEST_TIMEOUT) -> int:
+def ingested(env: NeonEnv, compute: Compute, timeout: float = INGEST_TIMEOUT) -> int:
     """Wait until the pageserver has ingested the compute's WAL up to its
     current insert LSN; returns that LSN."""
     lsn = compute.insert_lsn()
-    storage.pageserver.wait_for_lsn(compute.tenant_id, compute.timeline_id, lsn, timeout)
+    env.pageserver.wait_for_lsn(compute.tenant_id, compute.timeline_id, lsn, timeout)
     return lsn
 
 
-def restart(storage: Storage, old: Compute, name: str, walproposer: bool = True) -> Compute:
+def restart(env: NeonEnv, old: Compute, name: str, walproposer: bool = True) -> Compute:
     """Stop `old`; start a compute from a new base backup once the pageserver
     has all the WAL the safekeepers agreed on. A writable one must have its
     walproposer streaming: without it commits would wait forever."""
     old.stop()
-    lsn = storage.sync_safekeepers(old.tenant_id, old.timeline_id)
-    new = storage.compute(name, old.tenant_id, old.timeline_id, lsn=lsn, walproposer=walproposer)
+    lsn = env.sync_safekeepers(old.tenant_id, old.timeline_id)
+    new = env.compute(name, old.tenant_id, old.timeline_id, lsn=lsn, walproposer=walproposer)
     if walproposer:
         def streaming():
-            assert new.walproposer.proc.poll() is None, new.walproposer.log_path.read_text()[-2000:]
+            assert new.walproposer.running, new.walproposer.log[-2000:]
             return new.pg.sql("SELECT count(*) FROM pg_stat_replication "
                               "WHERE application_name = 'walproposer' AND state = 'streaming'") == "1"
         wait_until("the walproposer to stream", streaming, 30)
@@ -95,17 +96,17 @@ def amcheck(compute: Compute) -> None:
         f"pg_amcheck found corruption ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}")
 
 
-def test_pgbench_then_amcheck(storage: Storage):
-    tenant, timeline = new_timeline(storage)
-    main = storage.compute("main", tenant, timeline)
+def test_pgbench_then_amcheck(neon_env: NeonEnv):
+    tenant, timeline = new_timeline(neon_env)
+    main = neon_env.compute("main", tenant, timeline)
     main.pg.pgbench("-i", "-s", "5", "-q")
     out = main.pg.pgbench("-c", "4", "-j", "2", "-T", "15").stdout
     assert_no_failed_transactions(out)
     expected = pgbench_sums(main)
     assert expected[4] > 0 and expected[5] == 500_000
-    ingested(storage, main)
+    ingested(neon_env, main)
 
-    again = restart(storage, main, "again")
+    again = restart(neon_env, main, "again")
     assert pgbench_sums(again) == expected
     amcheck(again)
 
@@ -177,7 +178,7 @@ def snapshot(pg: VanillaPostgres) -> dict:
     return out
 
 
-def test_same_results_as_vanilla(storage: Storage, vanilla_pg: VanillaPostgres, test_output_dir: Path):
+def test_same_results_as_vanilla(neon_env: NeonEnv, vanilla_pg: VanillaPostgres, test_output_dir: Path):
     script = test_output_dir / "script.sql"
     script.write_text(SCRIPT)
 
@@ -192,12 +193,12 @@ def test_same_results_as_vanilla(storage: Storage, vanilla_pg: VanillaPostgres, 
     vanilla_pg.start()
     expected = snapshot(vanilla_pg)
 
-    tenant, timeline = new_timeline(storage)
-    main = storage.compute("main", tenant, timeline)
+    tenant, timeline = new_timeline(neon_env)
+    main = neon_env.compute("main", tenant, timeline)
     run_script(main.pg, script)
-    ingested(storage, main)
+    ingested(neon_env, main)
 
-    again = restart(storage, main, "again", walproposer=False)
+    again = restart(neon_env, main, "again", walproposer=False)
     actual = snapshot(again.pg)
     assert actual == expected, {k: (expected.get(k), actual.get(k)) for k in expected if expected.get(k) != actual.get(k)}
     # Sanity: the script did something.
@@ -206,10 +207,10 @@ def test_same_results_as_vanilla(storage: Storage, vanilla_pg: VanillaPostgres, 
     assert 700 <= int(expected["ticket_seq"].split("|")[0]) <= 700 + 32 and expected["fixed_seq"] == "777|t"
 
 
-def test_pageserver_sigkill_during_pgbench(storage: Storage):
-    ps = storage.pageserver
-    tenant, timeline = new_timeline(storage)
-    main = storage.compute("main", tenant, timeline)
+def test_pageserver_sigkill_during_pgbench(neon_env: NeonEnv):
+    ps = neon_env.pageserver
+    tenant, timeline = new_timeline(neon_env)
+    main = neon_env.compute("main", tenant, timeline)
     main.pg.pgbench("-i", "-s", "2", "-q")
     before_bench = main.insert_lsn()
     bench = background_pgbench(main, "-c", "4", "-j", "2", "-T", "15")
@@ -230,22 +231,22 @@ def test_pageserver_sigkill_during_pgbench(storage: Storage):
     assert_no_failed_transactions(out, bench.returncode)
     expected = pgbench_sums(main)
     assert expected[4] > killed_at
-    ingested(storage, main)
+    ingested(neon_env, main)
 
-    again = restart(storage, main, "again")
+    again = restart(neon_env, main, "again")
     assert pgbench_sums(again) == expected
     amcheck(again)
 
 
-def test_wal_receiver_switches_safekeepers(storage: Storage):
-    ps = storage.pageserver
-    tenant, timeline = new_timeline(storage)
-    main = storage.compute("main", tenant, timeline)
+def test_wal_receiver_switches_safekeepers(neon_env: NeonEnv):
+    ps = neon_env.pageserver
+    tenant, timeline = new_timeline(neon_env)
+    main = neon_env.compute("main", tenant, timeline)
     main.pg.sql("CREATE TABLE t (i int, v text)")
     main.pg.sql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g")
-    ingested(storage, main)
+    ingested(neon_env, main)
 
-    streaming = lambda: storage.streaming_safekeepers(tenant, timeline)  # noqa: E731
+    streaming = lambda: neon_env.streaming_safekeepers(tenant, timeline)  # noqa: E731
     victim = wait_until("the pageserver to stream from exactly one safekeeper",
                         lambda: len(s := streaming()) == 1 and s[0], 30)
     victim.kill()
@@ -260,5 +261,5 @@ def test_wal_receiver_switches_safekeepers(storage: Storage):
     last = ps.timeline(tenant, timeline)["last_record_lsn"]
     assert lsn_int(last) >= lsn, (last, lsn_str(lsn))
 
-    again = restart(storage, main, "again", walproposer=False)
+    again = restart(neon_env, main, "again", walproposer=False)
     assert again.pg.sql("SELECT count(*), count(DISTINCT i) FROM t") == "6000|6000"

@@ -6,14 +6,10 @@ Data inside the PITR window stays readable; branching below it is refused."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from fixtures.neon_fixtures import PortDistributor
-from fixtures.pg import PgBin
-from fixtures.storage import Storage
-from fixtures.wal_service import lsn_int, lsn_str
+from fixtures.lsn import lsn_int, lsn_str
+from fixtures.neon_fixtures import NeonEnv, NeonEnvBuilder
 
 PITR_BYTES = 4 * 1024 * 1024
 CONFIG = f"""
@@ -29,20 +25,20 @@ ROUNDS = 40
 
 
 @pytest.fixture
-def gc_storage(neon_binpath: Path, pg_bin: PgBin, port_distributor: PortDistributor, test_output_dir: Path):
-    s = Storage(neon_binpath, pg_bin, port_distributor, test_output_dir, pageserver_config=CONFIG)
-    s.start()
-    yield s
-    s.stop()
+def gc_env(neon_env_builder: NeonEnvBuilder) -> NeonEnv:
+    """The default cluster, its pageserver flushing, compacting and
+    collecting garbage often."""
+    neon_env_builder.pageserver_config = CONFIG
+    return neon_env_builder.init_start()
 
 
-def test_steady_updates_keep_physical_size_bounded(gc_storage: Storage, report_figure):
-    storage = gc_storage
-    ps = storage.pageserver
+def test_steady_updates_keep_physical_size_bounded(gc_env: NeonEnv, report_figure):
+    env = gc_env
+    ps = env.pageserver
     tenant = ps.create_tenant()
     timeline = ps.create_timeline(tenant)["timeline_id"]
-    storage.wal_service(tenant, timeline)
-    compute = storage.compute("main", tenant, timeline)
+    env.wal_service(tenant, timeline)
+    compute = env.compute("main", tenant, timeline)
     pg = compute.pg
     pg.sql("CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL, pad text NOT NULL)")
     pg.sql("INSERT INTO t SELECT g, 0, repeat('x', 200) FROM generate_series(1, 4000) g")
@@ -74,8 +70,8 @@ def test_steady_updates_keep_physical_size_bounded(gc_storage: Storage, report_f
     expected = str(ROUNDS // 4 * 4000)
     assert pg.sql("SELECT sum(n) FROM t") == expected
     compute.stop()
-    synced = storage.sync_safekeepers(tenant, timeline)
-    again = storage.compute("again", tenant, timeline, lsn=synced)
+    synced = env.sync_safekeepers(tenant, timeline)
+    again = env.compute("again", tenant, timeline, lsn=synced)
     assert again.pg.sql("SELECT sum(n) FROM t") == expected
     again.stop()
 

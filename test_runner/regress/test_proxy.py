@@ -17,42 +17,23 @@ import struct
 import subprocess
 import threading
 import time
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from fixtures.daemons import (  # noqa: F401 - the fixtures are used by name
-    NeonLocal,
-    http_session,
-    neon_local,
-    pid_alive,
-    write_neon_local_config,
-)
-from fixtures.neon_fixtures import PortDistributor, wait_until
+from fixtures.neon_fixtures import NeonEnvBuilder
+from fixtures.neon_local import NeonLocal
 from fixtures.pg import PgBin
+from fixtures.utils import http_session, wait_until
 
 SUSPEND = 2  # seconds: the default suspend timeout in these tests
-
-
-def make_cert(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for localtest.me and its subdomains."""
-    cert, key = directory / "proxy.crt", directory / "proxy.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-keyout", key, "-out", cert, "-subj", "/CN=localtest.me",
-         "-addext", "subjectAltName=DNS:localtest.me,DNS:*.localtest.me,IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )
-    return cert, key
 
 
 class Serverless:
     """A started neon_local repository with its proxy."""
 
-    def __init__(self, nl: NeonLocal, pg_bin: PgBin, http: dict[str, str], proxy_port: int, cert: Path):
-        self.nl, self.pg_bin, self.http = nl, pg_bin, http
-        self.proxy_port, self.cert = proxy_port, cert
+    def __init__(self, nl: NeonLocal, pg_bin: PgBin):
+        self.nl, self.pg_bin = nl, pg_bin
+        self.http, self.proxy_port, self.cert = nl.http, nl.proxy_port, nl.proxy_cert
         self.session = http_session()
 
     def run(self, *args: str) -> str:
@@ -112,23 +93,17 @@ class Serverless:
 
 
 @pytest.fixture
-def serverless(neon_local: NeonLocal, port_distributor: PortDistributor, test_output_dir: Path,
-               pg_bin: PgBin) -> Iterator[Serverless]:
+def serverless(neon_env_builder: NeonEnvBuilder, pg_bin: PgBin) -> Serverless:
     """A repository on free ports with a TLS certificate for the proxy,
     started with a short default suspend timeout, and a default tenant."""
-    cert, key = make_cert(test_output_dir)
-    config = test_output_dir / "init.toml"
-    proxy_port = port_distributor.get()
-    http = write_neon_local_config(
-        config, port_distributor, safekeepers=1, endpoint_ports=20, proxy_pg_port=proxy_port,
-        proxy_extra=f'tls_cert_path = "{cert}"\ntls_key_path = "{key}"\n',
-    )
-    neon_local.run("init", "--config", config)
-    out = neon_local.run("start", "--suspend-timeout", f"{SUSPEND}s").stdout
+    neon_env_builder.num_safekeepers = 1
+    neon_env_builder.endpoint_ports = 20
+    neon_env_builder.proxy_tls = True
+    nl = neon_env_builder.neon_local()
+    out = nl.run("start", "--suspend-timeout", f"{SUSPEND}s").stdout
     assert "control_plane started" in out and "proxy started" in out, out
-    neon_local.run("tenant", "create", "--set-default")
-    yield Serverless(neon_local, pg_bin, http, proxy_port, cert)
-    neon_local.run("stop", check=False)
+    nl.run("tenant", "create", "--set-default")
+    return Serverless(nl, pg_bin)
 
 
 def test_branch_on_demand_and_scale_to_zero(serverless: Serverless):

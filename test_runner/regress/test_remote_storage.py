@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-from pathlib import Path
 
 import pytest
 
-from fixtures.daemons import daemon_metric as metric
-from fixtures.neon_fixtures import PortDistributor, wait_until
-from fixtures.pg import PgBin
+from fixtures.lsn import lsn_int
+from fixtures.neon_fixtures import NeonEnv, NeonEnvBuilder
 from fixtures.remote_storage import S3Server
-from fixtures.storage import Storage
-from fixtures.wal_service import lsn_int
+from fixtures.utils import wait_until
 
 PREFIX = "pageserver"
 
@@ -27,18 +23,12 @@ SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(tbalance) FROM 
 """
 
 
-def remote_storage_config(s3: S3Server, extra: str = "") -> str:
-    return f"remote_storage = {s3.config_toml(PREFIX)}\n{extra}"
-
-
 @pytest.fixture
-def s3_storage(neon_binpath: Path, pg_bin: PgBin, port_distributor: PortDistributor, test_output_dir: Path,
-               s3_server: S3Server):
-    s = Storage(neon_binpath, pg_bin, port_distributor, test_output_dir,
-                pageserver_config=remote_storage_config(s3_server, "[background]\ninterval_seconds = 0.5\n"))
-    s.start()
-    yield s
-    s.stop()
+def s3_env(neon_env_builder: NeonEnvBuilder) -> NeonEnv:
+    """The default cluster, its pageserver keeping its layers in S3."""
+    neon_env_builder.enable_remote_storage(pageserver_prefix=PREFIX)
+    neon_env_builder.pageserver_config = "[background]\ninterval_seconds = 0.5\n"
+    return neon_env_builder.init_start()
 
 
 def timeline_keys(s3: S3Server, tenant: str, timeline: str) -> list[str]:
@@ -49,9 +39,9 @@ def index(s3: S3Server, tenant: str, timeline: str) -> dict:
     return json.loads(s3.get(f"{PREFIX}/tenants/{tenant}/timelines/{timeline}/index_part.json"))
 
 
-def wait_uploaded(storage: Storage, tenant: str, timeline: str, timeout: float = 120) -> int:
+def wait_uploaded(env: NeonEnv, tenant: str, timeline: str, timeout: float = 120) -> int:
     """Checkpoint, then wait until remote storage holds everything flushed."""
-    ps = storage.pageserver
+    ps = env.pageserver
     r = ps.http("POST", f"/v1/tenant/{tenant}/timeline/{timeline}/checkpoint")
     assert r.ok, r.text
 
@@ -63,21 +53,20 @@ def wait_uploaded(storage: Storage, tenant: str, timeline: str, timeout: float =
     return wait_until("uploads to catch up", done, timeout)
 
 
-def restart_wiped(storage: Storage) -> None:
-    ps = storage.pageserver
-    ps.proc.send_signal(signal.SIGKILL)
-    ps.proc.wait()
-    shutil.rmtree(storage.out / "pageserver")
+def restart_wiped(env: NeonEnv) -> None:
+    ps = env.pageserver
+    ps.kill()
+    shutil.rmtree(ps.workdir)
     ps.start()
 
 
-def test_attach_after_losing_the_local_directory(s3_storage: Storage, s3_server: S3Server):
-    storage, s3 = s3_storage, s3_server
-    ps = storage.pageserver
+def test_attach_after_losing_the_local_directory(s3_env: NeonEnv):
+    env, s3 = s3_env, s3_env.s3
+    ps = env.pageserver
     tenant = ps.create_tenant()
     timeline = ps.create_timeline(tenant)["timeline_id"]
-    storage.wal_service(tenant, timeline)
-    main = storage.compute("main", tenant, timeline)
+    env.wal_service(tenant, timeline)
+    main = env.compute("main", tenant, timeline)
     main.pg.pgbench("-i", "-s", "2", "-q")
     main.pg.sql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g")
     out = main.pg.pgbench("-c", "2", "-T", "4", "-N").stdout
@@ -87,14 +76,14 @@ def test_attach_after_losing_the_local_directory(s3_storage: Storage, s3_server:
     ps.wait_for_lsn(tenant, timeline, lsn)
     # A branch with a change of its own.
     branch = ps.create_timeline(tenant, ancestor_timeline_id=timeline)["timeline_id"]
-    storage.wal_service(tenant, branch)
-    b = storage.compute("branch", tenant, branch)
+    env.wal_service(tenant, branch)
+    b = env.compute("branch", tenant, branch)
     b.pg.sql("INSERT INTO t VALUES (-1)")
     ps.wait_for_lsn(tenant, branch, b.insert_lsn())
     branch_before = b.pg.sql(QUERY)
     b.stop()
-    uploaded = wait_uploaded(storage, tenant, timeline)
-    wait_uploaded(storage, tenant, branch)
+    uploaded = wait_uploaded(env, tenant, timeline)
+    wait_uploaded(env, tenant, branch)
 
     # Every layer the index names is in the bucket, with its size.
     idx = index(s3, tenant, timeline)
@@ -109,7 +98,7 @@ def test_attach_after_losing_the_local_directory(s3_storage: Storage, s3_server:
     main.pg.sql("INSERT INTO t SELECT g FROM generate_series(1001, 1500) g")
     before = main.pg.sql(QUERY)
     main.stop()
-    restart_wiped(storage)
+    restart_wiped(env)
     assert ps.http("GET", f"/v1/tenant/{tenant}").status_code == 404
     r = ps.http("POST", f"/v1/tenant/{tenant}/attach")
     assert r.status_code == 201, r.text
@@ -120,37 +109,37 @@ def test_attach_after_losing_the_local_directory(s3_storage: Storage, s3_server:
     assert lsn_int(info["disk_consistent_lsn"]) >= uploaded
 
     # The rest of the WAL comes from the safekeepers; the data is all there.
-    synced = storage.sync_safekeepers(tenant, timeline)
-    again = storage.compute("again", tenant, timeline, lsn=synced)
+    synced = env.sync_safekeepers(tenant, timeline)
+    again = env.compute("again", tenant, timeline, lsn=synced)
     assert again.pg.sql(QUERY) == before
     again.stop()
-    synced = storage.sync_safekeepers(tenant, branch)
-    b2 = storage.compute("branch2", tenant, branch, lsn=synced)
+    synced = env.sync_safekeepers(tenant, branch)
+    b2 = env.compute("branch2", tenant, branch, lsn=synced)
     assert b2.pg.sql(QUERY) == branch_before
     b2.stop()
 
     # Detach removes the local copy; attach brings it back.
-    wait_uploaded(storage, tenant, timeline)
+    wait_uploaded(env, tenant, timeline)
     r = ps.http("POST", f"/v1/tenant/{tenant}/detach")
     assert r.status_code == 200, r.text
-    assert not (storage.out / "pageserver" / "tenants" / tenant).exists()
+    assert not (ps.workdir / "tenants" / tenant).exists()
     assert ps.http("GET", f"/v1/tenant/{tenant}").status_code == 404
     r = ps.http("POST", f"/v1/tenant/{tenant}/attach")
     assert r.status_code == 201, r.text
-    synced = storage.sync_safekeepers(tenant, timeline)
-    third = storage.compute("third", tenant, timeline, lsn=synced)
+    synced = env.sync_safekeepers(tenant, timeline)
+    third = env.compute("third", tenant, timeline, lsn=synced)
     assert third.pg.sql(QUERY) == before
 
 
-def test_object_store_down_for_a_while(s3_storage: Storage, s3_server: S3Server):
-    storage, s3 = s3_storage, s3_server
-    ps = storage.pageserver
+def test_object_store_down_for_a_while(s3_env: NeonEnv):
+    env, s3 = s3_env, s3_env.s3
+    ps = env.pageserver
     tenant = ps.create_tenant()
     timeline = ps.create_timeline(tenant)["timeline_id"]
-    storage.wal_service(tenant, timeline)
-    compute = storage.compute("main", tenant, timeline)
+    env.wal_service(tenant, timeline)
+    compute = env.compute("main", tenant, timeline)
     compute.pg.sql("CREATE TABLE t (id int)")
-    first = wait_uploaded(storage, tenant, timeline)
+    first = wait_uploaded(env, tenant, timeline)
 
     s3.relay.cut()
     compute.pg.sql("INSERT INTO t SELECT g FROM generate_series(1, 20000) g")
@@ -161,36 +150,35 @@ def test_object_store_down_for_a_while(s3_storage: Storage, s3_server: S3Server)
     flushed = lsn_int(info["disk_consistent_lsn"])
     assert flushed > first
     # Uploads fail and are retried; nothing is lost meanwhile.
-    wait_until("a failed upload", lambda: metric(ps, "pageserver_remote_operation_failures_total") > 0, 60)
+    wait_until("a failed upload", lambda: ps.metric("pageserver_remote_operation_failures_total") > 0, 60)
     assert lsn_int(ps.timeline(tenant, timeline)["remote_consistent_lsn"]) < flushed
     assert compute.pg.sql("SELECT count(*) FROM t") == "20000"
 
     s3.relay.restore()
     wait_until("uploads to resume", lambda: lsn_int(ps.timeline(tenant, timeline)["remote_consistent_lsn"]) >= flushed, 120)
     compute.stop()
-    restart_wiped(storage)
+    restart_wiped(env)
     r = ps.http("POST", f"/v1/tenant/{tenant}/attach")
     assert r.status_code == 201, r.text
-    synced = storage.sync_safekeepers(tenant, timeline)
-    again = storage.compute("again", tenant, timeline, lsn=synced)
+    synced = env.sync_safekeepers(tenant, timeline)
+    again = env.compute("again", tenant, timeline, lsn=synced)
     assert again.pg.sql("SELECT count(*) FROM t") == "20000"
 
 
-def test_broken_or_missing_index(s3_storage: Storage, s3_server: S3Server):
-    storage, s3 = s3_storage, s3_server
-    ps = storage.pageserver
+def test_broken_or_missing_index(s3_env: NeonEnv):
+    env, s3 = s3_env, s3_env.s3
+    ps = env.pageserver
     tenant = ps.create_tenant()
     timeline = ps.create_timeline(tenant)["timeline_id"]
-    wait_uploaded(storage, tenant, timeline)
-    local = storage.out / "pageserver" / "tenants" / tenant
+    wait_uploaded(env, tenant, timeline)
+    local = ps.workdir / "tenants" / tenant
     files_before = sorted(p.name for p in (local / "timelines" / timeline).iterdir())
 
     # A malformed index found at start: the tenant is broken, nothing local
     # is deleted and the index is not overwritten.
     key = f"{PREFIX}/tenants/{tenant}/timelines/{timeline}/index_part.json"
     s3.put(key, b'{"version": 1, "metadata": "zz"')
-    ps.proc.send_signal(signal.SIGTERM)
-    assert ps.proc.wait(timeout=60) == 0
+    assert ps.stop() == 0
     ps.start()
     wait_until("the tenant to be marked broken",
                lambda: ps.http("GET", f"/v1/tenant/{tenant}").json()["state"].startswith("broken"), 60)
@@ -208,50 +196,46 @@ def test_broken_or_missing_index(s3_storage: Storage, s3_server: S3Server):
     assert r.status_code == 422, r.text
     assert "no index_part.json" in r.json()["error"], r.text
     assert ps.http("GET", f"/v1/tenant/{other}").json()["state"].startswith("broken")
-    assert not (storage.out / "pageserver" / "tenants" / other).exists()
+    assert not (ps.workdir / "tenants" / other).exists()
     # A tenant remote storage does not know.
     r = ps.http("POST", f"/v1/tenant/{'0' * 31 + '3'}/attach")
     assert r.status_code == 404, r.text
 
 
-def test_gc_deletes_remote_layers(neon_binpath: Path, pg_bin: PgBin, port_distributor: PortDistributor,
-                                  test_output_dir: Path, s3_server: S3Server):
-    config = remote_storage_config(s3_server, """
+def test_gc_deletes_remote_layers(neon_env_builder: NeonEnvBuilder):
+    neon_env_builder.enable_remote_storage(pageserver_prefix=PREFIX)
+    neon_env_builder.pageserver_config = """
 open_layer_max_bytes = 1048576
 image_partition_keys = 256
 [background]
 interval_seconds = 0.2
 compaction_threshold = 2
 pitr_bytes = 2097152
-""")
-    storage = Storage(neon_binpath, pg_bin, port_distributor, test_output_dir, pageserver_config=config)
-    storage.start()
-    try:
-        ps, s3 = storage.pageserver, s3_server
-        tenant = ps.create_tenant()
-        timeline = ps.create_timeline(tenant)["timeline_id"]
-        storage.wal_service(tenant, timeline)
-        compute = storage.compute("main", tenant, timeline)
-        pg = compute.pg
-        pg.sql("CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL, pad text)")
-        pg.sql("INSERT INTO t SELECT g, 0, repeat('x', 200) FROM generate_series(1, 3000) g")
-        for i in range(12):
-            pg.sql(f"UPDATE t SET n = n + 1 WHERE id % 3 = {i % 3}")
-        ps.wait_for_lsn(tenant, timeline, compute.insert_lsn())
-        wait_until("GC to advance", lambda: lsn_int(ps.timeline(tenant, timeline)["gc_cutoff_lsn"]) > 0, 60)
-        wait_uploaded(storage, tenant, timeline)
+"""
+    env = neon_env_builder.init_start()
+    ps, s3 = env.pageserver, env.s3
+    tenant = ps.create_tenant()
+    timeline = ps.create_timeline(tenant)["timeline_id"]
+    env.wal_service(tenant, timeline)
+    compute = env.compute("main", tenant, timeline)
+    pg = compute.pg
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL, pad text)")
+    pg.sql("INSERT INTO t SELECT g, 0, repeat('x', 200) FROM generate_series(1, 3000) g")
+    for i in range(12):
+        pg.sql(f"UPDATE t SET n = n + 1 WHERE id % 3 = {i % 3}")
+    ps.wait_for_lsn(tenant, timeline, compute.insert_lsn())
+    wait_until("GC to advance", lambda: lsn_int(ps.timeline(tenant, timeline)["gc_cutoff_lsn"]) > 0, 60)
+    wait_uploaded(env, tenant, timeline)
 
-        def only_indexed():
-            idx = index(s3, tenant, timeline)
-            names = {k.rsplit("/", 1)[1] for k in timeline_keys(s3, tenant, timeline)} - {"index_part.json"}
-            return names == set(idx["layers"]) and len(names) > 0
-
-        wait_until("the bucket to hold exactly the indexed layers", only_indexed, 60)
-        assert metric(ps, "pageserver_remote_index_uploads_total") > 2
-        # Local and remote agree.
-        local = {p.name for p in (storage.out / "pageserver" / "tenants" / tenant / "timelines" / timeline).iterdir()
-                 if p.name != "metadata"}
+    def only_indexed():
         idx = index(s3, tenant, timeline)
-        assert set(idx["layers"]) <= local
-    finally:
-        storage.stop()
+        names = {k.rsplit("/", 1)[1] for k in timeline_keys(s3, tenant, timeline)} - {"index_part.json"}
+        return names == set(idx["layers"]) and len(names) > 0
+
+    wait_until("the bucket to hold exactly the indexed layers", only_indexed, 60)
+    assert ps.metric("pageserver_remote_index_uploads_total") > 2
+    # Local and remote agree.
+    local = {p.name for p in (ps.workdir / "tenants" / tenant / "timelines" / timeline).iterdir()
+             if p.name != "metadata"}
+    idx = index(s3, tenant, timeline)
+    assert set(idx["layers"]) <= local

@@ -15,15 +15,17 @@ import socket
 import struct
 import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from fixtures.daemons import daemon_metric as metric
-from fixtures.neon_fixtures import PortDistributor, run_checked, wait_until
-from fixtures.pg import PgBin, VanillaPostgres
+from fixtures.compute import Compute
+from fixtures.daemons import Safekeeper
+from fixtures.lsn import SEGMENT_SIZE, lsn_int, lsn_str, read_segments, segment_name, segment_number
+from fixtures.neon_fixtures import NeonEnv, NeonEnvBuilder
+from fixtures.pg import PgBin
 from fixtures.remote_storage import S3Server
-from fixtures.wal_service import SEGMENT_SIZE, Compute, Safekeeper, WalService, lsn_int, lsn_str, read_segments
+from fixtures.utils import run_checked, wait_until
+from fixtures.wal_service import WalService
 
 PREFIX = "sk-offload"
 
@@ -34,38 +36,33 @@ PREFIX = "sk-offload"
 
 
 @pytest.fixture
-def offload_service(neon_binpath: Path, port_distributor: PortDistributor, test_output_dir: Path,
-                    s3_server: S3Server) -> Iterator[WalService]:
-    """Three safekeepers offloading to S3, one timeline created on all."""
-    safekeepers = [
-        Safekeeper(neon_binpath / "safekeeper", i, test_output_dir / f"sk{i}", port_distributor.get(),
-                   port_distributor.get(), test_output_dir / f"sk{i}.log")
-        for i in (1, 2, 3)
-    ]
-    for sk in safekeepers:
-        sk.extra_args = ["--remote-storage", s3_server.config_toml(PREFIX)]
-        sk.datadir.mkdir()
-        sk.start()
-    service = WalService(safekeepers)
-    service.create_timeline()
-    yield service
-    for sk in safekeepers:
-        sk.kill()
+def offload_env(neon_env_builder: NeonEnvBuilder) -> NeonEnv:
+    """Three safekeepers offloading to S3, nothing else."""
+    neon_env_builder.pageserver = False
+    neon_env_builder.enable_remote_storage(pageserver_prefix=None, safekeeper_prefix=PREFIX)
+    return neon_env_builder.init_start()
 
 
 @pytest.fixture
-def offload_compute(vanilla_pg: VanillaPostgres, offload_service: WalService, neon_binpath: Path,
-                    test_output_dir: Path) -> Iterator[Compute]:
-    c = Compute(vanilla_pg, offload_service, neon_binpath, test_output_dir)
+def s3_server(offload_env: NeonEnv) -> S3Server:
+    """The S3 server the safekeepers offload to."""
+    return offload_env.s3
+
+
+@pytest.fixture
+def offload_service(offload_env: NeonEnv) -> WalService:
+    """One timeline on the three safekeepers."""
+    return offload_env.wal_service()
+
+
+@pytest.fixture
+def offload_compute(offload_env: NeonEnv, offload_service: WalService) -> Compute:
+    """A new compute on the timeline, started, with the tables the tests fill."""
+    c = offload_env.new_compute(offload_service)
     c.init()
     c.start()
     c.pg.sql("CREATE TABLE big (i int, s text); CREATE TABLE marker (i int)")
-    yield c
-    c.kill()
-
-
-def seg_name(segno: int) -> str:
-    return f"{1:08X}{segno >> 8:08X}{segno & 0xFF:08X}"
+    return c
 
 
 def timeline_dir(sk: Safekeeper, service: WalService) -> Path:
@@ -73,7 +70,7 @@ def timeline_dir(sk: Safekeeper, service: WalService) -> Path:
 
 
 def local_segments(sk: Safekeeper, service: WalService) -> list[int]:
-    return sorted(int(p.name[8:16], 16) << 8 | int(p.name[16:], 16)
+    return sorted(segment_number(p.name)
                   for p in timeline_dir(sk, service).iterdir() if re.fullmatch(r"[0-9A-F]{24}", p.name))
 
 
@@ -95,7 +92,7 @@ def remote_segments(s3: S3Server, service: WalService) -> list[int]:
     for key in s3.keys(prefix):
         name = key[len(prefix):]
         assert re.fullmatch(r"[0-9A-F]{24}", name), f"unexpected object {key}"
-        out.append(int(name[8:16], 16) << 8 | int(name[16:], 16))
+        out.append(segment_number(name))
     return out
 
 
@@ -124,7 +121,7 @@ def wait_backed_up(service: WalService, lsn: int, timeout: float = 60) -> None:
 
 
 class ReplicationError(Exception):
-    pass
+    """An ErrorResponse or a closed connection from the safekeeper."""
 
 
 class ReplicationReader:
@@ -265,18 +262,18 @@ def test_full_segments_are_offloaded_identically(offload_compute: Compute, offlo
     assert remote_segments(s3_server, service) == list(range(first, last_full))
     # ... each byte-identical to every safekeeper's local segment.
     for segno in range(first, last_full):
-        data = s3_server.get(remote_prefix(service) + seg_name(segno))
+        data = s3_server.get(remote_prefix(service) + segment_name(segno))
         assert len(data) == SEGMENT_SIZE
         for sk in service.safekeepers:
-            assert data == (timeline_dir(sk, service) / seg_name(segno)).read_bytes(), \
-                f"sk{sk.node_id}'s {seg_name(segno)} differs from S3"
+            assert data == (timeline_dir(sk, service) / segment_name(segno)).read_bytes(), \
+                f"sk{sk.node_id}'s {segment_name(segno)} differs from S3"
     # Without pageserver feedback nothing is removed.
     for sk in service.safekeepers:
         assert local_segments(sk, service) == list(range(first, lsn_int(
             sk.timeline_status(service.tenant_id, service.timeline_id)["flush_lsn"]) // SEGMENT_SIZE + 1))
-        assert metric(sk, "safekeeper_wal_backup_segments_total") >= last_full - first
-        assert metric(sk, "safekeeper_wal_backup_bytes_total") >= (last_full - first) * SEGMENT_SIZE
-        assert metric(sk, "safekeeper_wal_segments_removed_total") == 0
+        assert sk.metric("safekeeper_wal_backup_segments_total") >= last_full - first
+        assert sk.metric("safekeeper_wal_backup_bytes_total") >= (last_full - first) * SEGMENT_SIZE
+        assert sk.metric("safekeeper_wal_segments_removed_total") == 0
 
     # backup_lsn is persisted: a crashed safekeeper comes back with it.
     sk1 = service.safekeepers[0]
@@ -328,15 +325,15 @@ def test_removal_needs_offload_and_pageserver_lsn(offload_compute: Compute, offl
     flush = lsn_int(sk1.timeline_status(tenant, timeline)["flush_lsn"])
     assert local_segments(sk1, service) == list(range(last_full, flush // SEGMENT_SIZE + 1))
     # The counter moves after the files are gone.
-    wait_until("the removal counter", lambda: metric(sk1, "safekeeper_wal_segments_removed_total") == last_full - first, 10)
+    wait_until("the removal counter", lambda: sk1.metric("safekeeper_wal_segments_removed_total") == last_full - first, 10)
 
     # A read below the first local segment is served from S3, byte-exact.
-    downloads = metric(sk1, "safekeeper_wal_segments_downloaded_total")
+    downloads = sk1.metric("safekeeper_wal_segments_downloaded_total")
     reader = ReplicationReader(sk1, service, compute.start_lsn, application_name="reader")
     wal = reader.read_until(commit)
     reader.close()
     assert wal == sk2.read_wal(tenant, timeline, compute.start_lsn, commit)
-    assert metric(sk1, "safekeeper_wal_segments_downloaded_total") >= downloads + (last_full - first)
+    assert sk1.metric("safekeeper_wal_segments_downloaded_total") >= downloads + (last_full - first)
 
     # A segment switch puts the flush LSN at a segment's end. Reported as
     # remote consistent, everything below may go, except the segment holding
@@ -363,7 +360,7 @@ def test_removal_needs_offload_and_pageserver_lsn(offload_compute: Compute, offl
     assert sk1.read_wal(tenant, timeline, switch_end, end) == sk2.read_wal(tenant, timeline, switch_end, end)
 
     # Without remote storage, such a read fails clearly (never wrong bytes).
-    sk1.stop()
+    assert sk1.stop() == 0
     sk1.extra_args = []
     sk1.start()
     with pytest.raises(ReplicationError, match="no remote storage is configured"):
@@ -378,7 +375,7 @@ def test_lost_disk_loses_no_wal(offload_compute: Compute, offload_service: WalSe
     tenant, timeline = service.tenant_id, service.timeline_id
     # The walproposer's donor loses its disk: the hardest case, as recovery
     # must then read from another safekeeper.
-    log = (compute.output / "walproposer.log").read_text()
+    log = compute.walproposer.log
     donor = re.findall(r'elected term=\d+ donor="([^"]+)"', log)[-1]
     sk3 = next(sk for sk in service.safekeepers if sk.address == donor)
     sk1, sk2 = (sk for sk in service.safekeepers if sk is not sk3)
@@ -395,7 +392,7 @@ def test_lost_disk_loses_no_wal(offload_compute: Compute, offload_service: WalSe
 
     # Every offloaded segment is in S3, and they decode end to end.
     assert remote_segments(s3_server, service) == list(range(first, last_full))
-    segments = {seg_name(s): s3_server.get(remote_prefix(service) + seg_name(s)) for s in range(first, last_full)}
+    segments = {segment_name(s): s3_server.get(remote_prefix(service) + segment_name(s)) for s in range(first, last_full)}
     check_segments_decode(pg_bin, neon_binpath, segments, compute, first, last_full)
 
     # sk1 and sk2 remove what the pageserver has (as the test says).
@@ -418,7 +415,7 @@ def test_lost_disk_loses_no_wal(offload_compute: Compute, offload_service: WalSe
     assert recovered == b"".join(segments.values())[compute.start_lsn - first * SEGMENT_SIZE:]
     assert sk3.read_wal(tenant, timeline, last_full * SEGMENT_SIZE, end) == \
         sk2.read_wal(tenant, timeline, last_full * SEGMENT_SIZE, end)
-    assert sum(metric(sk, "safekeeper_wal_segments_downloaded_total") for sk in (sk1, sk2)) >= last_full - first
+    assert sum(sk.metric("safekeeper_wal_segments_downloaded_total") for sk in (sk1, sk2)) >= last_full - first
 
 
 def test_s3_outage_delays_uploads_and_removal(offload_compute: Compute, offload_service: WalService,
@@ -432,14 +429,14 @@ def test_s3_outage_delays_uploads_and_removal(offload_compute: Compute, offload_
     wait_backed_up(service, before_cut * SEGMENT_SIZE)
 
     s3_server.relay.cut()
-    failures = [metric(sk, "safekeeper_wal_backup_failures_total") for sk in service.safekeepers]
+    failures = [sk.metric("safekeeper_wal_backup_failures_total") for sk in service.safekeepers]
     # Commits are still acknowledged.
     end = write_wal(compute, 50)
     commit = wait_committed(service, end)
     last_full = commit // SEGMENT_SIZE
     assert last_full - before_cut >= 3
     wait_until("uploads to fail", lambda: all(
-        metric(sk, "safekeeper_wal_backup_failures_total") > f for sk, f in zip(service.safekeepers, failures)), 60)
+        sk.metric("safekeeper_wal_backup_failures_total") > f for sk, f in zip(service.safekeepers, failures)), 60)
     # The pageserver has it all, but what is not offloaded stays.
     report_remote_consistent(sk1, service, commit)
     wait_until("sk1 to remove what was offloaded before the outage",
@@ -456,8 +453,8 @@ def test_s3_outage_delays_uploads_and_removal(offload_compute: Compute, offload_
     wait_backed_up(service, last_full * SEGMENT_SIZE, timeout=90)
     assert remote_segments(s3_server, service) == list(range(first, last_full))
     for segno in range(before_cut, last_full):
-        assert s3_server.get(remote_prefix(service) + seg_name(segno)) == \
-            (timeline_dir(sk2, service) / seg_name(segno)).read_bytes()
+        assert s3_server.get(remote_prefix(service) + segment_name(segno)) == \
+            (timeline_dir(sk2, service) / segment_name(segno)).read_bytes()
     wait_until("sk1 to remove the backlog once offloaded",
                lambda: local_segments(sk1, service)[0] == last_full, 30)
     wal = read_segments(timeline_dir(sk2, service), compute.start_lsn, commit)

@@ -10,11 +10,8 @@ from __future__ import annotations
 import socket
 import struct
 
-from fixtures.daemons import (  # noqa: F401 - the fixtures are used by name
-    DaemonFactory,
-    metric_value,
-    start_daemon,
-)
+from fixtures.neon_fixtures import NeonEnv
+from fixtures.utils import metric_value
 
 
 def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
@@ -74,8 +71,8 @@ def grpc_health_check(port: int, service: str) -> bytes:
 SERVING = b"\x08\x01"  # HealthCheckResponse { status: SERVING }
 
 
-def test_grpc_and_http_on_one_port(start_daemon: DaemonFactory):
-    broker = start_daemon("storage_broker")
+def test_grpc_and_http_on_one_port(bare_env: NeonEnv):
+    broker = bare_env.start_daemon("storage_broker")
     status = broker.wait_ready()
     assert status["service"] == "storage_broker"
 
@@ -99,7 +96,7 @@ def test_grpc_and_http_on_one_port(start_daemon: DaemonFactory):
     assert "storage_broker shut down" in broker.log
 
 
-def test_bad_stream_limit(start_daemon: DaemonFactory):
-    broker = start_daemon("storage_broker", "--max-concurrent-streams", "0")
-    assert broker.wait_exit() != 0
+def test_bad_stream_limit(bare_env: NeonEnv):
+    broker = bare_env.start_daemon("storage_broker", "--max-concurrent-streams", "0")
+    assert broker.wait() != 0
     assert "max_concurrent_streams must be at least 1" in broker.log, broker.log

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.neon_fixtures import run_checked
+from fixtures.lsn import lsn_int, lsn_str
 from fixtures.pg import PgBin, VanillaPostgres
+from fixtures.utils import run_checked
 
 WORKLOAD = r"""
 CREATE TABLE docs (id serial PRIMARY KEY, body text, tags text[], pt point, doc tsvector, n int);
@@ -87,6 +88,8 @@ INSERT INTO docs (body, n) VALUES ('after switch', 3);
 
 @dataclass
 class Block:
+    """A block reference of a record, as both decoders print it."""
+
     id: int
     rel: str
     fork: str
@@ -96,6 +99,8 @@ class Block:
 
 @dataclass
 class Record:
+    """A WAL record, as both decoders print it (``desc``: pg_waldump's only)."""
+
     lsn: str
     prev: str
     rmgr: str
@@ -121,17 +126,12 @@ BLOCK_LINE = re.compile(
 )
 
 
-def canonical_lsn(text: str) -> str:
-    high, low = text.split("/")
-    return f"{int(high, 16):X}/{int(low, 16):X}"
-
-
 def parse_waldump(output: str) -> list[Record]:
     records: list[Record] = []
     for line in output.splitlines():
         if m := RMGR_LINE.match(line):
             records.append(Record(
-                lsn=canonical_lsn(m[5]), prev=canonical_lsn(m[6]), rmgr=m[1],
+                lsn=lsn_str(lsn_int(m[5])), prev=lsn_str(lsn_int(m[6])), rmgr=m[1],
                 rec_len=int(m[2]), tot_len=int(m[3]), xid=int(m[4]), desc=m[7],
             ))
         elif m := BLOCK_LINE.match(line):
@@ -229,7 +229,7 @@ def check_parsed(theirs: Record, ours: dict) -> str | None:
             f"oldest running xid {c['oldest_active_xid']};",
         ]:
             normalized = re.sub(r"redo ([0-9A-F]+)/([0-9A-F]+)",
-                                lambda m: f"redo {canonical_lsn(m[1] + '/' + m[2])}", desc)
+                                lambda m: f"redo {lsn_str(lsn_int(m[1] + '/' + m[2]))}", desc)
             if part not in normalized:
                 return f"{part!r} not in {desc!r}"
     elif kind == "next_oid":
@@ -304,7 +304,7 @@ def test_wal_decoder_matches_pg_waldump(
     m = re.search(r"invalid record length at ([0-9A-F]+/[0-9A-F]+): wanted 24, got 0", waldump.stderr)
     assert m, f"pg_waldump did not stop at the end of WAL: {waldump.stderr}"
     assert summary["end_of_wal"], summary
-    assert summary["end_lsn"] == canonical_lsn(m[1]), (summary, waldump.stderr)
+    assert summary["end_lsn"] == lsn_str(lsn_int(m[1])), (summary, waldump.stderr)
 
     mismatches = []
     for index, (a, b) in enumerate(zip(theirs, ours)):

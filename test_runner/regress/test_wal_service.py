@@ -12,9 +12,33 @@ import threading
 import time
 from pathlib import Path
 
-from fixtures.neon_fixtures import run_checked, wait_until
+import pytest
+
+from fixtures.compute import Compute
+from fixtures.lsn import SEGMENT_SIZE, lsn_int, lsn_str, read_segments
+from fixtures.neon_fixtures import NeonEnv, NeonEnvBuilder
 from fixtures.pg import PgBin, VanillaPostgres
-from fixtures.wal_service import Compute, WalService, lsn_int, read_segments
+from fixtures.utils import run_checked, wait_until
+from fixtures.wal_service import WalService
+
+
+@pytest.fixture
+def env(neon_env_builder: NeonEnvBuilder) -> NeonEnv:
+    """Three safekeepers, nothing else."""
+    neon_env_builder.pageserver = False
+    return neon_env_builder.init_start()
+
+
+@pytest.fixture
+def wal_service(env: NeonEnv) -> WalService:
+    """A timeline on the three safekeepers."""
+    return env.wal_service()
+
+
+@pytest.fixture
+def compute(env: NeonEnv, wal_service: WalService) -> Compute:
+    """A compute on the timeline, to be made by ``init``."""
+    return env.new_compute(wal_service)
 
 
 def commit_lsn(compute: Compute) -> int:
@@ -157,18 +181,18 @@ def test_ledger_survives_crashes(compute: Compute, wal_service: WalService, neon
         stop.set()
         thread.join(timeout=180)
         # Re-sync, and start the compute again from where the WAL ends.
-        synced = wal_service.sync(neon_binpath)
+        synced = wal_service.sync()
         compute.start(start_lsn=synced)
     compute.kill()
-    final = wal_service.sync(neon_binpath)
+    final = wal_service.sync()
 
     # Decode the WAL of a safekeeper that has all of it.
     tenant, timeline = wal_service.tenant_id, wal_service.timeline_id
     holder = next(sk for sk in wal_service.safekeepers
                   if lsn_int(sk.timeline_status(tenant, timeline)["flush_lsn"]) >= final)
     out = run_checked([str(neon_binpath / "pg_wal_inspect"), "dump",
-                       str(holder.datadir / tenant / timeline), "--wal-seg-size", str(16 * 1024 * 1024), "--start",
-                       f"{compute.start_lsn >> 32:X}/{compute.start_lsn & 0xFFFFFFFF:X}"]).stdout
+                       str(holder.datadir / tenant / timeline), "--wal-seg-size", str(SEGMENT_SIZE), "--start",
+                       lsn_str(compute.start_lsn)]).stdout
     committed = set()
     for line in out.splitlines():
         record = json.loads(line)
@@ -184,29 +208,39 @@ def test_ledger_survives_crashes(compute: Compute, wal_service: WalService, neon
     assert not missing, f"{len(missing)} acknowledged commits are not in the WAL: {missing[:10]}"
 
 
-def test_newer_proposer_fences_older(compute: Compute, wal_service: WalService, neon_binpath: Path):
+def test_newer_proposer_fences_older(compute: Compute, wal_service: WalService):
     compute.init()
     compute.start()
     compute.pg.sql("CREATE TABLE t (i int)")
     older = compute.walproposer
-    synced = wal_service.sync(neon_binpath)
+    synced = wal_service.sync()
     assert synced >= lsn_int(compute.pg.sql("SELECT pg_current_wal_insert_lsn()"))
     # The older walproposer learns of the newer term and stops.
     psql_in_background(compute, "INSERT INTO t VALUES (1)")
     assert older.wait(timeout=60) != 0
-    log = (compute.output / "walproposer.log").read_text()
+    log = older.log
     assert "another proposer took over" in log, log[-2000:]
     statuses = wal_service.statuses()
     assert len({s["term"] for s in statuses}) == 1 and statuses[0]["term"] >= 2
 
 
-def test_divergent_tail_is_truncated(compute: Compute, wal_service: WalService, neon_binpath: Path):
+def test_divergent_tail_is_truncated(compute: Compute, wal_service: WalService):
     tenant, timeline = wal_service.tenant_id, wal_service.timeline_id
     compute.init()
     compute.start()
     compute.pg.sql("CREATE TABLE t (i int)")
     sk1, sk2, sk3 = wal_service.safekeepers
-    committed = lsn_int(sk1.timeline_status(tenant, timeline)["commit_lsn"])
+    # Everything PostgreSQL has flushed is on all three: a commit LSN that a
+    # safekeeper reports lags behind (it comes with the next append), so
+    # it cannot tell where the shared WAL ends.
+    flushed = lsn_int(compute.pg.sql("SELECT pg_current_wal_flush_lsn()"))
+
+    def shared_end() -> int | None:
+        ends = {lsn_int(sk.timeline_status(tenant, timeline)["flush_lsn"]) for sk in (sk1, sk2, sk3)}
+        end = ends.pop()
+        return end if not ends and end >= flushed else None
+
+    committed = wait_until("every safekeeper to have the same WAL", shared_end, 30)
     sk2.kill()
     sk3.kill()
     blocked = psql_in_background(compute, "INSERT INTO t SELECT generate_series(1, 1000)")
@@ -220,12 +254,12 @@ def test_divergent_tail_is_truncated(compute: Compute, wal_service: WalService, 
     sk1.kill()
     sk2.start()
     sk3.start()
-    synced = wal_service.sync(neon_binpath)
+    synced = wal_service.sync()
     assert committed <= synced < tail_end
     # With sk2 down, a quorum needs sk1: the new election truncates its tail.
     sk2.kill()
     sk1.start()
-    assert wal_service.sync(neon_binpath) == synced
+    assert wal_service.sync() == synced
     s1 = sk1.timeline_status(tenant, timeline)
     s3 = sk3.timeline_status(tenant, timeline)
     assert lsn_int(s1["flush_lsn"]) == synced

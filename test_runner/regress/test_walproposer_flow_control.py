@@ -13,12 +13,14 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Callable
 
-from fixtures.daemons import NeonLocal, http_session, metric_value, neon_local, write_neon_local_config  # noqa: F401
-from fixtures.neon_fixtures import PortDistributor, wait_until
-from fixtures.pg import PgBin, VanillaPostgres
-from fixtures.wal_service import Compute, WalService, lsn_int
+from fixtures.compute import Compute
+from fixtures.lsn import lsn_int
+from fixtures.neon_fixtures import NeonEnv, NeonEnvBuilder
+from fixtures.neon_local import NeonLocal, started_endpoint_port
+from fixtures.pg import PgBin
+from fixtures.utils import http_session, metric_value, wait_until
+from fixtures.wal_service import WalService
 
 # The issue's statement: about 830 MB of WAL on an endpoint (every record
 # carries a page image), far more than the walproposer's 64 MiB buffer.
@@ -39,21 +41,15 @@ def psql(pg_bin: PgBin, port: int, sql: str, timeout: float = 120) -> str:
     return result.stdout.strip()
 
 
-def start_port(output: str) -> int:
-    m = re.search(r"postgresql://cloud_admin@127\.0\.0\.1:(\d+)/postgres", output)
-    assert m, output
-    return int(m[1])
-
-
-def start_cluster(nl: NeonLocal, config: Path, ports: PortDistributor, safekeepers: int) -> int:
-    """init and start a repository with a default tenant and a running
-    endpoint 'main'; returns its postgres port."""
-    write_neon_local_config(config, ports, safekeepers=safekeepers, endpoint_ports=10)
-    nl.run("init", "--config", config)
+def start_cluster(builder: NeonEnvBuilder, safekeepers: int) -> tuple[NeonLocal, int]:
+    """A started neon_local repository with a default tenant and a running
+    endpoint 'main'; returns it and the endpoint's postgres port."""
+    builder.num_safekeepers = safekeepers
+    nl = builder.neon_local()
     nl.run("start")
     nl.run("tenant", "create", "--set-default")
     nl.run("endpoint", "create", "main")
-    return start_port(nl.run("endpoint", "start", "main").stdout)
+    return nl, started_endpoint_port(nl.run("endpoint", "start", "main").stdout)
 
 
 def endpoint_status(nl: NeonLocal, name: str) -> str:
@@ -66,14 +62,11 @@ def endpoint_status(nl: NeonLocal, name: str) -> str:
     raise AssertionError(f"no endpoint {name}")
 
 
-def test_bulk_load_one_safekeeper(neon_local: NeonLocal, port_distributor: PortDistributor,  # noqa: F811
-                                  test_output_dir: Path, pg_bin: PgBin, report_figure):
+def test_bulk_load_one_safekeeper(neon_env_builder: NeonEnvBuilder, pg_bin: PgBin, report_figure):
     """The issue's 1M-row load on a one-safekeeper cluster of the binaries
     `make run` builds completes, three times in a row (it hung every
     commit when the walproposer dropped WAL the safekeeper still needed)."""
-    nl = neon_local
-    config = test_output_dir / "init.toml"
-    port = start_cluster(nl, config, port_distributor, safekeepers=1)
+    nl, port = start_cluster(neon_env_builder, safekeepers=1)
     for i in (1, 2, 3):
         started = time.monotonic()
         psql(pg_bin, port, BULK_LOAD.format(t=f"t{i}"), timeout=LOAD_DEADLINE)
@@ -112,11 +105,10 @@ class RssSampler:
         return self.peak
 
 
-def load_with_throttled_safekeeper(service: WalService, vanilla_pg: VanillaPostgres, neon_binpath: Path,
-                                   output: Path, rows: int) -> tuple[Compute, int, int]:
+def load_with_throttled_safekeeper(env: NeonEnv, service: WalService, rows: int) -> tuple[Compute, int, int]:
     """A bulk load through the walproposer; returns the compute, the LSN
     its commit returned at and the walproposer's peak memory."""
-    compute = Compute(vanilla_pg, service, neon_binpath, output)
+    compute = env.new_compute(service)
     compute.init()
     compute.start()
     pg = compute.pg
@@ -133,60 +125,61 @@ def load_with_throttled_safekeeper(service: WalService, vanilla_pg: VanillaPostg
     return compute, lsn_int(result.stdout.split()[-1]), peak
 
 
-def test_throttled_single_safekeeper(make_wal_service: Callable[..., WalService], vanilla_pg: VanillaPostgres,
-                                     neon_binpath: Path, test_output_dir: Path, report_figure):
+def throttled_env(builder: NeonEnvBuilder, safekeepers: int, throttled: int, rate: int) -> NeonEnv:
+    """``safekeepers`` safekeepers alone, safekeeper ``throttled`` writing
+    WAL at ``rate`` bytes per second."""
+    builder.pageserver = False
+    builder.num_safekeepers = safekeepers
+    builder.safekeeper_extra_args = {throttled: ["--testing-wal-write-rate", str(rate)]}
+    return builder.init_start()
+
+
+def test_throttled_single_safekeeper(neon_env_builder: NeonEnvBuilder, report_figure):
     """One safekeeper that writes far slower than PostgreSQL: the load
     commits at the safekeeper's speed, and the walproposer's memory stays
     near its buffer limit instead of holding the WAL PostgreSQL wrote."""
     rate = 40 * 1024 * 1024
-    service = make_wal_service(1, extra_args={1: ["--testing-wal-write-rate", str(rate)]})
-    compute, end, peak = load_with_throttled_safekeeper(service, vanilla_pg, neon_binpath, test_output_dir,
-                                                        rows=1_500_000)
-    try:
-        wal = end - compute.start_lsn
-        assert wal > 300 * 1024 * 1024, f"the load wrote only {wal} bytes of WAL"
-        status = service.safekeepers[0].timeline_status(service.tenant_id, service.timeline_id)
-        assert lsn_int(status["commit_lsn"]) >= end
-        report_figure(f"throttled safekeeper ({rate >> 20} MiB/s): {wal >> 20} MiB of WAL committed, "
-                      f"walproposer peak RSS {peak >> 20} MiB (buffer limit 64 MiB)")
-        # The buffer, the queues, the channel from PostgreSQL, the program
-        # and the allocator's slack; without flow control it held all the
-        # WAL the load wrote (378 MiB, asserted above to exceed 300 MiB).
-        assert peak < 64 * 1024 * 1024 + 96 * 1024 * 1024, f"walproposer RSS peaked at {peak} bytes"
-    finally:
-        compute.kill()
+    env = throttled_env(neon_env_builder, safekeepers=1, throttled=1, rate=rate)
+    service = env.wal_service()
+    compute, end, peak = load_with_throttled_safekeeper(env, service, rows=1_500_000)
+    wal = end - compute.start_lsn
+    assert wal > 300 * 1024 * 1024, f"the load wrote only {wal} bytes of WAL"
+    status = service.safekeepers[0].timeline_status(service.tenant_id, service.timeline_id)
+    assert lsn_int(status["commit_lsn"]) >= end
+    report_figure(f"throttled safekeeper ({rate >> 20} MiB/s): {wal >> 20} MiB of WAL committed, "
+                  f"walproposer peak RSS {peak >> 20} MiB (buffer limit 64 MiB)")
+    # The buffer, the queues, the channel from PostgreSQL, the program
+    # and the allocator's slack; without flow control it held all the
+    # WAL the load wrote (378 MiB, asserted above to exceed 300 MiB).
+    assert peak < 64 * 1024 * 1024 + 96 * 1024 * 1024, f"walproposer RSS peaked at {peak} bytes"
 
 
-def test_throttled_minority_safekeeper(make_wal_service: Callable[..., WalService], vanilla_pg: VanillaPostgres,
-                                       neon_binpath: Path, test_output_dir: Path, report_figure):
+def test_throttled_minority_safekeeper(neon_env_builder: NeonEnvBuilder, report_figure):
     """Three safekeepers, one throttled: commits go at the speed of the
     other two and never wait for the slow one; the slow one falls further
     behind than the walproposer's (small) buffer, gets the dropped WAL
     from another safekeeper, and ends with the same bytes as the others."""
     rate = 4 * 1024 * 1024
-    service = make_wal_service(3, extra_args={3: ["--testing-wal-write-rate", str(rate)]})
+    env = throttled_env(neon_env_builder, safekeepers=3, throttled=3, rate=rate)
+    service = env.wal_service()
     buffer = 16 * 1024 * 1024
     service.walproposer_options = ["--max-buffered-bytes", str(buffer)]
-    compute, end, peak = load_with_throttled_safekeeper(service, vanilla_pg, neon_binpath, test_output_dir,
-                                                        rows=400_000)
-    try:
-        tenant, timeline = service.tenant_id, service.timeline_id
-        slow = service.safekeepers[2]
-        lag = end - lsn_int(slow.timeline_status(tenant, timeline)["flush_lsn"])
-        # The commit returned while the slow safekeeper was far behind: it
-        # did not wait for it, and more than the buffer had to be recovered.
-        assert lag > buffer, f"the throttled safekeeper was only {lag} bytes behind when the commit returned"
-        wait_until("the throttled safekeeper to catch up",
-                   lambda: lsn_int(slow.timeline_status(tenant, timeline)["flush_lsn"]) >= end, 180)
-        log = (test_output_dir / "walproposer.log").read_text()
-        assert f"recovering WAL for safekeeper {slow.address}" in log, log[-3000:]
-        copies = [sk.read_wal(tenant, timeline, compute.start_lsn, end) for sk in service.safekeepers]
-        assert copies[0] == copies[1] == copies[2], "safekeepers' WAL differs"
-        report_figure(f"throttled minority safekeeper ({rate >> 20} MiB/s): commit returned "
-                      f"{lag >> 20} MiB ahead of it; walproposer peak RSS {peak >> 20} MiB (buffer 16 MiB)")
-        assert peak < buffer + 64 * 1024 * 1024, f"walproposer RSS peaked at {peak} bytes"
-    finally:
-        compute.kill()
+    compute, end, peak = load_with_throttled_safekeeper(env, service, rows=400_000)
+    tenant, timeline = service.tenant_id, service.timeline_id
+    slow = service.safekeepers[2]
+    lag = end - lsn_int(slow.timeline_status(tenant, timeline)["flush_lsn"])
+    # The commit returned while the slow safekeeper was far behind: it
+    # did not wait for it, and more than the buffer had to be recovered.
+    assert lag > buffer, f"the throttled safekeeper was only {lag} bytes behind when the commit returned"
+    wait_until("the throttled safekeeper to catch up",
+               lambda: lsn_int(slow.timeline_status(tenant, timeline)["flush_lsn"]) >= end, 180)
+    log = compute.walproposer.log
+    assert f"recovering WAL for safekeeper {slow.address}" in log, log[-3000:]
+    copies = [sk.read_wal(tenant, timeline, compute.start_lsn, end) for sk in service.safekeepers]
+    assert copies[0] == copies[1] == copies[2], "safekeepers' WAL differs"
+    report_figure(f"throttled minority safekeeper ({rate >> 20} MiB/s): commit returned "
+                  f"{lag >> 20} MiB ahead of it; walproposer peak RSS {peak >> 20} MiB (buffer 16 MiB)")
+    assert peak < buffer + 64 * 1024 * 1024, f"walproposer RSS peaked at {peak} bytes"
 
 
 def compute_ctl_url(nl: NeonLocal, name: str) -> str:
@@ -196,14 +189,11 @@ def compute_ctl_url(nl: NeonLocal, name: str) -> str:
     return f"http://127.0.0.1:{m[1]}"
 
 
-def test_stuck_commits_are_visible(neon_local: NeonLocal, port_distributor: PortDistributor,  # noqa: F811
-                                   test_output_dir: Path, pg_bin: PgBin):
+def test_stuck_commits_are_visible(neon_env_builder: NeonEnvBuilder, pg_bin: PgBin):
     """Without a quorum, a commit waits; the walproposer says why in its
     log, compute_ctl's /status and /metrics show it, and `endpoint list`
     shows the endpoint's commits as stuck until a quorum is back."""
-    nl = neon_local
-    config = test_output_dir / "init.toml"
-    port = start_cluster(nl, config, port_distributor, safekeepers=3)
+    nl, port = start_cluster(neon_env_builder, safekeepers=3)
     psql(pg_bin, port, "CREATE TABLE t (i int)")
     nl.run("safekeeper", "stop", "2")
     nl.run("safekeeper", "stop", "3")
@@ -238,17 +228,13 @@ def test_stuck_commits_are_visible(neon_local: NeonLocal, port_distributor: Port
     nl.run("stop")
 
 
-def test_endpoint_restarts_with_a_safekeeper_down(neon_local: NeonLocal,  # noqa: F811
-                                                  port_distributor: PortDistributor,
-                                                  test_output_dir: Path, pg_bin: PgBin):
+def test_endpoint_restarts_with_a_safekeeper_down(neon_env_builder: NeonEnvBuilder, pg_bin: PgBin):
     """The second failure of the issue: a safekeeper SIGKILLed, then the
     compute's postmaster SIGKILLed and the endpoint restarted — the start
     refused because one safekeeper did not answer, so every later insert
     failed. A quorum is enough to start; the missing safekeeper gets the
     timelines when it is back and catches up."""
-    nl = neon_local
-    config = test_output_dir / "init.toml"
-    port = start_cluster(nl, config, port_distributor, safekeepers=3)
+    nl, port = start_cluster(neon_env_builder, safekeepers=3)
     psql(pg_bin, port, "CREATE TABLE ledger (n int)")
     acknowledged = []
     for n in range(1, 51):
@@ -266,7 +252,7 @@ def test_endpoint_restarts_with_a_safekeeper_down(neon_local: NeonLocal,  # noqa
     nl.run("endpoint", "stop", "main")
     started = nl.run("endpoint", "start", "main")
     assert "warning: safekeeper 1:" in started.stderr, started.stderr
-    port = start_port(started.stdout)
+    port = started_endpoint_port(started.stdout)
     for n in range(101, 151):
         psql(pg_bin, port, f"INSERT INTO ledger VALUES ({n})")
         acknowledged.append(n)
@@ -277,12 +263,12 @@ def test_endpoint_restarts_with_a_safekeeper_down(neon_local: NeonLocal,  # noqa
     # once it is back.
     nl.run("timeline", "branch", "--branch-name", "dev")
     nl.run("endpoint", "create", "dev", "--branch-name", "dev")
-    dev_port = start_port(nl.run("endpoint", "start", "dev").stdout)
+    dev_port = started_endpoint_port(nl.run("endpoint", "start", "dev").stdout)
     psql(pg_bin, dev_port, "INSERT INTO ledger VALUES (-1)")
 
     nl.run("safekeeper", "start", "1")
     session = http_session()
-    sk1_http = re.search(r'id = 1\nlisten_pg_addr = "[^"]+"\nlisten_http_addr = "([^"]+)"', config.read_text())[1]
+    sk1_http = nl.http["safekeeper 1"]
     for name, p in (("main", port), ("dev", dev_port)):
         lsn = lsn_int(psql(pg_bin, p, "INSERT INTO ledger VALUES (-2); SELECT pg_current_wal_insert_lsn()")
                       .split()[-1])
