@@ -27,6 +27,9 @@ pub fn walproposer_config(spec: &ComputeSpec) -> WalproposerConfig {
         system_id: 0,
         wal_seg_size: WAL_SEG_SIZE,
         limits: Default::default(),
+        max_pageserver_lag: walproposer::backpressure::max_lag_from_setting(
+            spec.max_pageserver_lag_bytes,
+        ),
     }
 }
 

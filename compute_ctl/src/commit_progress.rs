@@ -21,6 +21,10 @@ struct Gauges {
     paused: IntGauge,
     flushed: IntGaugeVec,
     connected: IntGaugeVec,
+    pageserver_lag: IntGauge,
+    max_pageserver_lag: IntGauge,
+    throttled: IntGauge,
+    throttled_seconds: Gauge,
 }
 
 impl Gauges {
@@ -65,6 +69,22 @@ impl Gauges {
                 ),
                 &["safekeeper"],
             )?,
+            pageserver_lag: gauge(
+                "compute_walproposer_pageserver_lag_bytes",
+                "Committed WAL the pageserver has not ingested yet, as the safekeepers report (-1: no report)",
+            )?,
+            max_pageserver_lag: gauge(
+                "compute_walproposer_backpressure_max_lag_bytes",
+                "Commits wait while the pageserver lags by more than this (0: backpressure off)",
+            )?,
+            throttled: gauge(
+                "compute_walproposer_backpressure_throttling",
+                "1 while commits are held back because the pageserver lags too far",
+            )?,
+            throttled_seconds: Gauge::new(
+                "compute_walproposer_backpressure_throttled_seconds",
+                "Time commits have been held back by backpressure since the walproposer started",
+            )?,
         })
     }
 
@@ -77,6 +97,10 @@ impl Gauges {
         registry.register(Box::new(self.paused.clone()))?;
         registry.register(Box::new(self.flushed.clone()))?;
         registry.register(Box::new(self.connected.clone()))?;
+        registry.register(Box::new(self.pageserver_lag.clone()))?;
+        registry.register(Box::new(self.max_pageserver_lag.clone()))?;
+        registry.register(Box::new(self.throttled.clone()))?;
+        registry.register(Box::new(self.throttled_seconds.clone()))?;
         Ok(())
     }
 
@@ -91,6 +115,19 @@ impl Gauges {
         self.buffered
             .set(i64::try_from(s.buffered_bytes).unwrap_or(i64::MAX));
         self.paused.set(i64::from(s.source_paused));
+        self.pageserver_lag.set(if s.pageserver_lsn.is_valid() {
+            lsn(s.commit_lsn)
+                .saturating_sub(lsn(s.pageserver_lsn))
+                .max(0)
+        } else {
+            -1
+        });
+        self.max_pageserver_lag.set(
+            s.max_pageserver_lag
+                .map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+        );
+        self.throttled.set(i64::from(s.throttling));
+        self.throttled_seconds.set(s.throttled_total.as_secs_f64());
         for sk in &s.safekeepers {
             let labels = [sk.address.as_str()];
             self.flushed
@@ -134,6 +171,10 @@ impl CommitWatch {
             commit_lsn: s.commit_lsn,
             stalled_seconds: s.stalled.as_secs(),
             waiting_for: (!s.stalled.is_zero()).then(|| s.describe_wait()),
+            pageserver_lsn: s.pageserver_lsn.is_valid().then_some(s.pageserver_lsn),
+            max_pageserver_lag_bytes: s.max_pageserver_lag,
+            throttled: s.throttling,
+            throttled_seconds: s.throttled_total.as_secs_f64(),
         })
     }
 }

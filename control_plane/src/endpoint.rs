@@ -49,6 +49,10 @@ pub struct EndpointConf {
     /// never when absent (or `0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend_timeout: Option<Timeout>,
+    /// Backpressure bound in bytes (see compute_ctl's spec); the default
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pageserver_lag: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +72,7 @@ pub struct CreateOptions {
     pub lsn: Option<Lsn>,
     pub pg_version: u32,
     pub suspend_timeout: Option<Timeout>,
+    pub max_pageserver_lag: Option<u64>,
 }
 
 fn port_free(port: u16) -> bool {
@@ -197,6 +202,7 @@ impl Endpoint {
             lsn: opts.lsn,
             pg_version: opts.pg_version,
             suspend_timeout: opts.suspend_timeout,
+            max_pageserver_lag: opts.max_pageserver_lag,
         };
         let text = toml::to_string_pretty(&conf).context("serializing the endpoint")?;
         let tmp = dir.with_file_name(format!(".{}.creating", opts.name));
@@ -278,6 +284,7 @@ impl Endpoint {
             delta_operations: Vec::new(),
             settings: Default::default(),
             suspend_timeout_seconds: self.suspend_timeout().map(|t| t.as_secs()),
+            max_pageserver_lag_bytes: self.conf.max_pageserver_lag,
         }
     }
 
@@ -554,7 +561,8 @@ impl Endpoint {
     /// `running`, `stopped`, `suspended`, or what compute_ctl reports
     /// (`init`, `failed`, …); `running (commits stuck for Ns)` when commits
     /// have waited for the safekeepers that long (compute_ctl's `/status`
-    /// says what for).
+    /// says what for), `running (throttled: pageserver N MiB behind)` while
+    /// backpressure holds commits back.
     pub fn status(&self, env: &LocalEnv) -> String {
         match self.running_pid(env) {
             Ok(Some(_)) => {}
@@ -576,6 +584,13 @@ impl Endpoint {
             }) if commits.is_stuck() => {
                 format!("running (commits stuck for {}s)", commits.stalled_seconds)
             }
+            Some(ComputeState {
+                commits: Some(commits),
+                ..
+            }) if commits.throttled => format!(
+                "running (throttled: pageserver {} MiB behind)",
+                commits.pageserver_lag_bytes().unwrap_or(0) / (1024 * 1024)
+            ),
             Some(state) => state.status.to_string(),
             None => "unknown".into(),
         }
@@ -672,8 +687,9 @@ pub fn list_table(
         .into_iter()
         .filter(|e| tenant_id.is_none_or(|t| e.conf.tenant_id == t))
         .collect();
-    // A primary's LSN is where its timeline ends on the pageserver.
-    let pageserver = PageserverClient::new(env)?;
+    // A primary's LSN is where its timeline ends on the pageserver ("?"
+    // if the pageserver does not answer within a few seconds).
+    let pageserver = PageserverClient::with_timeout(env, Duration::from_secs(3))?;
     let mut last_lsn = std::collections::HashMap::new();
     for e in &endpoints {
         if e.conf.lsn.is_none() && !last_lsn.contains_key(&e.conf.timeline_id) {

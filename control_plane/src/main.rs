@@ -242,6 +242,11 @@ enum EndpointCmd {
         /// [default: never]
         #[arg(long, value_name = "DURATION")]
         suspend_timeout: Option<Timeout>,
+        /// Commits wait while the pageserver lags the safekeepers by more
+        /// than this many bytes of WAL (backpressure); 0: never
+        /// [default: 268435456, 256 MiB]
+        #[arg(long, value_name = "BYTES")]
+        max_pageserver_lag: Option<u64>,
     },
     /// Start an endpoint's compute and wait until postgres runs
     Start {
@@ -473,6 +478,7 @@ fn endpoint_command(repo: &Path, env: &LocalEnv, cmd: EndpointCmd) -> anyhow::Re
             lsn,
             pg_version,
             suspend_timeout,
+            max_pageserver_lag,
         } => {
             let opts = endpoint::CreateOptions {
                 name: endpoint_id,
@@ -483,6 +489,7 @@ fn endpoint_command(repo: &Path, env: &LocalEnv, cmd: EndpointCmd) -> anyhow::Re
                 lsn,
                 pg_version,
                 suspend_timeout,
+                max_pageserver_lag,
             };
             let state = control_plane::state::State::load(repo)?;
             Endpoint::create(repo, env, &state, &opts).map(drop)

@@ -58,9 +58,16 @@ pub struct PageserverClient {
 
 impl PageserverClient {
     pub fn new(env: &LocalEnv) -> anyhow::Result<Self> {
+        // Bootstrapping a timeline runs initdb.
+        Self::with_timeout(env, Duration::from_secs(300))
+    }
+
+    /// A client whose requests give up after `timeout`: for what only
+    /// shows information, so that a pageserver that does not answer does
+    /// not hold the command up.
+    pub fn with_timeout(env: &LocalEnv, timeout: Duration) -> anyhow::Result<Self> {
         Ok(PageserverClient {
-            // Bootstrapping a timeline runs initdb.
-            client: client(Duration::from_secs(300))?,
+            client: client(timeout)?,
             base: format!("http://{}", env.pageserver.listen_http_addr),
         })
     }

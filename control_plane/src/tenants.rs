@@ -19,7 +19,9 @@ pub const DEFAULT_BRANCH: &str = "main";
 
 /// How long branching at the end of a timeline waits for the pageserver to
 /// have what the safekeepers committed.
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `timeline branch` waits for the pageserver to ingest what was
+/// committed on the ancestor.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// After the pageserver starts: attach from remote storage every tenant
 /// neon_local knows (the default tenant and those with named branches)
@@ -140,6 +142,32 @@ fn check_new_branch(state: &State, tenant_id: TenantId, name: &str) -> anyhow::R
     Ok(())
 }
 
+/// Wait until the pageserver has ingested `branch` up to `committed`,
+/// saying so on stderr if that takes a while; an error after
+/// [`CATCH_UP_TIMEOUT`].
+fn wait_for_ingest(
+    pageserver: &PageserverClient,
+    tenant_id: TenantId,
+    timeline_id: TimelineId,
+    branch: &str,
+    committed: Lsn,
+) -> anyhow::Result<()> {
+    if pageserver.wait_for_lsn(tenant_id, timeline_id, committed, Duration::from_secs(2))? {
+        return Ok(());
+    }
+    let at = pageserver.timeline(tenant_id, timeline_id)?.last_record_lsn;
+    eprintln!(
+        "waiting for the pageserver to ingest '{branch}' up to the safekeepers' commit LSN {committed} (it is at {at})..."
+    );
+    if pageserver.wait_for_lsn(tenant_id, timeline_id, committed, CATCH_UP_TIMEOUT)? {
+        return Ok(());
+    }
+    let at = pageserver.timeline(tenant_id, timeline_id)?.last_record_lsn;
+    bail!(
+        "the pageserver has ingested '{branch}' only up to {at}, not yet up to the safekeepers' commit LSN {committed}, after {CATCH_UP_TIMEOUT:?}; a branch cut now would miss committed transactions. Try again later, or give --ancestor-start-lsn to branch at an earlier LSN"
+    )
+}
+
 /// `timeline branch`: a branch of another branch at an LSN, or at its end.
 pub fn timeline_branch(
     repo: &Path,
@@ -155,14 +183,17 @@ pub fn timeline_branch(
     let ancestor = state.require_timeline(tenant_id, ancestor_branch_name)?;
     let pageserver = PageserverClient::new(env)?;
     if ancestor_start_lsn.is_none() {
-        // "The end" of the ancestor is what its computes committed: wait
-        // until the pageserver has it from the safekeepers.
-        if let Some(flushed) = quorum_flush_lsn(env, tenant_id, ancestor)? {
-            if !pageserver.wait_for_lsn(tenant_id, ancestor, flushed, CATCH_UP_TIMEOUT)? {
-                eprintln!(
-                    "warning: the pageserver has not caught up with the safekeepers' {flushed} on '{ancestor_branch_name}' within {CATCH_UP_TIMEOUT:?}; branching at what it has"
-                );
-            }
+        // "The end" of the ancestor is what its computes committed: the
+        // branch is cut only once the pageserver has all of it from the
+        // safekeepers, never at whatever it happens to have ingested.
+        if let Some(committed) = quorum_flush_lsn(env, tenant_id, ancestor)? {
+            wait_for_ingest(
+                &pageserver,
+                tenant_id,
+                ancestor,
+                ancestor_branch_name,
+                committed,
+            )?;
         }
     }
     let timeline = pageserver.create_timeline(

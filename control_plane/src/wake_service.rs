@@ -213,6 +213,7 @@ impl Service {
             lsn: None,
             pg_version: 15,
             suspend_timeout: Some(self.default_suspend_timeout),
+            max_pageserver_lag: None,
         };
         Endpoint::create_locked(&self.repo, &self.env, &state, &opts, &creation)
             .with_context(|| format!("creating an endpoint for branch '{branch}'"))?;

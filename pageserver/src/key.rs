@@ -57,6 +57,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use postgres_format::relfile::{ForkNumber, RelFileNode, RelTag};
+use utils::bytes_reader::{Reader, ShortInput};
 
 /// Pages per SLRU segment file (`SLRU_PAGES_PER_SEGMENT`).
 pub const SLRU_PAGES_PER_SEGMENT: u32 = 32;
@@ -461,6 +462,11 @@ impl Key {
     /// The key serialised in `b`, which must be exactly [`Key::SIZE`] bytes.
     pub fn from_slice(b: &[u8]) -> Option<Key> {
         <[u8; Key::SIZE]>::try_from(b).ok().map(Key::from_array)
+    }
+
+    /// The next [`Key::SIZE`] bytes of `r`, as a key.
+    pub fn read(r: &mut Reader<'_>) -> Result<Key, ShortInput> {
+        r.array().map(Key::from_array)
     }
 }
 

@@ -55,6 +55,9 @@ pub struct PageServerConf {
     pub max_connections: usize,
     /// Size at which the open in-memory layer is written to a layer file.
     pub open_layer_max_bytes: usize,
+    /// Bytes of WAL after which the open in-memory layer is written to a
+    /// layer file, however small: the most WAL a restart ingests again.
+    pub checkpoint_distance: u64,
     /// Keys (pages) per image partition: compaction writes image layers of
     /// one partition at a time, and flushes split delta layers along them.
     pub image_partition_keys: usize,
@@ -77,6 +80,7 @@ impl Default for PageServerConf {
             pg_os_user: "postgres".into(),
             max_connections: 1000,
             open_layer_max_bytes: tenant::timeline::DEFAULT_OPEN_LAYER_MAX_BYTES,
+            checkpoint_distance: tenant::timeline::DEFAULT_CHECKPOINT_DISTANCE,
             image_partition_keys: tenant::timeline::DEFAULT_IMAGE_PARTITION_KEYS,
             background: background::BackgroundConf::default(),
             remote_storage: None,
@@ -110,6 +114,7 @@ pub async fn run(conf: PageServerConf, cancel: CancellationToken) -> anyhow::Res
     };
     let timeline_conf = tenant::timeline::TimelineConf {
         open_layer_max_bytes: conf.open_layer_max_bytes,
+        checkpoint_distance: conf.checkpoint_distance,
         image_partition_keys: conf.image_partition_keys,
     };
     let initdb = tenant_manager::InitdbConf {

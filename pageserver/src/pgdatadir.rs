@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use postgres_format::relfile::{ForkNumber, RelFileNode, RelTag};
+use utils::bytes_reader::{Reader, ShortInput};
 use utils::Lsn;
 
 use crate::key::{Key, SlruKind};
@@ -56,34 +57,38 @@ fn encode_set<T, F: Fn(&mut BytesMut, &T)>(items: &BTreeSet<T>, put: F) -> Bytes
     out.freeze()
 }
 
-/// Decode a directory of `entry_size`-byte entries.
+/// Decode a directory of `entry_size`-byte entries; `parse` reads one
+/// entry (all of its bytes) and returns `None` for an invalid one.
 fn decode_set<T: Ord>(
-    what: &str,
+    what: &'static str,
     lsn: Lsn,
     bytes: &[u8],
     entry_size: usize,
-    parse: impl Fn(&[u8]) -> Option<T>,
+    parse: impl Fn(&mut Reader<'_>) -> std::result::Result<Option<T>, ShortInput>,
 ) -> Result<BTreeSet<T>> {
     let corrupt = |reason: &str| DatadirError::Corrupt {
         what: what.to_owned(),
         lsn,
         reason: reason.to_owned(),
     };
-    if bytes.len() < 5 || bytes[0] != DIRECTORY_FORMAT {
-        return Err(corrupt("bad header"));
-    }
-    let count = u32::from_le_bytes(bytes[1..5].try_into().expect("4 bytes")) as usize;
-    let body = &bytes[5..];
-    if count.checked_mul(entry_size) != Some(body.len()) {
+    let mut r = Reader::new(bytes, what);
+    let count = match (r.u8(), r.u32()) {
+        (Ok(DIRECTORY_FORMAT), Ok(count)) => count,
+        _ => return Err(corrupt("bad header")),
+    };
+    if (count as usize).checked_mul(entry_size) != Some(r.remaining()) {
         return Err(corrupt("entry count does not match the length"));
     }
-    body.chunks_exact(entry_size)
-        .map(|entry| parse(entry).ok_or_else(|| corrupt("bad entry")))
-        .collect()
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+    let mut set = BTreeSet::new();
+    for _ in 0..count {
+        let entry = r.bytes(entry_size).map_err(|e| corrupt(&e.to_string()))?;
+        let mut entry = Reader::new(entry, what);
+        match parse(&mut entry) {
+            Ok(Some(item)) if entry.remaining() == 0 => set.insert(item),
+            _ => return Err(corrupt("bad entry")),
+        };
+    }
+    Ok(set)
 }
 
 fn decode_u32(what: &str, lsn: Lsn, bytes: &[u8]) -> Result<u32> {
@@ -103,7 +108,7 @@ impl Timeline {
         match self.get(Key::db_dir(), lsn)? {
             None => Ok(BTreeSet::new()),
             Some(b) => decode_set("database directory", lsn, &b, 8, |e| {
-                Some((u32_at(e, 0), u32_at(e, 4)))
+                Ok(Some((e.u32()?, e.u32()?)))
             }),
         }
     }
@@ -113,14 +118,13 @@ impl Timeline {
         match self.get(Key::rel_dir(spc, db), lsn)? {
             None => Ok(BTreeSet::new()),
             Some(b) => decode_set("relation directory", lsn, &b, 5, |e| {
-                Some(RelTag {
-                    node: RelFileNode {
-                        spc_oid: spc,
-                        db_oid: db,
-                        rel_node: u32_at(e, 0),
-                    },
-                    fork: ForkNumber::from_u8(e[4])?,
-                })
+                let node = RelFileNode {
+                    spc_oid: spc,
+                    db_oid: db,
+                    rel_node: e.u32()?,
+                };
+                let fork = ForkNumber::from_u8(e.u8()?);
+                Ok(fork.map(|fork| RelTag { node, fork }))
             }),
         }
     }
@@ -167,7 +171,7 @@ impl Timeline {
     pub fn list_slru_segments(&self, kind: SlruKind, lsn: Lsn) -> Result<BTreeSet<u32>> {
         match self.get(Key::slru_dir(kind), lsn)? {
             None => Ok(BTreeSet::new()),
-            Some(b) => decode_set("SLRU directory", lsn, &b, 4, |e| Some(u32_at(e, 0))),
+            Some(b) => decode_set("SLRU directory", lsn, &b, 4, |e| Ok(Some(e.u32()?))),
         }
     }
 
@@ -193,7 +197,7 @@ impl Timeline {
     pub fn list_twophase_files(&self, lsn: Lsn) -> Result<BTreeSet<u32>> {
         match self.get(Key::twophase_dir(), lsn)? {
             None => Ok(BTreeSet::new()),
-            Some(b) => decode_set("two-phase directory", lsn, &b, 4, |e| Some(u32_at(e, 0))),
+            Some(b) => decode_set("two-phase directory", lsn, &b, 4, |e| Ok(Some(e.u32()?))),
         }
     }
 

@@ -39,6 +39,7 @@
 //! the input, bad flags and trailing bytes, with an error; it never panics.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use utils::bytes_reader::{Reader, ShortInput, TrailingBytes};
 use utils::Lsn;
 
 pub use postgres_format::constants::BLCKSZ;
@@ -185,6 +186,24 @@ pub enum RustRecord {
 #[error("malformed value: {0}")]
 pub struct ValueDecodeError(pub String);
 
+impl From<ShortInput> for ValueDecodeError {
+    fn from(e: ShortInput) -> Self {
+        ValueDecodeError(format!(
+            "truncated: {} bytes needed at offset {}, only {} left",
+            e.needed, e.offset, e.available
+        ))
+    }
+}
+
+impl From<TrailingBytes> for ValueDecodeError {
+    fn from(e: TrailingBytes) -> Self {
+        ValueDecodeError(format!(
+            "{} trailing bytes after the value at offset {}",
+            e.extra, e.offset
+        ))
+    }
+}
+
 /// A delta that cannot be applied to one page.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("cannot apply {record}: {reason}")]
@@ -276,78 +295,77 @@ impl Value {
     /// Decode; an image shares `buf`'s memory.
     pub fn decode_bytes(buf: Bytes) -> Result<Value, ValueDecodeError> {
         let err = |m: String| ValueDecodeError(m);
-        let mut r = Cursor { buf: &buf, pos: 0 };
+        let mut r = Reader::new(&buf, "value");
         let version = r.u8()?;
         if version != ENCODING_VERSION {
             return Err(err(format!(
                 "encoding version {version}, expected {ENCODING_VERSION}"
             )));
         }
-        match r.u8()? {
-            TAG_IMAGE => Ok(Value::Image(buf.slice(2..))),
-            TAG_UNREADABLE => {
-                let lsn = Lsn(u64::from_le_bytes(
-                    r.take(8)?.try_into().map_err(|_| err("LSN".into()))?,
-                ));
-                let (rmgr, info) = (r.u8()?, r.u8()?);
-                if r.pos != buf.len() {
-                    return Err(err(format!(
-                        "{} trailing bytes after an unreadable version",
-                        buf.len() - r.pos
-                    )));
-                }
-                Ok(Value::Unreadable(UnreadableRecord { lsn, rmgr, info }))
+        let value = match r.u8()? {
+            TAG_IMAGE => {
+                let start = r.position();
+                r.rest();
+                Value::Image(buf.slice(start..))
             }
-            TAG_DELTA => {
-                let rec = match r.u8()? {
-                    REC_CLOG => {
+            TAG_UNREADABLE => Value::Unreadable(UnreadableRecord {
+                lsn: Lsn(r.u64()?),
+                rmgr: r.u8()?,
+                info: r.u8()?,
+            }),
+            TAG_DELTA => Value::Delta(match r.u8()? {
+                REC_CLOG => {
+                    let s = r.u8()?;
+                    let status =
+                        ClogStatus::from_u8(s).ok_or_else(|| err(format!("CLOG status {s}")))?;
+                    let xids = read_u32s(&mut r)?;
+                    RustRecord::ClogSetStatus { xids, status }
+                }
+                REC_VM => {
+                    let all_visible = match r.u8()? {
+                        0 => false,
+                        1 => true,
+                        b => return Err(err(format!("flag byte {b}, expected 0 or 1"))),
+                    };
+                    let heap_blocks = read_u32s(&mut r)?;
+                    RustRecord::VmClearBits {
+                        heap_blocks,
+                        all_visible,
+                    }
+                }
+                REC_MXOFF => RustRecord::MultixactOffset {
+                    multi: r.u32()?,
+                    offset: r.u32()?,
+                },
+                REC_MXMEM => {
+                    let first_offset = r.u32()?;
+                    let n = r.u32_count(5)?;
+                    let mut members = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let xid = r.u32()?;
                         let s = r.u8()?;
-                        let status = ClogStatus::from_u8(s)
-                            .ok_or_else(|| err(format!("CLOG status {s}")))?;
-                        let xids = r.u32s()?;
-                        RustRecord::ClogSetStatus { xids, status }
+                        let status = MultiXactStatus::from_u8(s)
+                            .ok_or_else(|| err(format!("multixact member status {s}")))?;
+                        members.push((xid, status));
                     }
-                    REC_VM => {
-                        let all_visible = r.bool()?;
-                        let heap_blocks = r.u32s()?;
-                        RustRecord::VmClearBits {
-                            heap_blocks,
-                            all_visible,
-                        }
+                    RustRecord::MultixactMembers {
+                        first_offset,
+                        members,
                     }
-                    REC_MXOFF => RustRecord::MultixactOffset {
-                        multi: r.u32()?,
-                        offset: r.u32()?,
-                    },
-                    REC_MXMEM => {
-                        let first_offset = r.u32()?;
-                        let n = r.count(5)?;
-                        let mut members = Vec::with_capacity(n);
-                        for _ in 0..n {
-                            let xid = r.u32()?;
-                            let s = r.u8()?;
-                            let status = MultiXactStatus::from_u8(s)
-                                .ok_or_else(|| err(format!("multixact member status {s}")))?;
-                            members.push((xid, status));
-                        }
-                        RustRecord::MultixactMembers {
-                            first_offset,
-                            members,
-                        }
-                    }
-                    t => return Err(err(format!("unknown delta record tag {t}"))),
-                };
-                if r.pos != buf.len() {
-                    return Err(err(format!(
-                        "{} trailing bytes after the record",
-                        buf.len() - r.pos
-                    )));
                 }
-                Ok(Value::Delta(rec))
-            }
-            t => Err(err(format!("unknown value tag {t}"))),
-        }
+                t => return Err(err(format!("unknown delta record tag {t}"))),
+            }),
+            t => return Err(err(format!("unknown value tag {t}"))),
+        };
+        r.finish()?;
+        Ok(value)
     }
+}
+
+/// A u32 count, then that many u32 values.
+fn read_u32s(r: &mut Reader<'_>) -> Result<Vec<u32>, ShortInput> {
+    let n = r.u32_count(4)?;
+    r.u32_vec(n)
 }
 
 fn len_u32(n: usize) -> u32 {
@@ -360,64 +378,6 @@ fn put_u32s(out: &mut BytesMut, v: &[u32]) {
     out.put_u32_le(len_u32(v.len()));
     for x in v {
         out.put_u32_le(*x);
-    }
-}
-
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl Cursor<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], ValueDecodeError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.buf.len())
-            .ok_or_else(|| {
-                ValueDecodeError(format!(
-                    "truncated: {n} bytes needed at offset {} of {}",
-                    self.pos,
-                    self.buf.len()
-                ))
-            })?;
-        let s = &self.buf[self.pos..end];
-        self.pos = end;
-        Ok(s)
-    }
-
-    fn u8(&mut self) -> Result<u8, ValueDecodeError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn bool(&mut self) -> Result<bool, ValueDecodeError> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            b => Err(ValueDecodeError(format!("flag byte {b}, expected 0 or 1"))),
-        }
-    }
-
-    fn u32(&mut self) -> Result<u32, ValueDecodeError> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    /// A count of items of `item_size` bytes, checked against what is left.
-    fn count(&mut self, item_size: usize) -> Result<usize, ValueDecodeError> {
-        let n = self.u32()? as usize;
-        let left = self.buf.len() - self.pos;
-        if n.checked_mul(item_size).is_none_or(|need| need > left) {
-            return Err(ValueDecodeError(format!(
-                "count {n} needs more than the {left} bytes left"
-            )));
-        }
-        Ok(n)
-    }
-
-    fn u32s(&mut self) -> Result<Vec<u32>, ValueDecodeError> {
-        let n = self.count(4)?;
-        (0..n).map(|_| self.u32()).collect()
     }
 }
 

@@ -591,6 +591,7 @@ fn steady_updates_keep_physical_size_bounded() {
     let conf = TimelineConf {
         open_layer_max_bytes: 16 * 1024,
         image_partition_keys: 8,
+        ..TimelineConf::default()
     };
     s.tenant = Tenant::create(&s.workdir.join("bounded"), s.tenant_id, conf).unwrap();
     let tl = s

@@ -349,6 +349,8 @@ impl<C: ControlStore, W: WalStore> Acceptor<C, W> {
             term: self.state.term,
             flush_lsn,
             commit_lsn: self.commit_lsn,
+            // Filled in by the WAL service, which knows the readers.
+            pageserver_last_record_lsn: Lsn::INVALID,
         }))
     }
 

@@ -128,7 +128,15 @@ where
                 if let Some(throttle) = throttle.filter(|_| appended > 0) {
                     tokio::time::sleep(throttle.delay(appended)).await;
                 }
-                for reply in replies {
+                let pageserver_lsn = timeline
+                    .feedback
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .pageserver_last_record_lsn;
+                for mut reply in replies {
+                    if let AcceptorMessage::Append(response) = &mut reply {
+                        response.pageserver_last_record_lsn = pageserver_lsn;
+                    }
                     writer
                         .write_message(&BeMessage::CopyData(&reply.encode()))
                         .await?;

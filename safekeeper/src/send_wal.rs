@@ -75,6 +75,8 @@ where
                         f.last_received_lsn = f.last_received_lsn.max(update.write_lsn);
                         f.disk_consistent_lsn = f.disk_consistent_lsn.max(update.flush_lsn);
                         if from_pageserver {
+                            f.pageserver_last_record_lsn =
+                                f.pageserver_last_record_lsn.max(update.write_lsn);
                             f.remote_consistent_lsn = f.remote_consistent_lsn.max(update.apply_lsn);
                         }
                     }

@@ -11,6 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use utils::bytes_reader::Reader;
 
 use crate::acceptor::{ControlStore, PersistentState};
 
@@ -56,34 +57,33 @@ pub fn encode(state: &PersistentState) -> anyhow::Result<Vec<u8>> {
 }
 
 pub fn decode(bytes: &[u8]) -> anyhow::Result<PersistentState> {
-    let u32_at = |at: usize| -> anyhow::Result<u32> {
-        bytes
-            .get(at..at + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
-            .with_context(|| format!("truncated at offset {at} of {} bytes", bytes.len()))
+    let Some((covered, stored)) = bytes.split_last_chunk::<4>() else {
+        bail!("truncated: {} bytes", bytes.len());
     };
-    let magic = u32_at(0)?;
+    let mut r = Reader::new(covered, "safekeeper control file");
+    let magic = r.u32()?;
     if magic != MAGIC {
         bail!("bad magic {magic:#010x}: not a safekeeper control file");
     }
-    let version = u32_at(4)?;
+    let version = r.u32()?;
     if version != FORMAT_VERSION {
         bail!("unsupported control file format version {version}, expected {FORMAT_VERSION}");
     }
-    let len = u32_at(8)? as usize;
-    if len > MAX_PAYLOAD || bytes.len() != 12 + len + 4 {
+    let len = r.u32()? as usize;
+    if len > MAX_PAYLOAD || r.remaining() != len {
         bail!(
             "payload of {len} bytes does not match the file size {}",
             bytes.len()
         );
     }
-    let stored = u32_at(12 + len)?;
-    let computed = crc32c::crc32c(&bytes[..12 + len]);
+    let payload = r.bytes(len)?;
+    let stored = u32::from_le_bytes(*stored);
+    let computed = crc32c::crc32c(covered);
     if stored != computed {
         bail!("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}");
     }
     let state: PersistentState =
-        serde_json::from_slice(&bytes[12..12 + len]).context("parsing the control state")?;
+        serde_json::from_slice(payload).context("parsing the control state")?;
     state
         .term_history
         .validate()

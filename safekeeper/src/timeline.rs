@@ -36,6 +36,9 @@ pub struct Progress {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ReaderFeedback {
     pub last_received_lsn: Lsn,
+    /// The last record a pageserver reported having ingested (its status
+    /// updates' write LSN): what the walproposer's backpressure follows.
+    pub pageserver_last_record_lsn: Lsn,
     pub disk_consistent_lsn: Lsn,
     pub remote_consistent_lsn: Lsn,
 }

@@ -40,7 +40,7 @@ impl std::fmt::Display for ComputeStatus {
 }
 
 /// `GET /status`. Times are RFC 3339, UTC.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ComputeState {
     pub status: ComputeStatus,
     /// When the current (or last) start began.
@@ -69,7 +69,7 @@ pub struct ComputeState {
 }
 
 /// A primary's commits, from its walproposer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommitProgress {
     /// The end of the WAL read from PostgreSQL.
     pub received_lsn: Lsn,
@@ -80,6 +80,20 @@ pub struct CommitProgress {
     pub stalled_seconds: u64,
     /// While WAL waits: what for, safekeeper by safekeeper.
     pub waiting_for: Option<String>,
+    /// Backpressure: the last record the pageserver has ingested, as the
+    /// safekeepers report it (absent before a report).
+    #[serde(default)]
+    pub pageserver_lsn: Option<Lsn>,
+    /// The bound on the pageserver's lag behind the commit LSN (absent:
+    /// backpressure is off).
+    #[serde(default)]
+    pub max_pageserver_lag_bytes: Option<u64>,
+    /// Commits are held back now: the pageserver lags by more than the bound.
+    #[serde(default)]
+    pub throttled: bool,
+    /// Time commits have been held back, in total, in seconds.
+    #[serde(default)]
+    pub throttled_seconds: f64,
 }
 
 impl CommitProgress {
@@ -88,6 +102,12 @@ impl CommitProgress {
 
     pub fn is_stuck(&self) -> bool {
         self.stalled_seconds >= Self::STUCK_AFTER_SECONDS
+    }
+
+    /// Bytes of committed WAL the pageserver has not ingested yet.
+    pub fn pageserver_lag_bytes(&self) -> Option<u64> {
+        self.pageserver_lsn
+            .map(|ingested| self.commit_lsn.0.saturating_sub(ingested.0))
     }
 }
 

@@ -93,6 +93,10 @@ pub struct ComputeSpec {
     /// compute_ctl only reports activity).
     #[serde(default)]
     pub suspend_timeout_seconds: Option<u64>,
+    /// Commits wait while the pageserver lags the safekeepers' commit LSN
+    /// by more than this many bytes (backpressure); unset: 256 MiB, 0: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pageserver_lag_bytes: Option<u64>,
 }
 
 fn format_version() -> u32 {

@@ -2,12 +2,13 @@
 //! <timeline_id>`, the pageserver answers CopyBothResponse and the client
 //! sends requests, each in one CopyData; each gets one response.
 //!
-//! Encoding: a tag byte, then fixed-size little-endian fields. Every
-//! request carries the LSN to read at; the pageserver waits (with a
-//! timeout) until WAL up to it is ingested.
+//! Encoding: a tag byte, then fixed-size little-endian fields (decoded with
+//! [`utils::bytes_reader::Reader`]). Every request carries the LSN to read
+//! at; the pageserver waits (with a timeout) until WAL up to it is ingested.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use postgres_format::constants::BLCKSZ;
+use utils::bytes_reader::{Reader, ShortInput};
 use utils::Lsn;
 
 /// A relation fork as the protocol names it.
@@ -72,6 +73,10 @@ pub enum DecodeError {
     },
     #[error("invalid {0} in a pagestream message")]
     Invalid(&'static str),
+    /// Fields that do not fit in the message (the length checks above
+    /// come first, so this only names a disagreement between them).
+    #[error(transparent)]
+    Short(#[from] ShortInput),
 }
 
 const REL_SIZE: usize = 13;
@@ -83,25 +88,17 @@ fn put_rel(out: &mut BytesMut, rel: &RelSpec) {
     out.put_u8(rel.fork);
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-fn rel_at(b: &[u8], at: usize) -> Result<RelSpec, DecodeError> {
-    let fork = b[at + 12];
-    if fork > 3 {
+fn read_rel(r: &mut Reader<'_>) -> Result<RelSpec, DecodeError> {
+    let rel = RelSpec {
+        spc_oid: r.u32()?,
+        db_oid: r.u32()?,
+        rel_node: r.u32()?,
+        fork: r.u8()?,
+    };
+    if rel.fork > 3 {
         return Err(DecodeError::Invalid("fork number"));
     }
-    Ok(RelSpec {
-        spc_oid: u32_at(b, at),
-        db_oid: u32_at(b, at + 4),
-        rel_node: u32_at(b, at + 8),
-        fork,
-    })
+    Ok(rel)
 }
 
 impl Request {
@@ -139,7 +136,8 @@ impl Request {
     }
 
     pub fn decode(b: &[u8]) -> Result<Request, DecodeError> {
-        let (&tag, _) = b.split_first().ok_or(DecodeError::Empty)?;
+        let mut r = Reader::new(b, "pagestream request");
+        let tag = r.u8().map_err(|_| DecodeError::Empty)?;
         let expected = match tag {
             0 | 1 => 1 + 8 + REL_SIZE,
             2 => 1 + 8 + REL_SIZE + 4,
@@ -154,33 +152,34 @@ impl Request {
                 expected,
             });
         }
-        let lsn = Lsn(u64_at(b, 1));
+        let lsn = Lsn(r.u64()?);
         Ok(match tag {
             0 => Request::Exists {
                 lsn,
-                rel: rel_at(b, 9)?,
+                rel: read_rel(&mut r)?,
             },
             1 => Request::Nblocks {
                 lsn,
-                rel: rel_at(b, 9)?,
+                rel: read_rel(&mut r)?,
             },
             2 => Request::GetPage {
                 lsn,
-                rel: rel_at(b, 9)?,
-                block: u32_at(b, 9 + REL_SIZE),
+                rel: read_rel(&mut r)?,
+                block: r.u32()?,
             },
             3 => Request::DbSize {
                 lsn,
-                db_oid: u32_at(b, 9),
+                db_oid: r.u32()?,
             },
             _ => {
-                if b[9] > 2 {
+                let kind = r.u8()?;
+                if kind > 2 {
                     return Err(DecodeError::Invalid("SLRU kind"));
                 }
                 Request::GetSlruSegment {
                     lsn,
-                    kind: b[9],
-                    segment: u32_at(b, 10),
+                    kind,
+                    segment: r.u32()?,
                 }
             }
         })
@@ -220,9 +219,10 @@ impl Response {
     }
 
     pub fn decode(b: &Bytes) -> Result<Response, DecodeError> {
-        let (&tag, rest) = b.split_first().ok_or(DecodeError::Empty)?;
+        let mut r = Reader::new(b, "pagestream response");
+        let tag = r.u8().map_err(|_| DecodeError::Empty)?;
         let exact = |n: usize| {
-            if rest.len() == n {
+            if r.remaining() == n {
                 Ok(())
             } else {
                 Err(DecodeError::Length {
@@ -235,27 +235,27 @@ impl Response {
         Ok(match tag {
             100 => {
                 exact(1)?;
-                Response::Exists(rest[0] != 0)
+                Response::Exists(r.bool()?)
             }
             101 => {
                 exact(4)?;
-                Response::Nblocks(u32_at(rest, 0))
+                Response::Nblocks(r.u32()?)
             }
             102 => {
                 exact(BLCKSZ)?;
-                Response::Page(b.slice(1..))
+                Response::Page(b.slice(r.position()..))
             }
             103 => {
                 exact(8)?;
-                Response::DbSize(u64_at(rest, 0))
+                Response::DbSize(r.u64()?)
             }
             104 => {
-                if rest.len() % BLCKSZ != 0 {
+                if !r.remaining().is_multiple_of(BLCKSZ) {
                     return Err(DecodeError::Invalid("SLRU segment length"));
                 }
-                Response::SlruSegment(b.slice(1..))
+                Response::SlruSegment(b.slice(r.position()..))
             }
-            105 => Response::Error(String::from_utf8_lossy(rest).into_owned()),
+            105 => Response::Error(String::from_utf8_lossy(r.rest()).into_owned()),
             other => return Err(DecodeError::UnknownTag(other)),
         })
     }

@@ -2,8 +2,8 @@
 //! platforms): read, check and write with its CRC.
 
 use crate::constants::*;
-use crate::reader::{Reader, ShortInput};
 use crate::PgMajorVersion;
+use utils::bytes_reader::{Reader, ShortInput};
 use utils::Lsn;
 
 /// Size of the `pg_control` file; the struct is at its start, zeros follow.

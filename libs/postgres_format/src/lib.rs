@@ -22,7 +22,8 @@ pub mod wal;
 pub mod wal_names;
 pub mod wal_writer;
 
-mod reader;
+/// The error of every decoder here that meets too few bytes.
+pub use utils::bytes_reader::ShortInput;
 
 use std::fmt;
 

@@ -1,7 +1,9 @@
 //! Consensus messages and their encoding: a tag byte, then fixed-size
-//! little-endian fields; WAL bytes last. Decoding checks every length.
+//! little-endian fields; WAL bytes last. Decoding checks every length
+//! ([`utils::bytes_reader::Reader`]).
 
 use bytes::{BufMut, Bytes, BytesMut};
+use utils::bytes_reader::{Reader, ShortInput, TrailingBytes};
 use utils::{Lsn, NodeId, TenantId, TimelineId};
 
 use crate::term_history::{Term, TermHistory, TermLsn};
@@ -72,6 +74,9 @@ pub struct AppendResponse {
     pub term: Term,
     pub flush_lsn: Lsn,
     pub commit_lsn: Lsn,
+    /// The last record the pageserver reported having ingested from this
+    /// safekeeper (invalid if none has): the walproposer's backpressure.
+    pub pageserver_last_record_lsn: Lsn,
 }
 
 /// Acceptor → proposer.
@@ -89,85 +94,33 @@ pub enum MessageError {
     Empty,
     #[error("unknown message tag {0:#04x}")]
     UnknownTag(u8),
-    #[error(
-        "message {tag:?} is truncated: needed {needed} bytes at offset {offset}, {len} in all"
-    )]
-    Truncated {
-        tag: char,
-        offset: usize,
-        needed: usize,
-        len: usize,
-    },
-    #[error("message {tag:?} has {extra} unexpected trailing bytes")]
-    TrailingBytes { tag: char, extra: usize },
+    #[error("message is truncated: {0}")]
+    Truncated(#[from] ShortInput),
+    #[error("message has unexpected trailing bytes: {0}")]
+    TrailingBytes(#[from] TrailingBytes),
     #[error("term history of {0} entries is too long")]
     TermHistoryTooLong(u64),
     #[error("append request carries {actual} bytes of WAL for {begin}..{end}")]
     WalLengthMismatch { begin: Lsn, end: Lsn, actual: usize },
 }
 
-struct Decoder<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    tag: char,
+fn read_lsn(r: &mut Reader<'_>) -> Result<Lsn, ShortInput> {
+    r.u64().map(Lsn)
 }
 
-impl<'a> Decoder<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], MessageError> {
-        if self.buf.len() - self.pos < n {
-            return Err(MessageError::Truncated {
-                tag: self.tag,
-                offset: self.pos,
-                needed: n,
-                len: self.buf.len(),
-            });
-        }
-        let out = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
+fn read_term_history(r: &mut Reader<'_>) -> Result<TermHistory, MessageError> {
+    let count = r.u32()?;
+    if count as usize > MAX_TERM_HISTORY_ENTRIES {
+        return Err(MessageError::TermHistoryTooLong(count.into()));
     }
-    fn u8(&mut self) -> Result<u8, MessageError> {
-        Ok(self.take(1)?[0])
+    let mut entries = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        entries.push(TermLsn {
+            term: r.u64()?,
+            lsn: read_lsn(r)?,
+        });
     }
-    fn u32(&mut self) -> Result<u32, MessageError> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-    fn u64(&mut self) -> Result<u64, MessageError> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-    fn lsn(&mut self) -> Result<Lsn, MessageError> {
-        self.u64().map(Lsn)
-    }
-    fn id16(&mut self) -> Result<[u8; 16], MessageError> {
-        Ok(self.take(16)?.try_into().expect("16 bytes"))
-    }
-    fn term_history(&mut self) -> Result<TermHistory, MessageError> {
-        let count = self.u32()? as u64;
-        if count as usize > MAX_TERM_HISTORY_ENTRIES {
-            return Err(MessageError::TermHistoryTooLong(count));
-        }
-        let mut entries = Vec::with_capacity(count as usize);
-        for _ in 0..count {
-            entries.push(TermLsn {
-                term: self.u64()?,
-                lsn: self.lsn()?,
-            });
-        }
-        Ok(TermHistory(entries))
-    }
-    fn finish(self) -> Result<(), MessageError> {
-        match self.buf.len() - self.pos {
-            0 => Ok(()),
-            extra => Err(MessageError::TrailingBytes {
-                tag: self.tag,
-                extra,
-            }),
-        }
-    }
+    Ok(TermHistory(entries))
 }
 
 fn put_term_history(out: &mut BytesMut, history: &TermHistory) {
@@ -178,16 +131,16 @@ fn put_term_history(out: &mut BytesMut, history: &TermHistory) {
     }
 }
 
-fn start(buf: &[u8]) -> Result<(u8, Decoder<'_>), MessageError> {
+/// The tag and a reader after it; `names` gives the message's name by
+/// tag, for errors.
+fn start<'a>(
+    buf: &'a [u8],
+    names: fn(u8) -> &'static str,
+) -> Result<(u8, Reader<'a>), MessageError> {
     let (&tag, _) = buf.split_first().ok_or(MessageError::Empty)?;
-    Ok((
-        tag,
-        Decoder {
-            buf,
-            pos: 1,
-            tag: tag as char,
-        },
-    ))
+    let mut r = Reader::new(buf, names(tag));
+    r.skip(1)?;
+    Ok((tag, r))
 }
 
 impl ProposerMessage {
@@ -235,28 +188,35 @@ impl ProposerMessage {
 
     /// Decode a message; `buf` is the whole CopyData payload.
     pub fn decode(buf: &Bytes) -> Result<ProposerMessage, MessageError> {
-        let (tag, mut d) = start(buf)?;
+        let (tag, mut r) = start(buf, |tag| match tag {
+            b'g' => "proposer greeting 'g'",
+            b'v' => "vote request 'v'",
+            b'e' => "elected message 'e'",
+            b'a' => "append request 'a'",
+            _ => "proposer message",
+        })?;
         let message = match tag {
             b'g' => ProposerMessage::Greeting(ProposerGreeting {
-                protocol_version: d.u32()?,
-                pg_version: d.u32()?,
-                proposer_id: d.id16()?,
-                system_id: d.u64()?,
-                tenant_id: TenantId::from_bytes(d.id16()?),
-                timeline_id: TimelineId::from_bytes(d.id16()?),
-                wal_seg_size: d.u32()?,
+                protocol_version: r.u32()?,
+                pg_version: r.u32()?,
+                proposer_id: r.array()?,
+                system_id: r.u64()?,
+                tenant_id: TenantId::from_bytes(r.array()?),
+                timeline_id: TimelineId::from_bytes(r.array()?),
+                wal_seg_size: r.u32()?,
             }),
-            b'v' => ProposerMessage::VoteRequest { term: d.u64()? },
+            b'v' => ProposerMessage::VoteRequest { term: r.u64()? },
             b'e' => ProposerMessage::Elected(ProposerElected {
-                term: d.u64()?,
-                start_streaming_at: d.lsn()?,
-                term_history: d.term_history()?,
-                timeline_start_lsn: d.lsn()?,
+                term: r.u64()?,
+                start_streaming_at: read_lsn(&mut r)?,
+                term_history: read_term_history(&mut r)?,
+                timeline_start_lsn: read_lsn(&mut r)?,
             }),
             b'a' => {
-                let (term, begin_lsn, end_lsn) = (d.u64()?, d.lsn()?, d.lsn()?);
-                let (commit_lsn, truncate_lsn) = (d.lsn()?, d.lsn()?);
-                let data = buf.slice(d.pos..);
+                let (term, begin_lsn) = (r.u64()?, read_lsn(&mut r)?);
+                let (end_lsn, commit_lsn) = (read_lsn(&mut r)?, read_lsn(&mut r)?);
+                let truncate_lsn = read_lsn(&mut r)?;
+                let data = buf.slice(r.position()..);
                 if end_lsn.checked_sub(begin_lsn) != Some(data.len() as u64) {
                     return Err(MessageError::WalLengthMismatch {
                         begin: begin_lsn,
@@ -275,7 +235,7 @@ impl ProposerMessage {
             }
             other => return Err(MessageError::UnknownTag(other)),
         };
-        d.finish()?;
+        r.finish()?;
         Ok(message)
     }
 }
@@ -303,34 +263,41 @@ impl AcceptorMessage {
                 out.put_u64_le(a.term);
                 out.put_u64_le(a.flush_lsn.0);
                 out.put_u64_le(a.commit_lsn.0);
+                out.put_u64_le(a.pageserver_last_record_lsn.0);
             }
         }
         out.freeze()
     }
 
     pub fn decode(buf: &[u8]) -> Result<AcceptorMessage, MessageError> {
-        let (tag, mut d) = start(buf)?;
+        let (tag, mut r) = start(buf, |tag| match tag {
+            b'g' => "acceptor greeting 'g'",
+            b'v' => "vote response 'v'",
+            b'a' => "append response 'a'",
+            _ => "acceptor message",
+        })?;
         let message = match tag {
             b'g' => AcceptorMessage::Greeting {
-                term: d.u64()?,
-                node_id: NodeId(d.u64()?),
+                term: r.u64()?,
+                node_id: NodeId(r.u64()?),
             },
             b'v' => AcceptorMessage::Vote(VoteResponse {
-                term: d.u64()?,
-                vote_given: d.u8()? != 0,
-                flush_lsn: d.lsn()?,
-                truncate_lsn: d.lsn()?,
-                term_history: d.term_history()?,
-                timeline_start_lsn: d.lsn()?,
+                term: r.u64()?,
+                vote_given: r.bool()?,
+                flush_lsn: read_lsn(&mut r)?,
+                truncate_lsn: read_lsn(&mut r)?,
+                term_history: read_term_history(&mut r)?,
+                timeline_start_lsn: read_lsn(&mut r)?,
             }),
             b'a' => AcceptorMessage::Append(AppendResponse {
-                term: d.u64()?,
-                flush_lsn: d.lsn()?,
-                commit_lsn: d.lsn()?,
+                term: r.u64()?,
+                flush_lsn: read_lsn(&mut r)?,
+                commit_lsn: read_lsn(&mut r)?,
+                pageserver_last_record_lsn: read_lsn(&mut r)?,
             }),
             other => return Err(MessageError::UnknownTag(other)),
         };
-        d.finish()?;
+        r.finish()?;
         Ok(message)
     }
 }
@@ -395,6 +362,7 @@ mod tests {
                 term: 9,
                 flush_lsn: Lsn(1),
                 commit_lsn: Lsn(2),
+                pageserver_last_record_lsn: Lsn(3),
             }),
         ];
         (proposer, acceptor)
@@ -425,7 +393,14 @@ mod tests {
         for m in proposer {
             let bytes = m.encode();
             for cut in 0..bytes.len() {
-                let _ = ProposerMessage::decode(&bytes.slice(..cut));
+                let result = ProposerMessage::decode(&bytes.slice(..cut));
+                // An append request cut inside its WAL is a length mismatch.
+                if !(bytes[0] == b'a' && cut >= 41) {
+                    assert!(
+                        cut == 0 || matches!(result, Err(MessageError::Truncated(_))),
+                        "cut {cut}: {result:?}"
+                    );
+                }
             }
             let mut longer = bytes.to_vec();
             longer.push(0);
@@ -433,7 +408,15 @@ mod tests {
         }
         for m in acceptor {
             let bytes = m.encode();
-            assert!(AcceptorMessage::decode(&bytes[..bytes.len() - 1]).is_err());
+            for cut in 1..bytes.len() {
+                let e = AcceptorMessage::decode(&bytes[..cut]).unwrap_err();
+                assert!(matches!(e, MessageError::Truncated(_)), "cut {cut}: {e}");
+                assert!(e.to_string().contains("is truncated"), "{e}");
+            }
+            let mut longer = bytes.to_vec();
+            longer.extend_from_slice(&[0, 0]);
+            let e = AcceptorMessage::decode(&longer).unwrap_err();
+            assert!(matches!(e, MessageError::TrailingBytes(_)), "{e}");
         }
         // A huge term history count is refused before allocating.
         let mut vote = vec![b'e'];

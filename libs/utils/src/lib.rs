@@ -3,7 +3,10 @@
 //! * [`lsn::Lsn`]: a position in the write-ahead log.
 //! * [`id::TenantId`], [`id::TimelineId`]: 128-bit ids written as 32 hex digits.
 //! * [`id::NodeId`]: the id of a pageserver or safekeeper node.
+//! * [`bytes_reader::Reader`]: a bounds-checked cursor for decoding
+//!   untrusted bytes.
 
+pub mod bytes_reader;
 pub mod id;
 pub mod lsn;
 

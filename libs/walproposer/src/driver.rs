@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use utils::{Lsn, TenantId, TimelineId};
 
+use crate::backpressure::Backpressure;
 pub use crate::postgres_source::PostgresSource;
 use crate::proposer::{Action, Mode, Proposer, ProposerConfig, ProposerError};
 use crate::pump::{PumpAction, PumpLimits, Recovery, WalPump};
@@ -49,6 +50,9 @@ pub struct WalproposerConfig {
     pub wal_seg_size: u32,
     /// Memory bounds, in bytes.
     pub limits: PumpLimits,
+    /// Hold commits back while the pageserver lags the commit LSN by more
+    /// than this many bytes (see [`crate::backpressure`]); `None`: never.
+    pub max_pageserver_lag: Option<u64>,
 }
 
 /// Elect a term and bring a quorum to the most advanced log; returns the
@@ -145,6 +149,7 @@ struct Driver {
     stall_reported_at: Option<Instant>,
     /// Since when the elected donor is disconnected.
     donor_lost_at: Option<Instant>,
+    backpressure: Backpressure,
     cancel: CancellationToken,
 }
 
@@ -202,6 +207,7 @@ impl Driver {
             last_commit: Lsn::INVALID,
             stall_reported_at: None,
             donor_lost_at: None,
+            backpressure: Backpressure::new(config.max_pageserver_lag),
             cancel,
         }
     }
@@ -257,9 +263,11 @@ impl Driver {
             }
             self.pump();
             if let Some(s) = &source {
-                let commit = self.proposer.commit_lsn();
+                let allowed = self
+                    .backpressure
+                    .allowed(self.proposer.commit_lsn(), Instant::now());
                 s.commit
-                    .send_if_modified(|old| std::mem::replace(old, commit) != commit);
+                    .send_if_modified(|old| std::mem::replace(old, allowed) != allowed);
             }
         }
     }
@@ -342,6 +350,8 @@ impl Driver {
                 if let AcceptorMessage::Append(response) = &message {
                     self.reported_commit[index] =
                         self.reported_commit[index].max(response.commit_lsn);
+                    self.backpressure
+                        .on_pageserver_lsn(response.pageserver_last_record_lsn);
                 }
                 match self.proposer.on_message(index, message) {
                     Ok(actions) => actions,
@@ -463,6 +473,10 @@ impl Driver {
             buffered_bytes: self.pump.buffered_bytes(),
             source_paused: self.pump.source_paused(),
             stalled,
+            pageserver_lsn: self.backpressure.pageserver_lsn(),
+            max_pageserver_lag: self.backpressure.max_lag(),
+            throttling: self.backpressure.throttling(),
+            throttled_total: self.backpressure.throttled_total(now),
             recovery: self.pump.recovery().map(|r| {
                 (
                     self.links[r.needy].address.clone(),

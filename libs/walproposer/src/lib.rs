@@ -6,9 +6,11 @@
 //! * [`driver`]: runs both against real safekeepers, reading WAL from
 //!   PostgreSQL (as a physical replication client) or from a donor
 //!   safekeeper: [`driver::sync_safekeepers`] and [`driver::stream`];
+//! * [`backpressure`]: commits wait while the pageserver lags too far;
 //! * [`status`]: the progress a running walproposer publishes;
 //! * [`safekeeper_link`], [`wal_buffer`]: the connections and the WAL in memory.
 
+pub mod backpressure;
 pub mod driver;
 mod postgres_source;
 pub mod proposer;

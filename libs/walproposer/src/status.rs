@@ -39,6 +39,15 @@ pub struct WalproposerStatus {
     /// How long WAL has been waiting for a quorum without the commit LSN
     /// moving; zero when nothing waits.
     pub stalled: Duration,
+    /// The last record the pageserver has ingested, as the safekeepers
+    /// report it (invalid before a report).
+    pub pageserver_lsn: Lsn,
+    /// The backpressure bound on the pageserver's lag, if any.
+    pub max_pageserver_lag: Option<u64>,
+    /// Commits are held back: the pageserver lags by more than the bound.
+    pub throttling: bool,
+    /// Time commits have been held back, in total.
+    pub throttled_total: Duration,
     /// A recovery in flight: (for safekeeper, from donor, range).
     pub recovery: Option<(String, String, Lsn, Lsn)>,
     pub safekeepers: Vec<SafekeeperProgress>,

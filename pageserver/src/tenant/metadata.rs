@@ -17,7 +17,8 @@
 //!    124    4 CRC-32C of bytes 0..124
 //! ```
 //!
-//! All integers little-endian; 128 bytes in all. Written to `metadata.tmp`,
+//! All integers little-endian; 128 bytes in all; decoded with
+//! [`utils::bytes_reader::Reader`]. Written to `metadata.tmp`,
 //! fsynced, renamed over `metadata`, and the directory fsynced.
 
 use std::fs::{self, File};
@@ -25,6 +26,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use postgres_format::PgMajorVersion;
+use utils::bytes_reader::{Malformed, Reader};
 use utils::{Lsn, TimelineId};
 
 /// The last record ingested: where it ends, and where it began (the next
@@ -64,10 +66,6 @@ pub enum MetadataError {
     Corrupt { path: PathBuf, reason: String },
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
 impl TimelineMetadata {
     pub fn encode(&self) -> [u8; METADATA_SIZE] {
         let mut b = [0u8; METADATA_SIZE];
@@ -95,62 +93,67 @@ impl TimelineMetadata {
     }
 
     /// Decode and check; `Err` is a reason why the bytes are not metadata.
-    pub fn decode(b: &[u8]) -> Result<TimelineMetadata, String> {
+    pub fn decode(b: &[u8]) -> Result<TimelineMetadata, Malformed> {
         if b.len() != METADATA_SIZE {
-            return Err(format!(
-                "{} bytes, expected {METADATA_SIZE} (truncated?)",
-                b.len()
-            ));
+            return Err(format!("{} bytes, expected {METADATA_SIZE} (truncated?)", b.len()).into());
         }
-        if &b[0..8] != MAGIC {
+        let mut r = Reader::new(b, "timeline metadata");
+        let covered = r.bytes(METADATA_SIZE - 4)?;
+        let stored = r.u32()?;
+        r.finish()?;
+        let mut r = Reader::new(covered, "timeline metadata");
+        if r.array()? != *MAGIC {
             return Err("bad magic".into());
         }
-        let stored = u32::from_le_bytes(b[124..128].try_into().expect("4 bytes"));
-        let crc = crc32c::crc32c(&b[..124]);
+        let crc = crc32c::crc32c(covered);
         if stored != crc {
-            return Err(format!(
-                "checksum mismatch (stored {stored:08X}, computed {crc:08X})"
-            ));
+            return Err(
+                format!("checksum mismatch (stored {stored:08X}, computed {crc:08X})").into(),
+            );
         }
-        let version = u16::from_le_bytes([b[8], b[9]]);
+        let version = r.u16()?;
         if version != FORMAT_VERSION {
-            return Err(format!("unknown format version {version}"));
+            return Err(format!("unknown format version {version}").into());
         }
-        let pg = u16::from_le_bytes([b[10], b[11]]);
-        let pg_version: PgMajorVersion = pg.to_string().parse()?;
-        let flags = u32::from_le_bytes(b[12..16].try_into().expect("4 bytes"));
+        let pg_version: PgMajorVersion = r.u16()?.to_string().parse()?;
+        let flags = r.u32()?;
         if flags & !FLAG_ANCESTOR != 0 {
-            return Err(format!("unknown flags {flags:#x}"));
+            return Err(format!("unknown flags {flags:#x}").into());
         }
-        if b[72..124].iter().any(|x| *x != 0) {
+        let disk_consistent = RecordLsn {
+            last: Lsn(r.u64()?),
+            prev: Lsn(r.u64()?),
+        };
+        let ancestor_id: [u8; 16] = r.array()?;
+        let ancestor_lsn = Lsn(r.u64()?);
+        let start_lsn = Lsn(r.u64()?);
+        let gc_horizon = Lsn(r.u64()?);
+        let reserved = r.rest();
+        if reserved.iter().any(|x| *x != 0) {
             return Err("reserved bytes are not zero".into());
         }
         let ancestor = if flags & FLAG_ANCESTOR != 0 {
-            let id = TimelineId::from_bytes(b[32..48].try_into().expect("16 bytes"));
-            Some((id, Lsn(u64_at(b, 48))))
+            Some((TimelineId::from_bytes(ancestor_id), ancestor_lsn))
         } else {
-            if b[32..56].iter().any(|x| *x != 0) {
+            if ancestor_id != [0; 16] || ancestor_lsn != Lsn(0) {
                 return Err("ancestor fields set without the ancestor flag".into());
             }
             None
         };
-        let md = TimelineMetadata {
-            disk_consistent: RecordLsn {
-                last: Lsn(u64_at(b, 16)),
-                prev: Lsn(u64_at(b, 24)),
-            },
-            ancestor,
-            start_lsn: Lsn(u64_at(b, 56)),
-            gc_horizon: Lsn(u64_at(b, 64)),
-            pg_version,
-        };
-        if md.disk_consistent.last < md.start_lsn {
+        if disk_consistent.last < start_lsn {
             return Err(format!(
-                "disk-consistent LSN {} below the start LSN {}",
-                md.disk_consistent.last, md.start_lsn
-            ));
+                "disk-consistent LSN {} below the start LSN {start_lsn}",
+                disk_consistent.last
+            )
+            .into());
         }
-        Ok(md)
+        Ok(TimelineMetadata {
+            disk_consistent,
+            ancestor,
+            start_lsn,
+            gc_horizon,
+            pg_version,
+        })
     }
 
     /// Read `<dir>/metadata`.
@@ -161,7 +164,10 @@ impl TimelineMetadata {
             context: "reading",
             source,
         })?;
-        TimelineMetadata::decode(&bytes).map_err(|reason| MetadataError::Corrupt { path, reason })
+        TimelineMetadata::decode(&bytes).map_err(|e| MetadataError::Corrupt {
+            path,
+            reason: e.to_string(),
+        })
     }
 
     /// Write `<dir>/metadata` atomically and durably.

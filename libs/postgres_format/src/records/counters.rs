@@ -4,7 +4,7 @@
 use super::{count, Malformed, ParsedRecord};
 use crate::constants::*;
 use crate::control_file::CheckPoint;
-use crate::reader::Reader;
+use utils::bytes_reader::Reader;
 
 /// `RM_XLOG_ID`.
 pub(super) fn parse_xlog(info: u8, r: &mut Reader<'_>) -> Result<ParsedRecord, Malformed> {

@@ -8,9 +8,9 @@
 use serde::Serialize;
 
 use crate::constants::{RM_HEAP2_ID, RM_HEAP_ID};
-use crate::reader::{Reader, ShortInput};
 use crate::relfile::RelFileNode;
 use crate::wal::DecodedRecord;
+use utils::bytes_reader::{Reader, ShortInput};
 
 /// Which visibility-map bits a record clears, for which heap block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

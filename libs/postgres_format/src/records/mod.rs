@@ -19,9 +19,9 @@ pub use xact::{PreparedTransaction, TransactionRecord, TransactionStatus};
 
 use crate::constants::*;
 use crate::control_file::CheckPoint;
-use crate::reader::{Reader, ShortInput};
 use crate::relfile::{ForkNumber, RelFileNode};
 use crate::wal::DecodedRecord;
+use utils::bytes_reader::{Reader, ShortInput};
 use utils::Lsn;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

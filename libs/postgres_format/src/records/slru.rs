@@ -2,7 +2,7 @@
 //! truncated.
 
 use super::{count, Malformed, ParsedRecord};
-use crate::reader::Reader;
+use utils::bytes_reader::Reader;
 
 /// `RM_CLOG_ID`.
 pub(super) fn parse_clog(info: u8, r: &mut Reader<'_>) -> Result<ParsedRecord, Malformed> {

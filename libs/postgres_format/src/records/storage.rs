@@ -3,8 +3,8 @@
 //! rewritten.
 
 use super::{count, Malformed, ParsedRecord};
-use crate::reader::Reader;
 use crate::relfile::{ForkNumber, RelFileNode};
+use utils::bytes_reader::Reader;
 
 fn rel(r: &mut Reader<'_>) -> Result<RelFileNode, Malformed> {
     Ok(RelFileNode {

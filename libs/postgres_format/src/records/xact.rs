@@ -3,9 +3,9 @@
 use serde::Serialize;
 
 use super::RecordParseError;
-use crate::reader::{Reader, ShortInput};
 use crate::relfile::RelFileNode;
 use crate::wal::DecodedRecord;
+use utils::bytes_reader::{Reader, ShortInput};
 use utils::Lsn;
 
 const XLOG_XACT_COMMIT: u8 = 0x00;

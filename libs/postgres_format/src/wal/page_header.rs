@@ -1,8 +1,8 @@
 //! WAL page headers (`XLogPageHeaderData` and `XLogLongPageHeaderData`).
 
 use crate::constants::*;
-use crate::reader::{Reader, ShortInput};
 use crate::PgMajorVersion;
+use utils::bytes_reader::{Reader, ShortInput};
 use utils::Lsn;
 
 /// A WAL page header; the long fields are present on the first page of a segment.

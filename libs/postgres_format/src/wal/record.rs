@@ -5,8 +5,8 @@ use bytes::Bytes;
 
 use crate::compression::{decompress, DecompressError, ImageCompression};
 use crate::constants::*;
-use crate::reader::{Reader, ShortInput};
 use crate::relfile::{ForkNumber, RelFileNode, RelTag};
+use utils::bytes_reader::{Reader, ShortInput};
 use utils::Lsn;
 
 /// The fixed part of every record (`XLogRecord`).

@@ -29,6 +29,10 @@ struct Cli {
     /// while the buffer is full [default: 64 MiB]
     #[arg(long)]
     max_buffered_bytes: Option<usize>,
+    /// Hold commits back while the pageserver lags the commit LSN by more
+    /// than this many bytes; 0 turns backpressure off [default: 256 MiB]
+    #[arg(long)]
+    max_pageserver_lag_bytes: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,6 +71,9 @@ fn main() -> ExitCode {
                 .unwrap_or(PumpLimits::default().max_buffered),
             ..PumpLimits::default()
         },
+        max_pageserver_lag: walproposer::backpressure::max_lag_from_setting(
+            cli.max_pageserver_lag_bytes,
+        ),
     };
     if config.limits.max_buffered < 1024 * 1024 {
         eprintln!("error: --max-buffered-bytes must be at least 1 MiB (1048576)");

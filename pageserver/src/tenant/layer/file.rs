@@ -9,6 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use utils::bytes_reader::{Malformed, Reader, ShortInput};
 use utils::Lsn;
 
 use super::LayerError;
@@ -90,59 +91,70 @@ impl Header {
         b
     }
 
-    fn decode(b: &[u8; HEADER_SIZE]) -> Result<Header, String> {
-        if b[0..8] != MAGIC {
+    fn decode(b: &[u8; HEADER_SIZE]) -> Result<Header, Malformed> {
+        let (covered, crc) = split_crc(b, "layer header")?;
+        let mut r = Reader::new(covered, "layer header");
+        if r.array()? != MAGIC {
             return Err("bad magic in the header: not a layer file".into());
         }
-        let crc = u32_at(b, HEADER_SIZE - 4);
-        let actual = crc32c::crc32c(&b[..HEADER_SIZE - 4]);
+        let actual = crc32c::crc32c(covered);
         if crc != actual {
             return Err(format!(
                 "header checksum mismatch (stored {crc:08X}, computed {actual:08X})"
-            ));
+            )
+            .into());
         }
-        let version = u16::from_le_bytes([b[8], b[9]]);
+        let version = r.u16()?;
         if version != FORMAT_VERSION {
             return Err(format!(
                 "unsupported format version {version} (this build reads {FORMAT_VERSION})"
-            ));
+            )
+            .into());
         }
-        let kind =
-            LayerKind::from_u8(b[10]).ok_or_else(|| format!("unknown layer kind {}", b[10]))?;
-        if b[11] as usize != Key::SIZE {
-            return Err(format!(
-                "key size {} (this build uses {})",
-                b[11],
-                Key::SIZE
-            ));
+        let kind = r.u8()?;
+        let kind = LayerKind::from_u8(kind).ok_or_else(|| format!("unknown layer kind {kind}"))?;
+        let key_size = r.u8()?;
+        if usize::from(key_size) != Key::SIZE {
+            return Err(format!("key size {key_size} (this build uses {})", Key::SIZE).into());
         }
-        let reserved = [12..16, 54..56, 84..88, 96..HEADER_SIZE - 4];
-        if reserved.into_iter().any(|r| b[r].iter().any(|&x| x != 0)) {
+        let reserved_a: [u8; 4] = r.array()?;
+        let (start, end) = (Key::read(&mut r)?, Key::read(&mut r)?);
+        let reserved_b: [u8; 2] = r.array()?;
+        let lsn_range = Lsn(r.u64()?)..Lsn(r.u64()?);
+        let entry_count = r.u64()?;
+        let block_count = r.u32()?;
+        let reserved_c: [u8; 4] = r.array()?;
+        let index_offset = r.u64()?;
+        let reserved_d = r.rest();
+        let reserved: [&[u8]; 4] = [&reserved_a, &reserved_b, &reserved_c, reserved_d];
+        if reserved.iter().any(|r| r.iter().any(|&x| x != 0)) {
             return Err("reserved header bytes are not zero".into());
         }
-        let key = |at: usize| Key::from_slice(&b[at..at + Key::SIZE]);
-        let (Some(start), Some(end)) = (key(16), key(35)) else {
-            return Err("unreadable key range".into());
-        };
-        let lsn_range = Lsn(u64_at(b, 56))..Lsn(u64_at(b, 64));
         if start >= end {
-            return Err(format!("empty key range {start}-{end}"));
+            return Err(format!("empty key range {start}-{end}").into());
         }
         if lsn_range.start >= lsn_range.end {
-            return Err(format!("empty LSN range {lsn_range:?}"));
+            return Err(format!("empty LSN range {lsn_range:?}").into());
         }
         if kind == LayerKind::Image && lsn_range.end.0 != lsn_range.start.0 + 1 {
-            return Err(format!("image layer with LSN range {lsn_range:?}"));
+            return Err(format!("image layer with LSN range {lsn_range:?}").into());
         }
         Ok(Header {
             kind,
             key_range: KeyRange::new(start, end),
             lsn_range,
-            entry_count: u64_at(b, 72),
-            block_count: u32_at(b, 80),
-            index_offset: u64_at(b, 88),
+            entry_count,
+            block_count,
+            index_offset,
         })
     }
+}
+
+/// `b` without its last 4 bytes, and the CRC-32C of the rest stored in them.
+fn split_crc<'a>(b: &'a [u8], what: &'static str) -> Result<(&'a [u8], u32), ShortInput> {
+    let mut r = Reader::new(b, what);
+    let covered = r.bytes(b.len().saturating_sub(4))?;
+    Ok((covered, r.u32()?))
 }
 
 /// The fixed footer at the end of the file.
@@ -166,23 +178,27 @@ impl Footer {
         b
     }
 
-    fn decode(b: &[u8; FOOTER_SIZE]) -> Result<Footer, String> {
-        if b[24..28] != FOOTER_MAGIC {
+    fn decode(b: &[u8; FOOTER_SIZE]) -> Result<Footer, Malformed> {
+        let (covered, crc) = split_crc(b, "layer footer")?;
+        let mut r = Reader::new(covered, "layer footer");
+        let footer = Footer {
+            index_offset: r.u64()?,
+            index_len: r.u64()?,
+            index_crc: r.u32()?,
+            block_count: r.u32()?,
+        };
+        if r.array()? != FOOTER_MAGIC {
             return Err("no footer at the end of the file (truncated or not a layer file)".into());
         }
-        let crc = u32_at(b, 28);
-        let actual = crc32c::crc32c(&b[..28]);
+        r.finish()?;
+        let actual = crc32c::crc32c(covered);
         if crc != actual {
             return Err(format!(
                 "footer checksum mismatch (stored {crc:08X}, computed {actual:08X})"
-            ));
+            )
+            .into());
         }
-        Ok(Footer {
-            index_offset: u64_at(b, 0),
-            index_len: u64_at(b, 8),
-            index_crc: u32_at(b, 16),
-            block_count: u32_at(b, 20),
-        })
+        Ok(footer)
     }
 }
 
@@ -214,40 +230,43 @@ impl BlockMeta {
         out.extend_from_slice(&self.crc.to_le_bytes());
     }
 
-    fn decode(b: &[u8]) -> Result<BlockMeta, String> {
-        if b.len() != INDEX_ENTRY_SIZE {
-            return Err(format!("index entry of {} bytes", b.len()));
-        }
-        let key = |at: usize| Key::from_slice(&b[at..at + Key::SIZE]);
-        let (Some(first_key), Some(last_key)) = (key(0), key(19)) else {
-            return Err("unreadable index entry".into());
-        };
-        if b[39] != 0 {
-            return Err(format!("index entry reserved byte is {}", b[39]));
+    /// The next [`INDEX_ENTRY_SIZE`] bytes of `r`.
+    fn read(r: &mut Reader<'_>) -> Result<BlockMeta, Malformed> {
+        let (first_key, last_key) = (Key::read(r)?, Key::read(r)?);
+        let compression = r.u8()?;
+        let reserved = r.u8()?;
+        if reserved != 0 {
+            return Err(format!("index entry reserved byte is {reserved}").into());
         }
         Ok(BlockMeta {
-            first: (first_key, Lsn(u64_at(b, 40))),
-            last: (last_key, Lsn(u64_at(b, 48))),
-            compression: b[38],
-            offset: u64_at(b, 56),
-            stored_len: u32_at(b, 64),
-            raw_len: u32_at(b, 68),
-            entry_count: u32_at(b, 72),
-            crc: u32_at(b, 76),
+            first: (first_key, Lsn(r.u64()?)),
+            last: (last_key, Lsn(r.u64()?)),
+            compression,
+            offset: r.u64()?,
+            stored_len: r.u32()?,
+            raw_len: r.u32()?,
+            entry_count: r.u32()?,
+            crc: r.u32()?,
         })
+    }
+
+    /// The whole index: `count` entries and nothing else.
+    fn read_index(b: &[u8], count: u32) -> Result<Vec<BlockMeta>, Malformed> {
+        let mut r = Reader::new(b, "layer index");
+        let index = (0..count)
+            .map(|_| BlockMeta::read(&mut r))
+            .collect::<Result<Vec<_>, _>>()?;
+        r.finish()?;
+        Ok(index)
     }
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
+/// The header of an entry of a data block: key, LSN and value length.
+fn read_entry_header(r: &mut Reader<'_>) -> Result<(Key, Lsn, usize), ShortInput> {
+    let key = Key::read(r)?;
+    let lsn = Lsn(r.u64()?);
+    let len = r.u32()? as usize;
+    Ok((key, lsn, len))
 }
 
 /// What a finished writer produced.
@@ -549,7 +568,7 @@ impl LayerFile {
         let mut hb = [0u8; HEADER_SIZE];
         file.read_exact_at(&mut hb, 0)
             .map_err(|e| LayerError::io(path, "reading the header", e))?;
-        let header = Header::decode(&hb).map_err(corrupt)?;
+        let header = Header::decode(&hb).map_err(|e| corrupt(e.to_string()))?;
         if header.kind != expected {
             return Err(corrupt(format!(
                 "it is a {} layer, expected a {} layer",
@@ -560,7 +579,7 @@ impl LayerFile {
         let mut fb = [0u8; FOOTER_SIZE];
         file.read_exact_at(&mut fb, len - FOOTER_SIZE as u64)
             .map_err(|e| LayerError::io(path, "reading the footer", e))?;
-        let footer = Footer::decode(&fb).map_err(corrupt)?;
+        let footer = Footer::decode(&fb).map_err(|e| corrupt(e.to_string()))?;
         if footer.index_offset != header.index_offset || footer.block_count != header.block_count {
             return Err(corrupt(format!(
                 "header and footer disagree (index at {} / {}, {} / {} blocks)",
@@ -596,10 +615,7 @@ impl LayerFile {
                 footer.index_crc
             )));
         }
-        let index = ib
-            .chunks_exact(INDEX_ENTRY_SIZE)
-            .map(BlockMeta::decode)
-            .collect::<Result<Vec<_>, _>>()
+        let index = BlockMeta::read_index(&ib, footer.block_count)
             .map_err(|e| corrupt(format!("index: {e}")))?;
         validate_index(&header, &index).map_err(|e| corrupt(format!("index: {e}")))?;
         Ok(LayerFile {
@@ -673,20 +689,15 @@ impl LayerFile {
         };
         let raw = Bytes::from(raw);
         let mut entries = Vec::with_capacity(meta.entry_count as usize);
-        let mut pos = 0usize;
-        while pos < raw.len() {
-            if raw.len() - pos < ENTRY_HEADER_SIZE {
-                return Err(bad(format!("truncated entry at byte {pos}")));
-            }
-            let key = Key::from_slice(&raw[pos..pos + Key::SIZE])
-                .ok_or_else(|| bad("unreadable key".into()))?;
-            let lsn = Lsn(u64_at(&raw, pos + Key::SIZE));
-            let vlen = u32_at(&raw, pos + Key::SIZE + 8) as usize;
-            let start = pos + ENTRY_HEADER_SIZE;
-            if vlen > raw.len() - start {
-                return Err(bad(format!("entry at byte {pos} overruns the block")));
-            }
-            let value = Value::decode_bytes(raw.slice(start..start + vlen))
+        let mut r = Reader::new(&raw, "data block");
+        while r.remaining() > 0 {
+            let pos = r.position();
+            let (key, lsn, vlen) = read_entry_header(&mut r)
+                .map_err(|_| bad(format!("truncated entry at byte {pos}")))?;
+            let value = r
+                .bytes(vlen)
+                .map_err(|_| bad(format!("entry at byte {pos} overruns the block")))?;
+            let value = Value::decode_bytes(raw.slice_ref(value))
                 .map_err(|e| bad(format!("entry {key:?} @ {lsn}: {e}")))?;
             if !self.header.key_range.contains(&key) || !self.header.lsn_range.contains(&lsn) {
                 return Err(bad(format!(
@@ -699,7 +710,6 @@ impl LayerFile {
                 }
             }
             entries.push(Entry { key, lsn, value });
-            pos = start + vlen;
         }
         let ends = entries
             .first()

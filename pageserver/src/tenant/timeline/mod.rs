@@ -9,7 +9,8 @@
 //! Storage: values are put into an open [`InMemoryLayer`]. A timeline with
 //! a directory (made by [`crate::tenant::Tenant`]) freezes the open layer
 //! at a record boundary when it grows past
-//! [`TimelineConf::open_layer_max_bytes`] or on [`Timeline::flush`], writes
+//! [`TimelineConf::open_layer_max_bytes`], when it spans more than
+//! [`TimelineConf::checkpoint_distance`] of WAL, or on [`Timeline::flush`], writes
 //! the frozen layer as a delta layer file, and then records the new
 //! disk-consistent LSN in its metadata file. [`Timeline::compact_images`]
 //! writes image layers so that reads stop early, and [`Timeline::gc`]
@@ -52,6 +53,10 @@ use crate::value::UnreadableRecord;
 /// Default size of the open in-memory layer that triggers a flush.
 pub const DEFAULT_OPEN_LAYER_MAX_BYTES: usize = 64 * 1024 * 1024;
 
+/// Default WAL distance after which the open layer is frozen and written:
+/// what a restart may have to ingest again.
+pub const DEFAULT_CHECKPOINT_DISTANCE: u64 = 64 * 1024 * 1024;
+
 /// Default number of keys in an image partition: 128 MiB of pages.
 pub const DEFAULT_IMAGE_PARTITION_KEYS: usize = 16 * 1024;
 
@@ -61,6 +66,11 @@ pub struct TimelineConf {
     /// Freeze and flush the open layer once it holds this many bytes (at
     /// the next record boundary, in [`Timeline::advance_last_record`]).
     pub open_layer_max_bytes: usize,
+    /// Freeze and flush the open layer once it spans this many bytes of
+    /// WAL, however few values it holds: the disk-consistent LSN trails the
+    /// last record by at most about this much, which bounds the WAL a
+    /// restart ingests again.
+    pub checkpoint_distance: u64,
     /// Target number of keys of a key partition: the unit in which
     /// [`Timeline::compact`] writes image layers and in which flushes split
     /// delta layers.
@@ -71,6 +81,7 @@ impl Default for TimelineConf {
     fn default() -> Self {
         TimelineConf {
             open_layer_max_bytes: DEFAULT_OPEN_LAYER_MAX_BYTES,
+            checkpoint_distance: DEFAULT_CHECKPOINT_DISTANCE,
             image_partition_keys: DEFAULT_IMAGE_PARTITION_KEYS,
         }
     }

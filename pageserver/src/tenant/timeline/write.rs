@@ -81,7 +81,8 @@ impl Timeline {
         if !advanced || self.dir.is_none() {
             return;
         }
-        let full = self.open_layer_size() >= self.conf.open_layer_max_bytes;
+        let full = self.open_layer_size() >= self.conf.open_layer_max_bytes
+            || self.open_layer_wal_bytes(record.last) >= self.conf.checkpoint_distance;
         if full {
             self.freeze(self.last_record());
             if let Err(e) = self.flush_frozen() {
@@ -91,6 +92,12 @@ impl Timeline {
                 );
             }
         }
+    }
+
+    /// Bytes of WAL from the open layer's start to `last`.
+    fn open_layer_wal_bytes(&self, last: Lsn) -> u64 {
+        let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
+        last.0.saturating_sub(layers.open.start().0)
     }
 
     /// Freeze the open layer after the record `record`.
