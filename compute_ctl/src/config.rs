@@ -33,9 +33,12 @@ pub fn mandatory_settings(spec: &ComputeSpec) -> Vec<(&'static str, String)> {
         ("port", spec.pg_port.to_string()),
         // No sockets in a shared directory: computes connect over TCP.
         ("unix_socket_directories", quote_conf("")),
-        // Every page-modifying record carries the page image the pageserver
-        // stores (docs/design.md).
-        ("wal_consistency_checking", quote_conf("all")),
+        // Records of the resource managers the pageserver cannot redo carry
+        // the page image it stores instead (docs/design.md).
+        (
+            "wal_consistency_checking",
+            quote_conf(&pg_redo::wal_consistency_checking()),
+        ),
         ("wal_compression", "lz4".into()),
         ("wal_level", "replica".into()),
         ("max_wal_senders", "10".into()),

@@ -382,6 +382,14 @@ impl DatadirModification<'_> {
         Ok(())
     }
 
+    /// A WAL record redone in Rust at read time on the page (the relation
+    /// is extended to hold the block, as redo would).
+    pub fn put_rel_redo(&mut self, rel: RelTag, block: u32, record: RustRecord) -> Result<()> {
+        self.extend_to_hold(rel, block)?;
+        self.put(Key::rel_block(rel, block), Value::Delta(record));
+        Ok(())
+    }
+
     /// A change applied in Rust to a relation page (visibility-map bits).
     pub fn put_rel_delta(&mut self, rel: RelTag, block: u32, record: RustRecord) -> Result<()> {
         match self.rel_size(rel)? {

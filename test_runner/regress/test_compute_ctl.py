@@ -136,7 +136,7 @@ def test_compute_ctl_lifecycle(cc: ComputeCtl, pg_bin: PgBin, port_distributor: 
                                text=True).stdout.strip()
         assert owner == "postgres"
     assert cc.psql(port, "SHOW work_mem") == "7MB"
-    assert cc.psql(port, "SHOW wal_consistency_checking") == "all"
+    assert cc.psql(port, "SHOW wal_consistency_checking") == "hash,gin,gist,spgist,brin,generic"
     assert cc.psql(port, "SHOW synchronous_standby_names") == "walproposer"
 
     # The spec's role logs in with its password, which is stored as SCRAM.

@@ -213,7 +213,8 @@ def test_pageserver_sigkill_during_pgbench(neon_env: NeonEnv):
     main = neon_env.compute("main", tenant, timeline)
     main.pg.pgbench("-i", "-s", "2", "-q")
     before_bench = main.insert_lsn()
-    bench = background_pgbench(main, "-c", "4", "-j", "2", "-T", "15")
+    # Long enough to be running still when the pageserver has ingested some of it.
+    bench = background_pgbench(main, "-c", "4", "-j", "2", "-T", "30")
     history = lambda: int(main.pg.sql("SELECT count(*) FROM pgbench_history"))  # noqa: E731
 
     # Kill it while it is ingesting pgbench's WAL.

@@ -68,6 +68,18 @@ impl From<ShortInput> for RedoError {
     }
 }
 
+/// The resource managers without a Rust redo here, by the names
+/// PostgreSQL's `wal_consistency_checking` takes: computes attach page images
+/// to their records (and only theirs), so the pageserver stores an image
+/// where it cannot redo. Every other page-modifying resource manager has a
+/// redo in this crate (checked by a test).
+pub const RMGRS_WITHOUT_REDO: &[&str] = &["hash", "gin", "gist", "spgist", "brin", "generic"];
+
+/// `wal_consistency_checking` for computes: [`RMGRS_WITHOUT_REDO`].
+pub fn wal_consistency_checking() -> String {
+    RMGRS_WITHOUT_REDO.join(",")
+}
+
 /// Whether records of `rmid` with `info` (the rmgr bits of `xl_info`) have a
 /// Rust redo here.
 ///

@@ -24,6 +24,7 @@ impl WalIngest {
         &mut self,
         cx: &mut IngestContext<'_, '_>,
         record: &DecodedRecord,
+        raw: &Bytes,
     ) -> anyhow::Result<BTreeSet<(RelTag, u32)>> {
         let end = cx.end;
         let mut imaged: BTreeSet<(RelTag, u32)> = BTreeSet::new();
@@ -40,6 +41,20 @@ impl WalIngest {
                     set_page_lsn(&mut page, end)?;
                     cx.m.put_rel_page_image(tag, block.block, Bytes::from(page))?;
                     imaged.insert((tag, block.block));
+                }
+                None if pg_redo::can_redo(record.header.rmid, record.header.rmgr_info()) => {
+                    // Redone at read time, on the version before it.
+                    cx.m.put_rel_redo(
+                        tag,
+                        block.block,
+                        RustRecord::WalRecord {
+                            start_lsn: record.lsn,
+                            end_lsn: end,
+                            block_id: block.id,
+                            will_init: block.will_init(),
+                            record: raw.clone(),
+                        },
+                    )?;
                 }
                 None => {
                     // Never serve the older version: the page is unreadable

@@ -137,7 +137,7 @@ impl WalIngest {
             m: &mut m,
             end,
         };
-        self.apply(&mut cx, &decoded)
+        self.apply(&mut cx, &decoded, &record.bytes)
             .with_context(|| {
                 format!(
                     "ingesting the WAL record at {start} (rmgr {}, info {:#04x})",
@@ -164,10 +164,11 @@ impl WalIngest {
         &mut self,
         cx: &mut IngestContext<'_, '_>,
         record: &DecodedRecord,
+        raw: &Bytes,
     ) -> anyhow::Result<()> {
         // As redo: nextXid moves past every xid a record carries.
         self.advance_next_xid(record.header.xid);
-        let imaged = self.store_page_images(cx, record)?;
+        let imaged = self.store_page_images(cx, record, raw)?;
         match parse_record(record)? {
             ParsedRecord::Transaction(t) => self.ingest_transaction(cx, t),
             parsed @ (ParsedRecord::ClogZeroPage { .. }

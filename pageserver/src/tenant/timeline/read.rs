@@ -100,6 +100,16 @@ impl Timeline {
             Some((_, Value::Image(image))) => image,
             // Deltas above it cannot make it readable again.
             Some((_, unreadable @ Value::Unreadable(_))) => return Ok(Some(unreadable)),
+            // A record that initialises the page starts from zeroes; so does
+            // a WAL record on a block with no earlier version (a page the
+            // relation was extended by without WAL, such as a new
+            // visibility-map page: PostgreSQL's redo sees it as new too).
+            Some((at, Value::Delta(delta)))
+                if delta.will_init() || matches!(delta, RustRecord::WalRecord { .. }) =>
+            {
+                values.push((at, Value::Delta(delta)));
+                Bytes::from_static(&ZERO_PAGE)
+            }
             Some((_, Value::Delta(_))) => return Err(ReadError::MissingBase { key, lsn }),
         };
         if values.is_empty() {
@@ -114,6 +124,9 @@ impl Timeline {
         apply_deltas(key, lsn, &base, deltas).map(|page| Some(Value::Image(page)))
     }
 }
+
+/// The page a record that initialises a page starts from.
+pub(super) static ZERO_PAGE: [u8; BLCKSZ] = [0; BLCKSZ];
 
 pub(super) fn apply_deltas(
     key: Key,

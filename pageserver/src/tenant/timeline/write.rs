@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tracing::error;
 use utils::Lsn;
 
@@ -14,7 +15,7 @@ use crate::tenant::layer::map::PersistentLayer;
 use crate::tenant::layer::{DeltaLayerWriter, LayerName};
 use crate::value::Value;
 
-use super::read::apply_deltas;
+use super::read::{apply_deltas, ZERO_PAGE};
 use super::{lock, FrozenLayer, ReadError, RecordLsn, StorageError, Timeline};
 
 impl Timeline {
@@ -31,6 +32,9 @@ impl Timeline {
                 | (Some(_), value @ Value::Unreadable(_)) => {
                     folded.insert(key, value);
                 }
+                (Some(_), Value::Delta(delta)) if delta.will_init() => {
+                    folded.insert(key, Value::Delta(delta));
+                }
                 (Some(unreadable @ Value::Unreadable(_)), Value::Delta(_)) => {
                     folded.insert(key, unreadable);
                 }
@@ -40,7 +44,12 @@ impl Timeline {
                 }
                 (Some(Value::Delta(first)), Value::Delta(second)) => {
                     // Two deltas at one LSN: materialise the page.
-                    let version = match self.get_version(key, Lsn(lsn.0.saturating_sub(1)))? {
+                    let before = if first.will_init() {
+                        Some(Value::Image(Bytes::from_static(&ZERO_PAGE)))
+                    } else {
+                        self.get_version(key, Lsn(lsn.0.saturating_sub(1)))?
+                    };
+                    let version = match before {
                         Some(Value::Image(base)) => {
                             let deltas = [first, second].into_iter();
                             Value::Image(apply_deltas(key, lsn, &base, deltas)?)

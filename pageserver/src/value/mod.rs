@@ -2,9 +2,11 @@
 //!
 //! A [`Value`] is an **image** (a full 8 KiB page, or a small blob such
 //! as a relation size or a directory listing), a **delta**: a
-//! [`RustRecord`], one of the non-page changes the pageserver applies itself
-//! in Rust (docs/design.md) because PostgreSQL's WAL carries no image for them,
-//! or an **unreadable** version: a record changed the page without an image
+//! [`RustRecord`], a change the pageserver applies itself in Rust: a WAL
+//! record of a resource manager with a Rust redo ([`pg_redo`]: heap, heap2,
+//! B-tree, sequences), or one of the non-page changes (CLOG, visibility map,
+//! multixacts) whose records carry no image (docs/design.md), or an
+//! **unreadable** version: a record changed the page without an image
 //! and the pageserver has no redo for it. A page is reconstructed from the
 //! newest image at or below the requested LSN and the deltas above it,
 //! applied oldest first; a read that meets an unreadable version first
@@ -33,12 +35,16 @@
 //!   2 VmClearBits       u8 all_visible (0|1), u32 n, n × u32 heap block
 //!   3 MultixactOffset   u32 multi, u32 offset
 //!   4 MultixactMembers  u32 first_offset, u32 n, n × (u32 xid, u8 status 0..=5)
+//!   5 WalRecord         u64 start LSN, u64 end LSN, u8 block id, u8 will_init (0|1),
+//!                       the whole WAL record (XLogRecord header and body), to the end
 //! ```
 //!
 //! [`Value::decode`] rejects unknown versions and tags, counts that exceed
 //! the input, bad flags and trailing bytes, with an error; it never panics.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use postgres_format::constants::rmgr_name;
+use postgres_format::wal::DecodedRecord;
 use utils::bytes_reader::{Reader, ShortInput, TrailingBytes};
 use utils::Lsn;
 
@@ -77,6 +83,7 @@ const REC_CLOG: u8 = 1;
 const REC_VM: u8 = 2;
 const REC_MXOFF: u8 = 3;
 const REC_MXMEM: u8 = 4;
+const REC_WAL: u8 = 5;
 
 /// A stored version of a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,6 +170,16 @@ impl MultiXactStatus {
 /// A change to one page that the pageserver applies in Rust.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RustRecord {
+    /// A PostgreSQL WAL record of a resource manager with a Rust redo
+    /// ([`pg_redo`]), applied to its block `block_id`. With `will_init`,
+    /// the record initialises the page: no older version is needed.
+    WalRecord {
+        start_lsn: Lsn,
+        end_lsn: Lsn,
+        block_id: u8,
+        will_init: bool,
+        record: Bytes,
+    },
     /// Set the status of transactions that all lie on one CLOG page.
     ClogSetStatus { xids: Vec<u32>, status: ClogStatus },
     /// Clear visibility-map bits of heap blocks that all map to one VM page:
@@ -216,7 +233,10 @@ impl Value {
     /// Whether this value needs no older version (an image, or an
     /// unreadable version, which no older version can stand in for).
     pub fn will_init(&self) -> bool {
-        matches!(self, Value::Image(_) | Value::Unreadable(_))
+        match self {
+            Value::Image(_) | Value::Unreadable(_) => true,
+            Value::Delta(delta) => delta.will_init(),
+        }
     }
 
     /// The encoding described in the module documentation.
@@ -237,6 +257,20 @@ impl Value {
             Value::Delta(rec) => {
                 out.put_u8(TAG_DELTA);
                 match rec {
+                    RustRecord::WalRecord {
+                        start_lsn,
+                        end_lsn,
+                        block_id,
+                        will_init,
+                        record,
+                    } => {
+                        out.put_u8(REC_WAL);
+                        out.put_u64_le(start_lsn.0);
+                        out.put_u64_le(end_lsn.0);
+                        out.put_u8(*block_id);
+                        out.put_u8(u8::from(*will_init));
+                        out.put_slice(record);
+                    }
                     RustRecord::ClogSetStatus { xids, status } => {
                         out.put_u8(REC_CLOG);
                         out.put_u8(*status as u8);
@@ -284,6 +318,7 @@ impl Value {
             }
             Value::Delta(RustRecord::MultixactOffset { .. }) => 1 + 8,
             Value::Delta(RustRecord::MultixactMembers { members, .. }) => 1 + 8 + 5 * members.len(),
+            Value::Delta(RustRecord::WalRecord { record, .. }) => 1 + 18 + record.len(),
         }
     }
 
@@ -331,6 +366,25 @@ impl Value {
                     RustRecord::VmClearBits {
                         heap_blocks,
                         all_visible,
+                    }
+                }
+                REC_WAL => {
+                    let start_lsn = Lsn(r.u64()?);
+                    let end_lsn = Lsn(r.u64()?);
+                    let block_id = r.u8()?;
+                    let will_init = match r.u8()? {
+                        0 => false,
+                        1 => true,
+                        b => return Err(err(format!("will_init byte {b}, expected 0 or 1"))),
+                    };
+                    let start = r.position();
+                    r.rest();
+                    RustRecord::WalRecord {
+                        start_lsn,
+                        end_lsn,
+                        block_id,
+                        will_init,
+                        record: buf.slice(start..),
                     }
                 }
                 REC_MXOFF => RustRecord::MultixactOffset {
@@ -384,11 +438,23 @@ fn put_u32s(out: &mut BytesMut, v: &[u32]) {
 impl RustRecord {
     pub fn name(&self) -> &'static str {
         match self {
+            RustRecord::WalRecord { .. } => "WalRecord",
             RustRecord::ClogSetStatus { .. } => "ClogSetStatus",
             RustRecord::VmClearBits { .. } => "VmClearBits",
             RustRecord::MultixactOffset { .. } => "MultixactOffset",
             RustRecord::MultixactMembers { .. } => "MultixactMembers",
         }
+    }
+
+    /// Whether the change initialises the page (needs no older version).
+    pub fn will_init(&self) -> bool {
+        matches!(
+            self,
+            RustRecord::WalRecord {
+                will_init: true,
+                ..
+            }
+        )
     }
 
     /// Apply this change to `page`, as PostgreSQL's redo would.
@@ -401,6 +467,23 @@ impl RustRecord {
             reason,
         };
         match self {
+            RustRecord::WalRecord {
+                start_lsn,
+                end_lsn,
+                block_id,
+                record,
+                ..
+            } => {
+                let decoded = DecodedRecord::decode(*start_lsn, record.clone())
+                    .map_err(|e| fail(e.to_string()))?;
+                pg_redo::redo_block(&decoded, *end_lsn, *block_id, page).map_err(|e| {
+                    fail(format!(
+                        "redo of the WAL record at {start_lsn} (rmgr {}, info {:#04x}), block {block_id}: {e}",
+                        rmgr_name(decoded.header.rmid).unwrap_or("custom"),
+                        decoded.header.info
+                    ))
+                })?;
+            }
             RustRecord::ClogSetStatus { xids, status } => {
                 same_page(xids.iter().copied(), CLOG_XACTS_PER_PAGE, "xid").map_err(fail)?;
                 for &xid in xids {
@@ -500,266 +583,4 @@ fn same_page(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
-
-    fn clog_get(page: &[u8; BLCKSZ], xid: u32) -> u8 {
-        let idx = (xid % CLOG_XACTS_PER_PAGE) as usize;
-        (page[idx / 4] >> ((idx % 4) * 2)) & 3
-    }
-
-    #[test]
-    fn constants_match_postgres() {
-        assert_eq!(CLOG_XACTS_PER_PAGE, 32768);
-        assert_eq!(VM_MAPSIZE, 8168);
-        assert_eq!(VM_HEAPBLOCKS_PER_PAGE, 32672);
-        assert_eq!(MULTIXACT_OFFSETS_PER_PAGE, 2048);
-        assert_eq!(MULTIXACT_MEMBERGROUPS_PER_PAGE, 409);
-        assert_eq!(MULTIXACT_MEMBERS_PER_PAGE, 1636);
-    }
-
-    #[test]
-    fn clog_apply_edges() {
-        let mut page = [0u8; BLCKSZ];
-        let base = 5 * CLOG_XACTS_PER_PAGE;
-        let xids = vec![
-            base,
-            base + 1,
-            base + 2,
-            base + 3,
-            base + CLOG_XACTS_PER_PAGE - 1,
-        ];
-        RustRecord::ClogSetStatus {
-            xids: xids.clone(),
-            status: ClogStatus::Committed,
-        }
-        .apply(&mut page)
-        .unwrap();
-        // xid 0 of the page is the low 2 bits of byte 0; xid 3 the high bits.
-        assert_eq!(page[0], 0b0101_0101);
-        assert_eq!(page[BLCKSZ - 1], 0b0100_0000);
-        assert!(page[1..BLCKSZ - 1].iter().all(|&b| b == 0));
-        // Abort overwrites one slot only.
-        RustRecord::ClogSetStatus {
-            xids: vec![base + 2],
-            status: ClogStatus::Aborted,
-        }
-        .apply(&mut page)
-        .unwrap();
-        assert_eq!(page[0], 0b0110_0101);
-        // Sub-committed does not downgrade committed, but sets in-progress ones.
-        RustRecord::ClogSetStatus {
-            xids: vec![base, base + 4],
-            status: ClogStatus::SubCommitted,
-        }
-        .apply(&mut page)
-        .unwrap();
-        assert_eq!(clog_get(&page, base), 1);
-        assert_eq!(clog_get(&page, base + 4), 3);
-        assert_eq!(clog_get(&page, base + 5), CLOG_IN_PROGRESS);
-        // Sub-committed then aborted.
-        RustRecord::ClogSetStatus {
-            xids: vec![base + 4],
-            status: ClogStatus::Aborted,
-        }
-        .apply(&mut page)
-        .unwrap();
-        assert_eq!(clog_get(&page, base + 4), 2);
-        // Xids of two pages are refused and change nothing.
-        let before = page;
-        let err = RustRecord::ClogSetStatus {
-            xids: vec![base + 6, base + CLOG_XACTS_PER_PAGE],
-            status: ClogStatus::Committed,
-        }
-        .apply(&mut page)
-        .unwrap_err();
-        assert!(err.to_string().contains("different pages"), "{err}");
-        assert_eq!(page, before);
-    }
-
-    #[test]
-    fn vm_apply_edges() {
-        let mut page = [0xFFu8; BLCKSZ];
-        let base = 3 * VM_HEAPBLOCKS_PER_PAGE;
-        // all_visible clears both bits of blocks 0 and the last of the page.
-        RustRecord::VmClearBits {
-            heap_blocks: vec![base, base + VM_HEAPBLOCKS_PER_PAGE - 1],
-            all_visible: true,
-        }
-        .apply(&mut page)
-        .unwrap();
-        assert!(
-            page[..VM_MAP_OFFSET].iter().all(|&b| b == 0xFF),
-            "header untouched"
-        );
-        assert_eq!(page[VM_MAP_OFFSET], 0b1111_1100);
-        assert_eq!(page[BLCKSZ - 1], 0b0011_1111);
-        // Otherwise only all-frozen (the high bit of each pair).
-        RustRecord::VmClearBits {
-            heap_blocks: vec![base + 1, base + 6],
-            all_visible: false,
-        }
-        .apply(&mut page)
-        .unwrap();
-        assert_eq!(page[VM_MAP_OFFSET], 0b1111_0100);
-        assert_eq!(page[VM_MAP_OFFSET + 1], 0b1101_1111);
-        let err = RustRecord::VmClearBits {
-            heap_blocks: vec![base - 1, base],
-            all_visible: true,
-        }
-        .apply(&mut page)
-        .unwrap_err();
-        assert!(err.to_string().contains("heap block"), "{err}");
-    }
-
-    #[test]
-    fn multixact_offset_apply_edges() {
-        let mut page = [0u8; BLCKSZ];
-        RustRecord::MultixactOffset {
-            multi: 2048 * 7,
-            offset: 0x0102_0304,
-        }
-        .apply(&mut page)
-        .unwrap();
-        RustRecord::MultixactOffset {
-            multi: 2048 * 7 + 2047,
-            offset: 0xAABB_CCDD,
-        }
-        .apply(&mut page)
-        .unwrap();
-        assert_eq!(&page[0..4], &[4, 3, 2, 1]);
-        assert_eq!(&page[BLCKSZ - 4..], &[0xDD, 0xCC, 0xBB, 0xAA]);
-        assert!(page[4..BLCKSZ - 4].iter().all(|&b| b == 0));
-    }
-
-    #[test]
-    fn multixact_members_apply_edges() {
-        let mut page = [0u8; BLCKSZ];
-        let base = 2 * MULTIXACT_MEMBERS_PER_PAGE;
-        // Members 2..6 of the page: cross from group 0 into group 1.
-        RustRecord::MultixactMembers {
-            first_offset: base + 2,
-            members: vec![
-                (100, MultiXactStatus::ForShare),
-                (101, MultiXactStatus::Update),
-                (102, MultiXactStatus::ForKeyShare),
-                (103, MultiXactStatus::NoKeyUpdate),
-            ],
-        }
-        .apply(&mut page)
-        .unwrap();
-        // Group 0: flags bytes 0..4, xids at 4..20.
-        assert_eq!(&page[0..4], &[0, 0, 1, 5]);
-        assert_eq!(&page[12..16], &100u32.to_le_bytes());
-        assert_eq!(&page[16..20], &101u32.to_le_bytes());
-        // Group 1 starts at byte 20.
-        assert_eq!(&page[20..24], &[0, 4, 0, 0]);
-        assert_eq!(&page[24..28], &102u32.to_le_bytes());
-        assert_eq!(&page[28..32], &103u32.to_le_bytes());
-        // The last member of the page: group 408, slot 3; bytes 8180..8192 unused.
-        RustRecord::MultixactMembers {
-            first_offset: base + MULTIXACT_MEMBERS_PER_PAGE - 1,
-            members: vec![(7, MultiXactStatus::ForUpdate)],
-        }
-        .apply(&mut page)
-        .unwrap();
-        let g = 408 * 20;
-        assert_eq!(page[g + 3], 3);
-        assert_eq!(&page[g + 16..g + 20], &7u32.to_le_bytes());
-        assert_eq!(g + 20, 8180);
-        assert!(page[8180..].iter().all(|&b| b == 0));
-        // Spanning two pages, or wrapping, is refused.
-        for (first, n) in [(base + MULTIXACT_MEMBERS_PER_PAGE - 1, 2), (u32::MAX, 2)] {
-            let rec = RustRecord::MultixactMembers {
-                first_offset: first,
-                members: vec![(1, MultiXactStatus::ForShare); n],
-            };
-            assert!(rec.apply(&mut page).is_err());
-        }
-    }
-
-    fn sample_values() -> Vec<Value> {
-        vec![
-            Value::Image(Bytes::from_static(b"")),
-            Value::Image(Bytes::from(vec![7u8; BLCKSZ])),
-            Value::Unreadable(UnreadableRecord {
-                lsn: Lsn(0x016B_5A50),
-                rmgr: 10,
-                info: 0x20,
-            }),
-            Value::Delta(RustRecord::ClogSetStatus {
-                xids: vec![1, 2, 3],
-                status: ClogStatus::SubCommitted,
-            }),
-            Value::Delta(RustRecord::VmClearBits {
-                heap_blocks: vec![],
-                all_visible: false,
-            }),
-            Value::Delta(RustRecord::MultixactOffset {
-                multi: 9,
-                offset: u32::MAX,
-            }),
-            Value::Delta(RustRecord::MultixactMembers {
-                first_offset: 4,
-                members: vec![
-                    (5, MultiXactStatus::Update),
-                    (6, MultiXactStatus::ForKeyShare),
-                ],
-            }),
-        ]
-    }
-
-    #[test]
-    fn encode_round_trip() {
-        for v in sample_values() {
-            let enc = v.encode();
-            assert_eq!(enc.len(), v.encoded_len());
-            assert_eq!(Value::decode(&enc).unwrap(), v);
-            assert_eq!(Value::decode_bytes(Bytes::from(enc)).unwrap(), v);
-        }
-    }
-
-    #[test]
-    fn decode_rejects_malformed() {
-        let bad: Vec<Vec<u8>> = vec![
-            vec![],
-            vec![1],
-            vec![2, 0],
-            vec![1, 2],
-            vec![1, 1, 9],
-            vec![1, 1, 1, 4, 0, 0, 0, 0],
-            vec![1, 1, 1, 1, 1, 0, 0, 0],
-            vec![1, 1, 1, 1, 0xFF, 0xFF, 0xFF, 0xFF],
-            vec![1, 1, 2, 2, 0, 0, 0, 0],
-            vec![1, 1, 3, 0, 0, 0, 0, 0, 0, 0],
-            vec![1, 1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            vec![1, 1, 4, 0, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0, 6],
-            // Unreadable: short, and with a trailing byte.
-            vec![1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 10],
-            vec![1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 10, 0, 0],
-        ];
-        for b in bad {
-            assert!(Value::decode(&b).is_err(), "{b:?}");
-        }
-        // Random bytes and mutated encodings never panic.
-        let mut rng = StdRng::seed_from_u64(3);
-        let samples: Vec<Vec<u8>> = sample_values().iter().map(Value::encode).collect();
-        for i in 0..20000 {
-            let mut b = if i % 2 == 0 {
-                samples[rng.random_range(0..samples.len())].clone()
-            } else {
-                (0..rng.random_range(0..40)).map(|_| rng.random()).collect()
-            };
-            if !b.is_empty() {
-                let at = rng.random_range(0..b.len());
-                b[at] = rng.random();
-                if rng.random_bool(0.3) {
-                    b.truncate(rng.random_range(0..b.len()));
-                }
-            }
-            let _ = Value::decode(&b);
-        }
-    }
-}
+mod tests;
