@@ -46,7 +46,9 @@ def test_steady_updates_keep_physical_size_bounded(gc_env: NeonEnv, report_figur
 
     sizes = []
     for i in range(ROUNDS):
-        pg.sql(f"UPDATE t SET n = n + 1 WHERE id % 4 = {i % 4}")
+        # Every row, each round: with Rust redo the WAL carries no page
+        # images, so only a larger workload makes WAL outgrow the data.
+        pg.sql("UPDATE t SET n = n + 1")
         pg.sql("VACUUM t")
         lsn = compute.insert_lsn()
         ps.wait_for_lsn(tenant, timeline, lsn, timeout=120)
@@ -58,8 +60,9 @@ def test_steady_updates_keep_physical_size_bounded(gc_env: NeonEnv, report_figur
     report_figure(f"GC under steady updates: {wal / 1e6:.0f} MB of WAL, physical size "
                   f"{early / 1e6:.1f} MB (rounds 8-20) then {late / 1e6:.1f} MB (rounds 28-40), "
                   f"logical size {info['logical_size'] / 1e6:.1f} MB")
-    # Without GC the layers hold all the WAL's page images: the size would
-    # double from the first window to the second.
+    # Without GC the layers keep every delta and every image layer that
+    # compaction writes: the size would double from the first window to the
+    # second.
     assert late * 2 <= early * 3, f"physical size grows with the WAL: {sizes}"
     assert late < wal / 2, f"{late} bytes stored for {wal} bytes of WAL"
     horizon = lsn_int(info["gc_cutoff_lsn"])
@@ -67,7 +70,7 @@ def test_steady_updates_keep_physical_size_bounded(gc_env: NeonEnv, report_figur
 
     # Reads inside the window are right: a compute from a fresh base
     # backup sees every update, and a branch just above the horizon works.
-    expected = str(ROUNDS // 4 * 4000)
+    expected = str(ROUNDS * 4000)
     assert pg.sql("SELECT sum(n) FROM t") == expected
     compute.stop()
     synced = env.sync_safekeepers(tenant, timeline)

@@ -134,6 +134,7 @@ mod tests {
             },
             control_file: Bytes::new(),
             unhandled_records: 0,
+            redo_blocks: 0,
             records: 0,
         };
         ingest.advance_next_xid(50);

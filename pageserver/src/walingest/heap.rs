@@ -44,6 +44,7 @@ impl WalIngest {
                 }
                 None if pg_redo::can_redo(record.header.rmid, record.header.rmgr_info()) => {
                     // Redone at read time, on the version before it.
+                    self.redo_blocks += 1;
                     cx.m.put_rel_redo(
                         tag,
                         block.block,

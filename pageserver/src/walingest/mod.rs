@@ -68,6 +68,8 @@ pub struct WalIngest {
     /// Page-modifying records (or block references) that had neither an
     /// image nor a Rust redo. Must stay 0.
     pub unhandled_records: u64,
+    /// Block references stored for Rust redo (without an image).
+    pub redo_blocks: u64,
     /// Records ingested.
     pub records: u64,
 }
@@ -110,6 +112,7 @@ impl WalIngest {
             checkpoint,
             control_file,
             unhandled_records: 0,
+            redo_blocks: 0,
             records: 0,
         })
     }
