@@ -256,7 +256,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def test_redo_matches_postgres(vanilla_pg, neon_binpath: Path, test_output_dir: Path):
+def test_redo_matches_postgres(vanilla_pg, neon_binpath: Path, test_output_dir: Path, report_figure):
     timings = run_workload(vanilla_pg, test_output_dir)
     wal_dir = vanilla_pg.datadir / "pg_wal"
 
@@ -278,6 +278,8 @@ def test_redo_matches_postgres(vanilla_pg, neon_binpath: Path, test_output_dir: 
     assert result["decode_errors"] == 0 and result["bad_images"] == 0, result
 
     types, total = result["types"], result["total"]
+    report_figure(f"redo oracle: {total['redone']} records redone and compared with PostgreSQL's images, "
+                  f"{total['mismatched']} mismatched, over {len(types)} record types")
     problems = []
     missing = [t for t in REQUIRED_TYPES if types.get(t, {}).get("records", 0) == 0]
     if missing:
