@@ -28,17 +28,18 @@ const XLOG_BTREE_REUSE_PAGE: u8 = 0xD0;
 const XLOG_BTREE_META_CLEANUP: u8 = 0xE0;
 
 // `btpo_flags`.
-const BTP_LEAF: u16 = 1 << 0;
+pub(crate) const BTP_LEAF: u16 = 1 << 0;
 const BTP_ROOT: u16 = 1 << 1;
 const BTP_DELETED: u16 = 1 << 2;
 const BTP_META: u16 = 1 << 3;
 const BTP_HALF_DEAD: u16 = 1 << 4;
-const BTP_HAS_GARBAGE: u16 = 1 << 6;
+pub(crate) const BTP_HAS_GARBAGE: u16 = 1 << 6;
+pub(crate) const BTP_SPLIT_END: u16 = 1 << 5;
 const BTP_INCOMPLETE_SPLIT: u16 = 1 << 7;
 const BTP_HAS_FULLXID: u16 = 1 << 8;
 
 /// `sizeof(BTPageOpaqueData)`.
-const BT_OPAQUE_SIZE: usize = 16;
+pub(crate) const BT_OPAQUE_SIZE: usize = 16;
 const BTREE_MAGIC: u32 = 0x053162;
 const P_NONE: u32 = 0;
 const P_HIKEY: u16 = 1;
@@ -50,16 +51,16 @@ pub(crate) fn can_redo(info: u8) -> bool {
 
 /// `BTPageOpaqueData` in the special space of a page.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Opaque {
+pub(crate) struct Opaque {
     prev: u32,
     next: u32,
     level: u32,
-    flags: u16,
-    cycleid: u16,
+    pub(crate) flags: u16,
+    pub(crate) cycleid: u16,
 }
 
 impl Opaque {
-    fn read(page: &Page) -> Result<Opaque, RedoError> {
+    pub(crate) fn read(page: &Page) -> Result<Opaque, RedoError> {
         let s = bufpage::special(page);
         if s + BT_OPAQUE_SIZE > BLCKSZ {
             return Err(corrupt(format!("no B-tree special space at {s}")));
@@ -73,7 +74,7 @@ impl Opaque {
         })
     }
 
-    fn write(self, page: &mut Page) -> Result<(), RedoError> {
+    pub(crate) fn write(self, page: &mut Page) -> Result<(), RedoError> {
         let s = bufpage::special(page);
         if s + BT_OPAQUE_SIZE > BLCKSZ {
             return Err(corrupt(format!("no B-tree special space at {s}")));

@@ -37,12 +37,14 @@ pub const MAX_HEAP_TUPLES_PER_PAGE: usize = 291;
 const PAGE_LAYOUT_VERSION: u16 = 4;
 
 // Byte offsets of the header fields.
+/// `pd_checksum`.
+pub(crate) const PD_CHECKSUM: usize = 8;
 const PD_FLAGS: usize = 10;
-const PD_LOWER: usize = 12;
-const PD_UPPER: usize = 14;
+pub(crate) const PD_LOWER: usize = 12;
+pub(crate) const PD_UPPER: usize = 14;
 const PD_SPECIAL: usize = 16;
 const PD_PAGESIZE_VERSION: usize = 18;
-const PD_PRUNE_XID: usize = 20;
+pub(crate) const PD_PRUNE_XID: usize = 20;
 
 /// `MAXALIGN` (8 bytes).
 pub fn maxalign(n: usize) -> usize {

@@ -160,6 +160,16 @@ impl<'a> Tuple<'a> {
     }
 
     /// `HeapTupleHeaderSetCmin`/`SetCmax` with `FirstCommandId`, not combo.
+    /// Zero `t_field3` (the command id or xvac) alone, as masking does.
+    pub fn clear_field3(&mut self) {
+        self.set_u32_at(Self::FIELD3, 0);
+    }
+
+    /// The offset number of `t_ctid`.
+    pub fn ctid_offnum(&self) -> u16 {
+        self.u16_at(Self::CTID + 4)
+    }
+
     pub fn set_first_command_id(&mut self) {
         self.set_u32_at(Self::FIELD3, 0);
         self.set_infomask(self.infomask() & !HEAP_COMBOCID);

@@ -5,122 +5,48 @@
 //! and checksum, hint bits (set without WAL), unused space, command ids,
 //! speculative-insertion tokens, and B-tree line pointer flags that
 //! `_bt_killitems` sets without WAL. Every function here takes whatever
-//! bytes it is given: a line pointer or special space that points outside
-//! the page is left alone, never followed.
+//! bytes it is given: a line pointer, tuple or special space that lies
+//! outside the page is left alone, never followed. The page layout comes
+//! from [`crate::bufpage`], the heap tuple and B-tree special space from
+//! the redo's own definitions.
 
+use postgres_format::constants::{RM_BTREE_ID, RM_HEAP2_ID, RM_HEAP_ID, RM_SEQ_ID};
+
+use crate::btree::{Opaque, BTP_HAS_GARBAGE, BTP_LEAF, BTP_SPLIT_END};
+use crate::bufpage::{
+    self, maxalign, ItemId, Page, LP_UNUSED, PD_ALL_VISIBLE, PD_CHECKSUM, PD_HAS_FREE_LINES,
+    PD_LOWER, PD_PAGE_FULL, PD_PRUNE_XID, PD_UPPER, SIZE_OF_PAGE_HEADER,
+};
+use crate::heap::{Tuple, HEAP_XMAX_COMMITTED, HEAP_XMAX_INVALID};
 use crate::BLCKSZ;
 
 /// What masked bytes are set to (`MASK_MARKER`).
 pub const MASK_MARKER: u8 = 0;
 
-const SIZE_OF_PAGE_HEADER: usize = 24;
-const ITEM_ID_SIZE: usize = 4;
-const MAXALIGN: usize = 8;
-
-// Page header offsets and flags (bufpage.h).
-const PD_CHECKSUM: usize = 8;
-const PD_FLAGS: usize = 10;
-const PD_LOWER: usize = 12;
-const PD_UPPER: usize = 14;
-const PD_SPECIAL: usize = 16;
-const PD_PRUNE_XID: usize = 20;
-const PD_HAS_FREE_LINES: u16 = 0x0001;
-const PD_PAGE_FULL: u16 = 0x0002;
-const PD_ALL_VISIBLE: u16 = 0x0004;
-
-// Line pointer flags (itemid.h).
-const LP_UNUSED: u32 = 0;
-const LP_NORMAL: u32 = 1;
-
-// Heap tuple header (htup_details.h).
-const T_FIELD3: usize = 8;
-const T_CTID: usize = 12;
-const T_INFOMASK: usize = 20;
-const HEAP_TUPLE_HEADER_SIZE: usize = 23;
+/// `HEAP_XMIN_FROZEN`: both xmin hint bits.
 const HEAP_XMIN_FROZEN: u16 = 0x0100 | 0x0200;
-const HEAP_XMAX_COMMITTED: u16 = 0x0400;
-const HEAP_XMAX_INVALID: u16 = 0x0800;
+/// `HEAP_XACT_MASK`: every transaction-status bit of `t_infomask`.
 const HEAP_XACT_MASK: u16 = 0xFFF0;
+/// `SpecTokenOffsetNumber`: a `t_ctid` holding a speculative token.
 const SPEC_TOKEN_OFFSET_NUMBER: u16 = 0xFFFE;
 
-// B-tree special space (nbtree.h): prev, next, level, flags, cycle id.
-const BT_OPAQUE_SIZE: usize = 16;
-const BTPO_FLAGS: usize = 12;
-const BTPO_CYCLEID: usize = 14;
-const BTP_LEAF: u16 = 1 << 0;
-const BTP_SPLIT_END: u16 = 1 << 5;
-const BTP_HAS_GARBAGE: u16 = 1 << 6;
-
-// Resource manager ids.
-const RM_HEAP2_ID: u8 = 9;
-const RM_HEAP_ID: u8 = 10;
-const RM_BTREE_ID: u8 = 11;
-const RM_SEQ_ID: u8 = 15;
-
-type Page = [u8; BLCKSZ];
-
-fn get_u16(page: &Page, at: usize) -> u16 {
-    u16::from_le_bytes([page[at], page[at + 1]])
-}
-
-fn set_u16(page: &mut Page, at: usize, value: u16) {
-    page[at..at + 2].copy_from_slice(&value.to_le_bytes());
-}
-
-fn get_u32(page: &Page, at: usize) -> u32 {
-    u32::from_le_bytes([page[at], page[at + 1], page[at + 2], page[at + 3]])
-}
-
-fn set_u32(page: &mut Page, at: usize, value: u32) {
-    page[at..at + 4].copy_from_slice(&value.to_le_bytes());
-}
-
-/// A line pointer (`ItemIdData`): offset, flags and length bit fields.
-#[derive(Clone, Copy)]
-struct ItemId(u32);
-
-impl ItemId {
-    fn offset(self) -> usize {
-        (self.0 & 0x7FFF) as usize
-    }
-    fn flags(self) -> u32 {
-        (self.0 >> 15) & 0x3
-    }
-    fn len(self) -> usize {
-        (self.0 >> 17) as usize
-    }
-}
-
-/// `PageGetMaxOffsetNumber`, limited to line pointers that lie in the page.
-fn max_offset_number(page: &Page) -> usize {
-    let lower = get_u16(page, PD_LOWER) as usize;
-    if lower <= SIZE_OF_PAGE_HEADER {
-        return 0;
-    }
-    (lower.min(BLCKSZ) - SIZE_OF_PAGE_HEADER) / ITEM_ID_SIZE
-}
-
-fn item_id_pos(offnum: usize) -> usize {
-    SIZE_OF_PAGE_HEADER + (offnum - 1) * ITEM_ID_SIZE
-}
-
-fn item_id(page: &Page, offnum: usize) -> ItemId {
-    ItemId(get_u32(page, item_id_pos(offnum)))
+/// The line pointers of `page` that lie in the page, with their numbers.
+fn line_pointers(page: &Page) -> impl Iterator<Item = (u16, ItemId)> + '_ {
+    (1..=bufpage::max_offset(page))
+        .map_while(|offnum| bufpage::item_id(page, offnum).ok().map(|id| (offnum, id)))
 }
 
 /// `mask_page_lsn_and_checksum`.
 pub fn mask_page_lsn_and_checksum(page: &mut Page) {
-    page[..PD_CHECKSUM].fill(MASK_MARKER);
-    page[PD_CHECKSUM..PD_CHECKSUM + 2].fill(MASK_MARKER);
+    page[..PD_CHECKSUM + 2].fill(MASK_MARKER);
 }
 
 /// `mask_page_hint_bits`: `pd_prune_xid` and the hint flags of `pd_flags`.
 pub fn mask_page_hint_bits(page: &mut Page) {
     page[PD_PRUNE_XID..PD_PRUNE_XID + 4].fill(MASK_MARKER);
-    let flags = get_u16(page, PD_FLAGS);
-    set_u16(
+    let flags = bufpage::flags(page);
+    bufpage::set_flags(
         page,
-        PD_FLAGS,
         flags & !(PD_PAGE_FULL | PD_HAS_FREE_LINES | PD_ALL_VISIBLE),
     );
 }
@@ -129,9 +55,11 @@ pub fn mask_page_hint_bits(page: &mut Page) {
 /// PostgreSQL raises an error on a page whose header is not sane; here such
 /// a page is left as it is (and will most likely compare unequal).
 pub fn mask_unused_space(page: &mut Page) {
-    let lower = get_u16(page, PD_LOWER) as usize;
-    let upper = get_u16(page, PD_UPPER) as usize;
-    let special = get_u16(page, PD_SPECIAL) as usize;
+    let (lower, upper, special) = (
+        bufpage::lower(page),
+        bufpage::upper(page),
+        bufpage::special(page),
+    );
     if lower > upper || special < upper || lower < SIZE_OF_PAGE_HEADER || special > BLCKSZ {
         return;
     }
@@ -140,12 +68,14 @@ pub fn mask_unused_space(page: &mut Page) {
 
 /// `mask_lp_flags`: every used line pointer is marked unused.
 pub fn mask_lp_flags(page: &mut Page) {
-    for offnum in 1..=max_offset_number(page) {
-        let pos = item_id_pos(offnum);
-        let id = get_u32(page, pos);
-        if ItemId(id).flags() != LP_UNUSED {
-            set_u32(page, pos, id & !(0x3 << 15));
-        }
+    let used: Vec<(u16, ItemId)> = line_pointers(page).filter(|(_, id)| id.is_used()).collect();
+    for (offnum, id) in used {
+        let unused = ItemId {
+            flags: LP_UNUSED,
+            ..id
+        };
+        // The line pointer was just read: it lies in the page.
+        let _ = bufpage::set_item_id(page, offnum, unused);
     }
 }
 
@@ -162,17 +92,17 @@ pub fn heap_mask(page: &mut Page, blkno: u32) {
     mask_page_hint_bits(page);
     mask_unused_space(page);
 
-    for offnum in 1..=max_offset_number(page) {
-        let iid = item_id(page, offnum);
-        let item = iid.offset();
-        if iid.flags() == LP_NORMAL && item + HEAP_TUPLE_HEADER_SIZE <= BLCKSZ {
-            mask_heap_tuple(page, item, blkno, offnum as u16);
+    let items: Vec<(u16, ItemId)> = line_pointers(page).collect();
+    for (offnum, id) in items {
+        if id.is_normal() {
+            if let Ok(mut tuple) = Tuple::on_page(page, offnum) {
+                mask_heap_tuple(&mut tuple, blkno, offnum);
+            }
         }
         // Padding after an item whose length is not MAXALIGNed.
-        let len = iid.len();
-        if len != 0 {
-            let end = item + len;
-            let padded = end.next_multiple_of(MAXALIGN);
+        if id.has_storage() {
+            let end = id.off as usize + id.len as usize;
+            let padded = maxalign(end);
             if padded <= BLCKSZ {
                 page[end..padded].fill(MASK_MARKER);
             }
@@ -180,27 +110,22 @@ pub fn heap_mask(page: &mut Page, blkno: u32) {
     }
 }
 
-/// The per-tuple part of `heap_mask`: the tuple header begins at `item`
-/// (checked to lie in the page).
-fn mask_heap_tuple(page: &mut Page, item: usize, blkno: u32, offnum: u16) {
-    let infomask = get_u16(page, item + T_INFOMASK);
+/// The per-tuple part of `heap_mask`.
+fn mask_heap_tuple(tuple: &mut Tuple<'_>, blkno: u32, offnum: u16) {
+    let infomask = tuple.infomask();
     // Hint bits may be set without WAL: unless xmin is frozen, all of
     // them; if it is, the xmax ones.
-    let infomask = if infomask & HEAP_XMIN_FROZEN != HEAP_XMIN_FROZEN {
+    tuple.set_infomask(if infomask & HEAP_XMIN_FROZEN != HEAP_XMIN_FROZEN {
         infomask & !HEAP_XACT_MASK
     } else {
         infomask & !(HEAP_XMAX_INVALID | HEAP_XMAX_COMMITTED)
-    };
-    set_u16(page, item + T_INFOMASK, infomask);
+    });
     // Redo sets the command id to FirstCommandId.
-    page[item + T_FIELD3..item + T_FIELD3 + 4].fill(MASK_MARKER);
+    tuple.clear_field3();
     // A speculative insertion's ctid holds a token that is not WAL-logged;
     // redo sets it to the tuple's own position.
-    let ctid_posid = get_u16(page, item + T_CTID + 4);
-    if ctid_posid == SPEC_TOKEN_OFFSET_NUMBER {
-        set_u16(page, item + T_CTID, (blkno >> 16) as u16);
-        set_u16(page, item + T_CTID + 2, blkno as u16);
-        set_u16(page, item + T_CTID + 4, offnum);
+    if tuple.ctid_offnum() == SPEC_TOKEN_OFFSET_NUMBER {
+        tuple.set_ctid(blkno, offnum);
     }
 }
 
@@ -210,23 +135,19 @@ pub fn btree_mask(page: &mut Page, _blkno: u32) {
     mask_page_hint_bits(page);
     mask_unused_space(page);
 
-    let special = get_u16(page, PD_SPECIAL) as usize;
-    if special + BT_OPAQUE_SIZE > BLCKSZ {
+    let Ok(mut opaque) = Opaque::read(page) else {
         return;
-    }
-    let flags = get_u16(page, special + BTPO_FLAGS);
+    };
     // On leaf pages, _bt_killitems and _bt_check_unique set LP_DEAD without WAL.
-    if flags & BTP_LEAF != 0 {
+    if opaque.flags & BTP_LEAF != 0 {
         mask_lp_flags(page);
     }
     // BTP_HAS_GARBAGE is an unlogged hint; redo of a split neither sets
     // BTP_SPLIT_END nor keeps the cycle id.
-    set_u16(
-        page,
-        special + BTPO_FLAGS,
-        flags & !(BTP_HAS_GARBAGE | BTP_SPLIT_END),
-    );
-    set_u16(page, special + BTPO_CYCLEID, 0);
+    opaque.flags &= !(BTP_HAS_GARBAGE | BTP_SPLIT_END);
+    opaque.cycleid = 0;
+    // The special space was just read: it lies in the page.
+    let _ = opaque.write(page);
 }
 
 /// `seq_mask`: sequence pages.
@@ -252,17 +173,35 @@ pub fn mask_page(rmid: u8, page: &mut Page, blkno: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::btree::BT_OPAQUE_SIZE;
+    use crate::bufpage::{read_u16, read_u32, write_u16, write_u32, LP_NORMAL};
 
-    fn page_with_items(items: &[(u16, u32, u16)]) -> Box<Page> {
+    // Byte offsets in a heap tuple header and in the B-tree special space.
+    const T_FIELD3: usize = 8;
+    const T_CTID: usize = 12;
+    const T_INFOMASK: usize = 20;
+    const BTPO_FLAGS: usize = 12;
+    const BTPO_CYCLEID: usize = 14;
+    const PD_SPECIAL: usize = 16;
+
+    fn get_u16(page: &Page, at: usize) -> u16 {
+        read_u16(page, at).unwrap()
+    }
+
+    fn set_u16(page: &mut Page, at: usize, v: u16) {
+        write_u16(page, at, v).unwrap()
+    }
+
+    fn page_with_items(items: &[(u16, u8, u16)]) -> Box<Page> {
         let mut page = Box::new([0u8; BLCKSZ]);
-        let lower = SIZE_OF_PAGE_HEADER + items.len() * ITEM_ID_SIZE;
+        let lower = SIZE_OF_PAGE_HEADER + items.len() * bufpage::ITEM_ID_SIZE;
         set_u16(&mut page, PD_LOWER, lower as u16);
         let upper = items.iter().map(|i| i.0).min().unwrap_or(BLCKSZ as u16);
         set_u16(&mut page, PD_UPPER, upper);
         set_u16(&mut page, PD_SPECIAL, BLCKSZ as u16);
         for (i, &(off, flags, len)) in items.iter().enumerate() {
-            let id = off as u32 | (flags << 15) | ((len as u32) << 17);
-            set_u32(&mut page, item_id_pos(i + 1), id);
+            let id = ItemId { off, flags, len };
+            bufpage::set_item_id(&mut page, i as u16 + 1, id).unwrap();
         }
         page
     }
@@ -293,23 +232,23 @@ mod tests {
         // One normal tuple of 27 bytes at 8000 (pad to 32).
         let mut page = page_with_items(&[(8000, LP_NORMAL, 27)]);
         set_u16(&mut page, 8000 + T_INFOMASK, 0x0902); // XMAX_INVALID | has varwidth
-        set_u32(&mut page, 8000 + T_FIELD3, 7);
+        write_u32(&mut page[..], 8000 + T_FIELD3, 7).unwrap();
         page[8027..8032].fill(0xAA);
         page[100] = 0x55; // unused space
-        set_u16(&mut page, PD_FLAGS, PD_ALL_VISIBLE | PD_PAGE_FULL);
+        bufpage::set_flags(&mut page, PD_ALL_VISIBLE | PD_PAGE_FULL);
         heap_mask(&mut page, 3);
         assert_eq!(get_u16(&page, 8000 + T_INFOMASK), 0x0002);
-        assert_eq!(get_u32(&page, 8000 + T_FIELD3), 0);
+        assert_eq!(read_u32(&page[..], 8000 + T_FIELD3).unwrap(), 0);
         assert!(page[8027..8032].iter().all(|&b| b == 0));
         assert_eq!(page[100], 0);
-        assert_eq!(get_u16(&page, PD_FLAGS), 0);
+        assert_eq!(bufpage::flags(&page), 0);
     }
 
     #[test]
     fn heap_mask_resets_speculative_ctid() {
         let mut page = page_with_items(&[(8000, LP_NORMAL, 24), (7968, LP_NORMAL, 24)]);
         set_u16(&mut page, 7968 + T_CTID + 4, SPEC_TOKEN_OFFSET_NUMBER);
-        set_u32(&mut page, 7968 + T_CTID, 12345);
+        write_u32(&mut page[..], 7968 + T_CTID, 12345).unwrap();
         heap_mask(&mut page, 0x0001_0002);
         assert_eq!(get_u16(&page, 7968 + T_CTID), 1);
         assert_eq!(get_u16(&page, 7968 + T_CTID + 2), 2);
@@ -329,8 +268,8 @@ mod tests {
         );
         set_u16(&mut page, special + BTPO_CYCLEID, 9);
         btree_mask(&mut page, 1);
-        assert_eq!(item_id(&page, 1).flags(), LP_UNUSED);
-        assert_eq!(item_id(&page, 1).len(), 16);
+        let id = bufpage::item_id(&page, 1).unwrap();
+        assert_eq!((id.flags, id.len), (LP_UNUSED, 16));
         assert_eq!(get_u16(&page, special + BTPO_FLAGS), BTP_LEAF);
         assert_eq!(get_u16(&page, special + BTPO_CYCLEID), 0);
     }

@@ -34,7 +34,7 @@ use postgres_format::PgMajorVersion;
 use utils::Lsn;
 
 use crate::mask::mask_page;
-use crate::{can_redo, redo_block, BLCKSZ};
+use crate::{bufpage, can_redo, redo_block, BLCKSZ};
 
 type Page = [u8; BLCKSZ];
 
@@ -115,7 +115,7 @@ pub fn record_type_name(rmid: u8, info: u8) -> Option<String> {
 }
 
 /// Counts for one record type.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TypeStats {
     /// Records of the type read.
     pub records: u64,
@@ -144,21 +144,6 @@ impl TypeStats {
         self.unchecked += other.unchecked;
         self.blocks_compared += other.blocks_compared;
         self.blocks_mismatched += other.blocks_mismatched;
-    }
-
-    fn to_json(&self) -> String {
-        format!(
-            "{{\"records\":{},\"redone\":{},\"matched\":{},\"mismatched\":{},\"no_redo\":{},\
-             \"unchecked\":{},\"blocks_compared\":{},\"blocks_mismatched\":{}}}",
-            self.records,
-            self.redone,
-            self.matched,
-            self.mismatched,
-            self.no_redo,
-            self.unchecked,
-            self.blocks_compared,
-            self.blocks_mismatched
-        )
     }
 }
 
@@ -219,51 +204,11 @@ impl Mismatch {
                     s,
                     ": first difference at byte {offset} ({region}); from byte {window_start}: \
                      expected {} got {}",
-                    hex(expected),
-                    hex(actual)
+                    hex::encode(expected),
+                    hex::encode(actual)
                 );
             }
         }
-        s
-    }
-
-    fn to_json(&self) -> String {
-        let mut s = format!(
-            "{{\"type\":{},\"lsn\":\"{}\",\"end_lsn\":\"{}\",\"block_id\":{},\"rel\":\"{}\",\
-             \"fork\":\"{}\",\"blkno\":{},\"will_init\":{}",
-            json_str(&self.record_type),
-            self.lsn,
-            self.end_lsn,
-            self.block_id,
-            self.rel.node,
-            self.rel.fork.name(),
-            self.blkno,
-            self.will_init
-        );
-        match &self.difference {
-            Difference::RedoError(e) => {
-                let _ = write!(s, ",\"error\":{}", json_str(e));
-            }
-            Difference::Bytes {
-                offset,
-                region,
-                window_start,
-                expected,
-                actual,
-            } => {
-                let _ = write!(
-                    s,
-                    ",\"offset\":{offset},\"region\":{},\"window_start\":{window_start},\
-                     \"expected\":\"{}\",\"actual\":\"{}\"",
-                    json_str(region),
-                    hex(expected),
-                    hex(actual)
-                );
-            }
-        }
-        s.push_str(",\"description\":");
-        s.push_str(&json_str(&self.describe()));
-        s.push('}');
         s
     }
 }
@@ -297,65 +242,39 @@ impl OracleStats {
         total
     }
 
-    pub fn to_json(&self) -> String {
-        let mut s = String::from("{\"types\":{");
-        for (i, (name, stats)) in self.by_type.iter().enumerate() {
-            if i > 0 {
-                s.push(',');
-            }
-            let _ = write!(s, "{}:{}", json_str(name), stats.to_json());
-        }
-        let _ = write!(
-            s,
-            "}},\"total\":{},\"mismatches\":[",
-            self.total().to_json()
-        );
-        for (i, m) in self.mismatches.iter().enumerate() {
-            if i > 0 {
-                s.push(',');
-            }
-            s.push_str(&m.to_json());
-        }
-        let _ = write!(
-            s,
-            "],\"records\":{},\"decode_errors\":{},\"bad_images\":{},\"end_lsn\":{},\
-             \"end_error\":{},\"end_of_wal\":{}}}",
-            self.records,
-            self.decode_errors,
-            self.bad_images,
-            self.end_lsn
-                .map_or("null".to_owned(), |l| json_str(&l.to_string())),
-            self.end_error
-                .as_deref()
-                .map_or("null".to_owned(), json_str),
-            self.end_of_wal
-        );
-        s
+    /// The run as JSON (for `redo_oracle --json`): counts per type and in
+    /// total, the mismatches kept (each with its description), and where
+    /// reading stopped.
+    pub fn report(&self) -> serde_json::Value {
+        let mismatches: Vec<serde_json::Value> = self
+            .mismatches
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "type": m.record_type,
+                    "lsn": m.lsn,
+                    "end_lsn": m.end_lsn,
+                    "block_id": m.block_id,
+                    "rel": m.rel.node.to_string(),
+                    "fork": m.rel.fork.name(),
+                    "blkno": m.blkno,
+                    "will_init": m.will_init,
+                    "description": m.describe(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "types": self.by_type,
+            "total": self.total(),
+            "mismatches": mismatches,
+            "records": self.records,
+            "decode_errors": self.decode_errors,
+            "bad_images": self.bad_images,
+            "end_lsn": self.end_lsn,
+            "end_error": self.end_error,
+            "end_of_wal": self.end_of_wal,
+        })
     }
-}
-
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// The oracle's state: the latest known version of each page, and counts.
@@ -398,7 +317,10 @@ impl Oracle {
             let key = (block.tag(), block.block);
             match image {
                 Some(mut page) => {
-                    set_page_lsn(&mut page, end_lsn);
+                    // As redo leaves it; a new (all-zero) page keeps no LSN.
+                    if !bufpage::is_new(&page) {
+                        bufpage::set_lsn(&mut page, end_lsn);
+                    }
                     self.known.insert(key, page);
                 }
                 None => {
@@ -543,16 +465,6 @@ impl Oracle {
             _ => {}
         }
     }
-}
-
-/// Set `pd_lsn` as `PageSetLSN` does, on a page that is not new.
-fn set_page_lsn(page: &mut Page, lsn: Lsn) {
-    let upper = u16::from_le_bytes([page[14], page[15]]);
-    if upper == 0 {
-        return;
-    }
-    page[0..4].copy_from_slice(&((lsn.0 >> 32) as u32).to_le_bytes());
-    page[4..8].copy_from_slice(&(lsn.0 as u32).to_le_bytes());
 }
 
 /// The first difference between two masked pages, if any.

@@ -42,9 +42,9 @@ fn main() {
     };
     let elapsed = started.elapsed().as_secs_f64();
     if cli.json {
-        let json = stats.to_json();
-        // Append the run time to the object.
-        println!("{},\"elapsed_s\":{elapsed:.3}}}", &json[..json.len() - 1]);
+        let mut report = stats.report();
+        report["elapsed_s"] = serde_json::json!(elapsed);
+        println!("{report}");
     } else {
         print_table(&stats, cli.show_mismatches, elapsed);
     }

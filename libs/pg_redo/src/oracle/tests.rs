@@ -184,6 +184,16 @@ fn a_block_with_no_previous_version_is_not_checked() {
 }
 
 #[test]
-fn json_escapes() {
-    assert_eq!(json_str("a\"b\\\n"), "\"a\\\"b\\\\\\u000a\"");
+fn the_report_has_counts_per_type_and_in_total() {
+    let mut oracle = Oracle::new();
+    let image = Some((standard_page(1), false));
+    oracle.process(
+        &record(RM_HEAP_ID, 0x00, vec![block(9, image)], vec![]),
+        Lsn(0x300_0000),
+    );
+    let report = oracle.stats().report();
+    assert_eq!(report["types"]["Heap/INSERT"]["records"], 1);
+    assert_eq!(report["total"]["records"], 1);
+    assert_eq!(report["mismatches"].as_array().map(Vec::len), Some(0));
+    assert_eq!(report["records"], 1);
 }
