@@ -90,9 +90,7 @@ impl Timeline {
         if !advanced || self.dir.is_none() {
             return;
         }
-        let full = self.open_layer_size() >= self.conf.open_layer_max_bytes
-            || self.open_layer_wal_bytes(record.last) >= self.conf.checkpoint_distance;
-        if full {
+        if self.open_layer_full(record.last) {
             self.freeze(self.last_record());
             if let Err(e) = self.flush_frozen() {
                 error!(
@@ -103,10 +101,12 @@ impl Timeline {
         }
     }
 
-    /// Bytes of WAL from the open layer's start to `last`.
-    fn open_layer_wal_bytes(&self, last: Lsn) -> u64 {
+    /// Whether the open layer holds `open_layer_max_bytes` or spans
+    /// `checkpoint_distance` of WAL up to `last` (one look, one lock).
+    fn open_layer_full(&self, last: Lsn) -> bool {
         let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
-        last.0.saturating_sub(layers.open.start().0)
+        layers.open.size() >= self.conf.open_layer_max_bytes
+            || last.0.saturating_sub(layers.open.start().0) >= self.conf.checkpoint_distance
     }
 
     /// Freeze the open layer after the record `record`.
