@@ -61,6 +61,9 @@ pub struct PageServerConf {
     /// Keys (pages) per image partition: compaction writes image layers of
     /// one partition at a time, and flushes split delta layers along them.
     pub image_partition_keys: usize,
+    /// The most WAL records a page read applies on top of the page's newest
+    /// image; ingest stores an image where a chain would grow longer.
+    pub max_delta_chain: usize,
     /// Flushing, compaction and GC in the background.
     pub background: background::BackgroundConf,
     /// Object storage for layer files (`{ local_path = "..." }` or an S3
@@ -82,6 +85,7 @@ impl Default for PageServerConf {
             open_layer_max_bytes: tenant::timeline::DEFAULT_OPEN_LAYER_MAX_BYTES,
             checkpoint_distance: tenant::timeline::DEFAULT_CHECKPOINT_DISTANCE,
             image_partition_keys: tenant::timeline::DEFAULT_IMAGE_PARTITION_KEYS,
+            max_delta_chain: tenant::timeline::DEFAULT_MAX_DELTA_CHAIN,
             background: background::BackgroundConf::default(),
             remote_storage: None,
         }
@@ -112,10 +116,14 @@ pub async fn run(conf: PageServerConf, cancel: CancellationToken) -> anyhow::Res
         }
         None => None,
     };
+    if conf.max_delta_chain == 0 {
+        anyhow::bail!("max_delta_chain must be at least 1 (the deltas a page read may apply)");
+    }
     let timeline_conf = tenant::timeline::TimelineConf {
         open_layer_max_bytes: conf.open_layer_max_bytes,
         checkpoint_distance: conf.checkpoint_distance,
         image_partition_keys: conf.image_partition_keys,
+        max_delta_chain: conf.max_delta_chain,
     };
     let initdb = tenant_manager::InitdbConf {
         pg_bin_dir: conf.pg_bin_dir.clone(),

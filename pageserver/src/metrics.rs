@@ -11,6 +11,8 @@ pub struct Metrics {
     /// Reads that failed on a version such a record made unreadable.
     pub unreadable_page_reads: IntCounter,
     pub wal_records_ingested: IntCounter,
+    /// Deltas stored as page images because their chain reached the bound.
+    pub delta_chains_ended: IntCounter,
     pub remote_bytes_uploaded: IntCounter,
     pub remote_index_uploads: IntCounter,
     pub remote_upload_failures: IntCounter,
@@ -32,6 +34,10 @@ impl Metrics {
             wal_records_ingested: counter(
                 "pageserver_wal_records_ingested_total",
                 "WAL records ingested",
+            ),
+            delta_chains_ended: counter(
+                "pageserver_delta_chains_ended_total",
+                "Page images stored in place of a delta whose chain reached max_delta_chain",
             ),
             remote_bytes_uploaded: counter(
                 "pageserver_remote_bytes_uploaded_total",
@@ -58,6 +64,7 @@ impl Metrics {
             &self.unhandled_wal_records,
             &self.unreadable_page_reads,
             &self.wal_records_ingested,
+            &self.delta_chains_ended,
             &self.remote_bytes_uploaded,
             &self.remote_index_uploads,
             &self.remote_upload_failures,

@@ -231,6 +231,11 @@ pub struct OracleStats {
     pub end_error: Option<String>,
     /// Whether reading stopped where valid WAL ends.
     pub end_of_wal: bool,
+    /// Time spent in [`redo_block`] alone, over every block compared.
+    pub redo_time: std::time::Duration,
+    /// Bytes of the records redone, without their page images: the WAL a
+    /// pageserver stores and applies for them.
+    pub redone_bytes: u64,
 }
 
 impl OracleStats {
@@ -273,6 +278,23 @@ impl OracleStats {
             "end_lsn": self.end_lsn,
             "end_error": self.end_error,
             "end_of_wal": self.end_of_wal,
+            "redo": self.redo_throughput(),
+        })
+    }
+
+    /// Throughput of the redo alone: records redone and WAL bytes (without
+    /// images) per second of [`redo_block`] time.
+    pub fn redo_throughput(&self) -> serde_json::Value {
+        let seconds = self.redo_time.as_secs_f64();
+        let records = self.total().redone;
+        let per_second = |n: f64| if seconds > 0.0 { n / seconds } else { 0.0 };
+        serde_json::json!({
+            "records": records,
+            "blocks": self.total().blocks_compared,
+            "bytes": self.redone_bytes,
+            "seconds": seconds,
+            "records_per_second": per_second(records as f64),
+            "megabytes_per_second": per_second(self.redone_bytes as f64) / 1e6,
         })
     }
 }
@@ -379,7 +401,10 @@ impl Oracle {
                 None => Box::new([0u8; BLCKSZ]),
             };
             counts.blocks_compared += 1;
-            let difference = match redo_block(record, end_lsn, block.id, &mut page) {
+            let started = std::time::Instant::now();
+            let redone = redo_block(record, end_lsn, block.id, &mut page);
+            self.stats.redo_time += started.elapsed();
+            let difference = match redone {
                 Err(e) => Some(Difference::RedoError(e.to_string())),
                 // Every mask covers pd_lsn and pd_checksum: pages equal
                 // after them are equal masked too, with no need to mask.
@@ -413,6 +438,14 @@ impl Oracle {
             counts.unchecked = 1;
         } else {
             counts.redone = 1;
+            let images: usize = record
+                .blocks
+                .iter()
+                .filter_map(|b| b.image.as_ref())
+                .map(|i| i.data.len())
+                .sum();
+            self.stats.redone_bytes +=
+                u64::from(record.header.total_length).saturating_sub(images as u64);
             if counts.blocks_mismatched > 0 {
                 counts.mismatched = 1;
             } else {

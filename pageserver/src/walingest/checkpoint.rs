@@ -136,6 +136,7 @@ mod tests {
             unhandled_records: 0,
             redo_blocks: 0,
             records: 0,
+            rel_sizes: Default::default(),
         };
         ingest.advance_next_xid(50);
         assert_eq!(

@@ -48,7 +48,7 @@ use postgres_format::wal::{DecodedRecord, RawRecord};
 use tracing::error;
 use utils::Lsn;
 
-use crate::pgdatadir::DatadirModification;
+use crate::pgdatadir::{DatadirModification, RelSizeCache};
 use crate::tenant::timeline::{RecordLsn, Timeline};
 
 mod checkpoint;
@@ -72,6 +72,8 @@ pub struct WalIngest {
     pub redo_blocks: u64,
     /// Records ingested.
     pub records: u64,
+    /// Relation sizes at the last record ingested.
+    rel_sizes: RelSizeCache,
 }
 
 /// What one record's ingest works on: the timeline as it was before the
@@ -114,6 +116,7 @@ impl WalIngest {
             unhandled_records: 0,
             redo_blocks: 0,
             records: 0,
+            rel_sizes: RelSizeCache::default(),
         })
     }
 
@@ -130,25 +133,41 @@ impl WalIngest {
     pub fn ingest_record(&mut self, timeline: &Timeline, record: &RawRecord) -> anyhow::Result<()> {
         crate::metrics::get().wal_records_ingested.inc();
         let start = record.start_lsn;
-        let end = record.end_lsn;
         let decoded = DecodedRecord::decode(start, record.bytes.clone())
             .with_context(|| format!("decoding the WAL record at {start}"))?;
         let before = self.checkpoint;
-        let mut m = timeline.begin_modification(end);
+        let mut rel_sizes = std::mem::take(&mut self.rel_sizes);
+        let result = self.ingest_decoded(timeline, record, &decoded, &mut rel_sizes);
+        self.rel_sizes = rel_sizes;
+        if result.is_err() {
+            self.checkpoint = before;
+        }
+        result
+    }
+
+    fn ingest_decoded(
+        &mut self,
+        timeline: &Timeline,
+        record: &RawRecord,
+        decoded: &DecodedRecord,
+        rel_sizes: &mut RelSizeCache,
+    ) -> anyhow::Result<()> {
+        let (start, end) = (record.start_lsn, record.end_lsn);
+        let before = self.checkpoint;
+        let mut m = timeline.begin_cached_modification(end, rel_sizes);
         let mut cx = IngestContext {
             timeline,
             m: &mut m,
             end,
         };
-        self.apply(&mut cx, &decoded, &record.bytes)
+        self.apply(&mut cx, decoded, &record.bytes)
             .with_context(|| {
                 format!(
                     "ingesting the WAL record at {start} (rmgr {}, info {:#04x})",
                     rmgr_name(decoded.header.rmid).unwrap_or("custom"),
                     decoded.header.info
                 )
-            })
-            .inspect_err(|_| self.checkpoint = before)?;
+            })?;
         if self.checkpoint != before {
             m.put_checkpoint(Bytes::copy_from_slice(&self.checkpoint.encode()))?;
         }

@@ -89,6 +89,16 @@ fn print_table(stats: &OracleStats, show: usize, elapsed: f64) {
             (Some(e), false) => format!("ERROR: {e}"),
         }
     );
+    let redo = stats.redo_throughput();
+    println!(
+        "redo alone: {} records ({} blocks, {:.1} MB without images) in {:.2}s = {:.0} records/s, {:.1} MB/s",
+        redo["records"],
+        redo["blocks"],
+        stats.redone_bytes as f64 / 1e6,
+        redo["seconds"].as_f64().unwrap_or(0.0),
+        redo["records_per_second"].as_f64().unwrap_or(0.0),
+        redo["megabytes_per_second"].as_f64().unwrap_or(0.0),
+    );
     let total = stats.total().blocks_mismatched;
     if total > 0 {
         println!();

@@ -23,15 +23,18 @@
 //! then the ancestor at the branch LSN.
 //!
 //! By concern: `read` (get, wait for an LSN), `write` (put, freeze, flush),
-//! `compaction` (image layers per key partition), `gc` (removing layer
+//! `chains` (bounding each key's chain of deltas), `compaction` (image
+//! layers per key partition), `gc` (removing layer
 //! files), `branch` (creating, branching, loading, the persisted metadata).
 
 mod branch;
+mod chains;
 mod compaction;
 mod gc;
 mod read;
 mod write;
 
+pub use chains::MAX_TRACKED_KEYS;
 pub use compaction::partition_keys;
 
 use std::io;
@@ -60,6 +63,9 @@ pub const DEFAULT_CHECKPOINT_DISTANCE: u64 = 64 * 1024 * 1024;
 /// Default number of keys in an image partition: 128 MiB of pages.
 pub const DEFAULT_IMAGE_PARTITION_KEYS: usize = 16 * 1024;
 
+/// Default bound on the deltas a read applies on top of a whole version.
+pub const DEFAULT_MAX_DELTA_CHAIN: usize = 100;
+
 /// Storage settings of a timeline.
 #[derive(Clone, Debug)]
 pub struct TimelineConf {
@@ -75,6 +81,10 @@ pub struct TimelineConf {
     /// [`Timeline::compact`] writes image layers and in which flushes split
     /// delta layers.
     pub image_partition_keys: usize,
+    /// The most deltas a read of a page applies on top of the newest whole
+    /// version: ingest stores the page image in place of the delta that
+    /// makes a chain this long (at least 1).
+    pub max_delta_chain: usize,
 }
 
 impl Default for TimelineConf {
@@ -83,6 +93,7 @@ impl Default for TimelineConf {
             open_layer_max_bytes: DEFAULT_OPEN_LAYER_MAX_BYTES,
             checkpoint_distance: DEFAULT_CHECKPOINT_DISTANCE,
             image_partition_keys: DEFAULT_IMAGE_PARTITION_KEYS,
+            max_delta_chain: DEFAULT_MAX_DELTA_CHAIN,
         }
     }
 }
@@ -194,6 +205,8 @@ pub struct Timeline {
     /// The disk-consistent LSN of the last index uploaded to remote
     /// storage (invalid without remote storage or before the first upload).
     remote_consistent: Mutex<Lsn>,
+    /// Deltas stored since each key's last whole version (see `chains`).
+    delta_chains: Mutex<chains::DeltaChains>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -235,6 +248,7 @@ impl Timeline {
             compaction_lock: Mutex::new(()),
             partitioning: Mutex::new(Vec::new()),
             remote_consistent: Mutex::new(Lsn::INVALID),
+            delta_chains: Mutex::new(chains::DeltaChains::default()),
         }
     }
 

@@ -62,6 +62,31 @@ impl Timeline {
         Ok(collect_values(&candidates, key, lsn, out)?)
     }
 
+    /// The values of `key` at LSNs `<= lsn`, newest first, down to a whole
+    /// version: this timeline's, then its ancestors' at their branch points.
+    pub(super) fn collect_versions(
+        &self,
+        key: Key,
+        lsn: Lsn,
+    ) -> Result<Vec<(Lsn, Value)>, ReadError> {
+        let mut values: Vec<(Lsn, Value)> = Vec::new();
+        let mut timeline = self;
+        let mut at = lsn;
+        loop {
+            if timeline.collect_own(key, at, &mut values)? {
+                break;
+            }
+            match &timeline.ancestor {
+                Some(ancestor) => {
+                    at = at.min(ancestor.lsn);
+                    timeline = &ancestor.timeline;
+                }
+                None => break,
+            }
+        }
+        Ok(values)
+    }
+
     /// The value of `key` as of `lsn`, `None` if it has none. A version
     /// made unreadable by a record without image or redo is an error
     /// ([`ReadError::Unreadable`]), counted in the metrics.
@@ -80,21 +105,7 @@ impl Timeline {
     /// The version of `key` as of `lsn`: an image, or the unreadable
     /// version that stands at `lsn`; `None` if the key has none.
     pub fn get_version(&self, key: Key, lsn: Lsn) -> Result<Option<Value>, ReadError> {
-        let mut values: Vec<(Lsn, Value)> = Vec::new();
-        let mut timeline = self;
-        let mut at = lsn;
-        loop {
-            if timeline.collect_own(key, at, &mut values)? {
-                break;
-            }
-            match &timeline.ancestor {
-                Some(ancestor) => {
-                    at = at.min(ancestor.lsn);
-                    timeline = &ancestor.timeline;
-                }
-                None => break,
-            }
-        }
+        let mut values = self.collect_versions(key, lsn)?;
         let base = match values.pop() {
             None => return Ok(None),
             Some((_, Value::Image(image))) => image,

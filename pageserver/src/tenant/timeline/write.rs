@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tracing::error;
+use tracing::{error, info};
 use utils::Lsn;
 
 use crate::key::{Key, KeyRange};
@@ -15,6 +15,7 @@ use crate::tenant::layer::map::PersistentLayer;
 use crate::tenant::layer::{DeltaLayerWriter, LayerName};
 use crate::value::Value;
 
+use super::chains::Stored;
 use super::read::{apply_deltas, ZERO_PAGE};
 use super::{lock, FrozenLayer, ReadError, RecordLsn, StorageError, Timeline};
 
@@ -22,7 +23,9 @@ impl Timeline {
     /// Store values at `lsn`. Several values for one key at one LSN are
     /// applied in order: an image replaces, a delta applies on top.
     /// `lsn` must not be below the open layer (see
-    /// [`ReadError::BelowOpenLayer`]).
+    /// [`ReadError::BelowOpenLayer`]). A delta that makes its key's chain
+    /// reach [`super::TimelineConf::max_delta_chain`] is stored as the page
+    /// image instead (see `chains`).
     pub fn put_batch(&self, lsn: Lsn, values: Vec<(Key, Value)>) -> Result<(), ReadError> {
         let mut folded: std::collections::BTreeMap<Key, Value> = Default::default();
         for (key, value) in values {
@@ -63,14 +66,18 @@ impl Timeline {
                 }
             }
         }
-        let mut layers = self.layers.write().unwrap_or_else(|p| p.into_inner());
-        let start = layers.open.start();
-        if lsn < start {
-            return Err(ReadError::BelowOpenLayer { lsn, start });
+        let stored: Vec<(Key, Stored)> = folded.iter().map(|(k, v)| (*k, Stored::of(v))).collect();
+        {
+            let mut layers = self.layers.write().unwrap_or_else(|p| p.into_inner());
+            let start = layers.open.start();
+            if lsn < start {
+                return Err(ReadError::BelowOpenLayer { lsn, start });
+            }
+            for (key, value) in folded {
+                layers.open.put(key, lsn, value);
+            }
         }
-        for (key, value) in folded {
-            layers.open.put(key, lsn, value);
-        }
+        self.bound_delta_chains(lsn, &stored);
         Ok(())
     }
 
@@ -90,7 +97,11 @@ impl Timeline {
         if !advanced || self.dir.is_none() {
             return;
         }
-        if self.open_layer_full(record.last) {
+        if let Some((bytes, wal)) = self.open_layer_full(record.last) {
+            info!(
+                "timeline {}: writing the open layer ({bytes} bytes in memory, {wal} bytes of WAL)",
+                self.timeline_id
+            );
             self.freeze(self.last_record());
             if let Err(e) = self.flush_frozen() {
                 error!(
@@ -102,11 +113,14 @@ impl Timeline {
     }
 
     /// Whether the open layer holds `open_layer_max_bytes` or spans
-    /// `checkpoint_distance` of WAL up to `last` (one look, one lock).
-    fn open_layer_full(&self, last: Lsn) -> bool {
+    /// `checkpoint_distance` of WAL up to `last` (one look, one lock): if
+    /// so, its size in memory and the WAL it spans.
+    fn open_layer_full(&self, last: Lsn) -> Option<(usize, u64)> {
         let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
-        layers.open.size() >= self.conf.open_layer_max_bytes
-            || last.0.saturating_sub(layers.open.start().0) >= self.conf.checkpoint_distance
+        let bytes = layers.open.size();
+        let wal = last.0.saturating_sub(layers.open.start().0);
+        (bytes >= self.conf.open_layer_max_bytes || wal >= self.conf.checkpoint_distance)
+            .then_some((bytes, wal))
     }
 
     /// Freeze the open layer after the record `record`.
