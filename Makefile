@@ -49,7 +49,7 @@ endif
 pytest: venv build
 	cd test_runner && .venv/bin/pytest $(PYTEST_ARGS)
 
-test: lint rust-test pytest
+test: deps lint rust-test pytest
 
 bench: venv build-release
 	cd test_runner && NEON_BIN=$(CURDIR)/target/release .venv/bin/pytest performance -p no:cacheprovider $(PYTEST_ARGS)

@@ -23,86 +23,27 @@ Timings are never asserted; sanity is (no failed transactions).
 from __future__ import annotations
 
 import json
-import re
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from fixtures.neon_fixtures import NeonEnvBuilder, output_root
-from fixtures.neon_local import NeonLocal
-from fixtures.pg import PgBin, VanillaPostgres
+from fixtures.bench import Cluster, pgbench_tps, start_vanilla_like, write_result
+from fixtures.neon_fixtures import NeonEnvBuilder
+from fixtures.pg import PgBin
 from fixtures.port_distributor import PortDistributor
-from fixtures.utils import wait_until
 
 SCALE = 10
 STARTS = 5
 TPS_SECONDS = 15
 TPS_CLIENTS = ["-c", "4", "-j", "2"]
 ABBA = ["endpoint", "vanilla", "vanilla", "endpoint"]
-SAME_SETTINGS = ["shared_buffers", "fsync", "synchronous_commit", "wal_level", "wal_compression",
-                 "full_page_writes", "max_wal_size", "checkpoint_timeout", "max_connections"]
-
-
-class Cluster:
-    """A started neon_local repository with a default tenant."""
-
-    def __init__(self, nl: NeonLocal, pg_bin: PgBin):
-        self.nl, self.pg_bin = nl, pg_bin
-
-    def run(self, *args: str) -> str:
-        return self.nl.run(*args, timeout=300).stdout
-
-    def port(self, name: str) -> int:
-        for line in self.run("endpoint", "list").splitlines()[1:]:
-            fields = line.split()
-            if fields[0] == name:
-                return int(fields[1].split(":")[1])
-        raise KeyError(name)
-
-    def psql(self, port: int, sql: str, check: bool = True) -> str | subprocess.CompletedProcess:
-        result = subprocess.run(
-            [self.pg_bin.path("psql"), "-X", "-qAt", "-v", "ON_ERROR_STOP=1",
-             "-d", f"host=127.0.0.1 port={port} dbname=postgres user=cloud_admin", "-c", sql],
-            capture_output=True, text=True, timeout=300)
-        if not check:
-            return result
-        assert result.returncode == 0, result.stderr
-        return result.stdout.strip()
-
-    def pgbench(self, port: int, *args: str) -> str:
-        result = subprocess.run(
-            [self.pg_bin.path("pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U", "cloud_admin", *args,
-             "postgres"], capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stdout + result.stderr
-        return result.stdout
-
-    def timed_start(self, name: str) -> float:
-        """Seconds from `endpoint start` to the first successful query."""
-        started = time.monotonic()
-        out = self.run("endpoint", "start", name)
-        port = int(re.search(r"127\.0\.0\.1:(\d+)/postgres", out)[1])
-        wait_until(f"{name} to answer", lambda: self.psql(port, "SELECT 1", check=False).returncode == 0,
-                   120, 0.01)
-        return time.monotonic() - started
 
 
 @pytest.fixture
 def cluster(neon_env_builder: NeonEnvBuilder, pg_bin: PgBin) -> Cluster:
-    neon_env_builder.num_safekeepers = 1
-    nl = neon_env_builder.neon_local()
-    nl.run("start")
-    nl.run("tenant", "create", "--set-default")
-    return Cluster(nl, pg_bin)
-
-
-def pgbench_tps(out: str) -> float:
-    assert re.search(r"number of failed transactions: 0 ", out), out
-    m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
-    assert m, out
-    return float(m[1])
+    return Cluster.start(neon_env_builder, pg_bin, num_safekeepers=1)
 
 
 def test_compute_bench(cluster: Cluster, pg_bin: PgBin, port_distributor: PortDistributor,
@@ -122,7 +63,7 @@ def test_compute_bench(cluster: Cluster, pg_bin: PgBin, port_distributor: PortDi
     c.run("endpoint", "start", "pgb")
     port = c.port("pgb")
     c.pgbench(port, "-i", "-q", "-s", str(SCALE))
-    settings = {name: c.psql(port, f"SHOW {name}") for name in SAME_SETTINGS}
+    settings = c.settings(port)
     c.run("endpoint", "stop", "pgb")
     loaded = []
     for _ in range(STARTS):
@@ -132,14 +73,9 @@ def test_compute_bench(cluster: Cluster, pg_bin: PgBin, port_distributor: PortDi
     assert c.psql(port, "SELECT count(*) FROM pgbench_accounts") == str(SCALE * 100_000)
 
     # 2. pgbench: the endpoint against vanilla with the same settings.
-    vanilla = VanillaPostgres(pg_bin, test_output_dir / "vanilla", port_distributor.get())
-    vanilla.initdb()
-    vanilla.configure([f"{name} = '{value}'" for name, value in settings.items()])
-    vanilla.start()
+    vanilla = start_vanilla_like(pg_bin, test_output_dir / "vanilla", port_distributor.get(), settings)
     try:
         vanilla.pgbench("-i", "-q", "-s", str(SCALE))
-        for name, value in settings.items():
-            assert vanilla.sql(f"SHOW {name}") == value, name
         ports = {"endpoint": port, "vanilla": vanilla.port}
         runs: dict[str, list[tuple[str, float]]] = {"tpcb": [], "select": []}
         for kind, extra in [("tpcb", []), ("select", ["-S"])]:
@@ -167,9 +103,7 @@ def test_compute_bench(cluster: Cluster, pg_bin: PgBin, port_distributor: PortDi
         "runs": {k: [{"target": t, "tps": round(v, 1)} for t, v in r] for k, r in runs.items()},
         "wall_seconds": round(time.monotonic() - started, 1),
     }
-    out = output_root() / "bench"
-    out.mkdir(exist_ok=True)
-    (out / "compute.json").write_text(json.dumps(result, indent=2))
+    write_result("compute", result)
     report_figure(f"compute: endpoint start to first query, median of {STARTS}: fresh database "
                   f"{result['start_fresh_median_s']:.2f} s, pgbench scale {SCALE} branch "
                   f"{result['start_pgbench_s10_median_s']:.2f} s")

@@ -104,8 +104,13 @@ def test_pageserver_bench(bench_env: NeonEnv, report_figure):
     ps = env.pageserver
     tenant = ps.create_tenant()
     timeline = ps.create_timeline(tenant)["timeline_id"]
-    env.wal_service(tenant, timeline)
-    compute = env.compute("main", tenant, timeline)
+    service = env.wal_service(tenant, timeline)
+    # The large load is written while the pageserver is down: commits must
+    # not wait for it (backpressure off).
+    service.walproposer_options.append("--max-pageserver-lag-bytes=0")
+    compute = env.new_compute(service, "main")
+    compute.init_from_pageserver(ps)
+    compute.start()
     pg = compute.pg
     result: dict = {"small_scale": SMALL_SCALE, "large_scale": LARGE_SCALE}
 
