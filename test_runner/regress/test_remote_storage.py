@@ -221,18 +221,36 @@ pitr_bytes = 2097152
     pg = compute.pg
     pg.sql("CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL, pad text)")
     pg.sql("INSERT INTO t SELECT g, 0, repeat('x', 200) FROM generate_series(1, 3000) g")
-    for i in range(12):
-        pg.sql(f"UPDATE t SET n = n + 1 WHERE id % 3 = {i % 3}")
-    ps.wait_for_lsn(tenant, timeline, compute.insert_lsn())
-    wait_until("GC to advance", lambda: lsn_int(ps.timeline(tenant, timeline)["gc_cutoff_lsn"]) > 0, 60)
+
+    def update_rounds(rounds: int) -> None:
+        for i in range(rounds):
+            pg.sql(f"UPDATE t SET n = n + 1 WHERE id % 3 = {i % 3}")
+        ps.wait_for_lsn(tenant, timeline, compute.insert_lsn())
+
+    def bucket_layers() -> set[str]:
+        return {k.rsplit("/", 1)[1] for k in timeline_keys(s3, tenant, timeline)} - {"index_part.json"}
+
+    def gc_cutoff() -> int:
+        return lsn_int(ps.timeline(tenant, timeline)["gc_cutoff_lsn"])
+
+    update_rounds(12)
+    wait_uploaded(env, tenant, timeline)
+    first = bucket_layers()
+    assert first, "nothing uploaded"
+    # About 7 MB more of WAL: the 2 MiB PITR window moves well past the
+    # first layers, which newer image layers cover.
+    first_end = lsn_int(ps.timeline(tenant, timeline)["disk_consistent_lsn"])
+    update_rounds(24)
+    wait_until("GC to pass the first layers", lambda: gc_cutoff() > first_end, 60)
     wait_uploaded(env, tenant, timeline)
 
     def only_indexed():
         idx = index(s3, tenant, timeline)
-        names = {k.rsplit("/", 1)[1] for k in timeline_keys(s3, tenant, timeline)} - {"index_part.json"}
-        return names == set(idx["layers"]) and len(names) > 0
+        names = bucket_layers()
+        return names == set(idx["layers"]) and len(names) > 0 and bool(first - names)
 
-    wait_until("the bucket to hold exactly the indexed layers", only_indexed, 60)
+    wait_until("GC to delete layers from the bucket, which then holds exactly the indexed layers",
+               only_indexed, 60)
     assert ps.metric("pageserver_remote_index_uploads_total") > 2
     # Local and remote agree.
     local = {p.name for p in (ps.workdir / "tenants" / tenant / "timelines" / timeline).iterdir()
