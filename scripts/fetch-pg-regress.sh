@@ -54,7 +54,14 @@ trap 'rm -rf "$work"' EXIT
 echo "fetching the source of postgresql-15 $version into $dest"
 # Run as root, apt would try to drop to its sandbox user, who cannot write
 # here: the download needs no sandbox (apt checks the hashes of the files).
-(cd "$work" && apt-get source -qq --download-only -o APT::Sandbox::User=root "postgresql-15=$version" >/dev/null)
+fetch() {
+  (cd "$work" && apt-get source -qq --download-only -o APT::Sandbox::User=root "postgresql-15=$version" >/dev/null)
+}
+# The source index may predate the deb-src entries: refresh it once.
+if ! fetch; then
+  $sudo apt-get update -qq
+  fetch
+fi
 # Unpack with Debian's patches applied: they are in the installed server
 # too. Its output only on failure: it warns that it cannot check the .dsc's
 # signature (no Debian developer keyring), which apt already vouched for

@@ -42,6 +42,7 @@ if ! grep -qsE '^(deb-src[[:space:]]|Types:.*deb-src)' /etc/apt/sources.list /et
       http://deb.debian.org/debian "bookworm bookworm-updates" /usr/share/keyrings/debian-archive-keyring.gpg \
       http://deb.debian.org/debian-security bookworm-security /usr/share/keyrings/debian-archive-keyring.gpg
   fi | $sudo tee /etc/apt/sources.list.d/debian-src.sources >/dev/null
+  apt_update
 fi
 
 missing=()
