@@ -16,6 +16,8 @@ pub struct Metrics {
     pub remote_bytes_uploaded: IntCounter,
     pub remote_index_uploads: IntCounter,
     pub remote_upload_failures: IntCounter,
+    /// Layers deleted from remote storage (after an index without them).
+    pub remote_layers_deleted: IntCounter,
     pub remote_bytes_downloaded: IntCounter,
 }
 
@@ -51,6 +53,10 @@ impl Metrics {
                 "pageserver_remote_operation_failures_total",
                 "Remote storage operations that failed (and were retried)",
             ),
+            remote_layers_deleted: counter(
+                "pageserver_remote_layers_deleted_total",
+                "Layers deleted from remote storage once an uploaded index no longer names them",
+            ),
             remote_bytes_downloaded: counter(
                 "pageserver_remote_bytes_downloaded_total",
                 "Layer bytes downloaded from remote storage (attach)",
@@ -68,6 +74,7 @@ impl Metrics {
             &self.remote_bytes_uploaded,
             &self.remote_index_uploads,
             &self.remote_upload_failures,
+            &self.remote_layers_deleted,
             &self.remote_bytes_downloaded,
         ] {
             registry.register(Box::new(c.clone()))?;

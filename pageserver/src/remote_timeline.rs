@@ -387,6 +387,9 @@ async fn upload_round(
             Ok(storage.delete_many(&gone).await?)
         })
         .await?;
+        crate::metrics::get()
+            .remote_layers_deleted
+            .inc_by(gone.len() as u64);
     }
     Some(Round::UpToDate)
 }

@@ -223,6 +223,17 @@ fn cached_sizes_match_storage() {
     assert!(!cache.is_empty());
 }
 
+/// Apply `change` in one modification at `lsn`, committed as a record there.
+fn commit_at(tl: &Timeline, lsn: u64, change: impl FnOnce(&mut DatadirModification<'_>)) {
+    let mut m = tl.begin_modification(Lsn(lsn));
+    change(&mut m);
+    m.commit(RecordLsn {
+        last: Lsn(lsn),
+        prev: Lsn(lsn - 0x100),
+    })
+    .unwrap();
+}
+
 /// A tablespace's last relation dropped takes the database's entry in
 /// that tablespace with it: base backups refuse tablespaces in use only.
 #[test]
@@ -238,31 +249,15 @@ fn an_emptied_tablespace_leaves_the_database_directory() {
         start,
     );
     let (a, b) = (tablespace_rel(16502, 16600), tablespace_rel(16502, 16601));
-    let mut m = tl.begin_modification(Lsn(0x200));
-    m.put_rel_creation(rel(16384, ForkNumber::Main), 0).unwrap();
-    m.put_rel_creation(a, 0).unwrap();
-    m.put_rel_creation(b, 0).unwrap();
-    m.commit(RecordLsn {
-        last: Lsn(0x200),
-        prev: Lsn(0x100),
-    })
-    .unwrap();
+    commit_at(&tl, 0x200, |m| {
+        for r in [rel(16384, ForkNumber::Main), a, b] {
+            m.put_rel_creation(r, 0).unwrap();
+        }
+    });
     assert!(tl.list_dbs(Lsn(0x200)).unwrap().contains(&(16502, 5)));
-    let mut m = tl.begin_modification(Lsn(0x300));
-    m.put_rel_drop(a).unwrap();
-    m.commit(RecordLsn {
-        last: Lsn(0x300),
-        prev: Lsn(0x200),
-    })
-    .unwrap();
+    commit_at(&tl, 0x300, |m| m.put_rel_drop(a).unwrap());
     assert!(tl.list_dbs(Lsn(0x300)).unwrap().contains(&(16502, 5)));
-    let mut m = tl.begin_modification(Lsn(0x400));
-    m.put_rel_drop(b).unwrap();
-    m.commit(RecordLsn {
-        last: Lsn(0x400),
-        prev: Lsn(0x300),
-    })
-    .unwrap();
+    commit_at(&tl, 0x400, |m| m.put_rel_drop(b).unwrap());
     assert_eq!(
         tl.list_dbs(Lsn(0x400)).unwrap(),
         BTreeSet::from([(1663, 5)])
