@@ -9,9 +9,10 @@
 //! exists with that size at the last record ingested. A fork not in it is
 //! looked up in storage (and then cached); nothing negative is cached.
 //!
-//! Updated only by a [`super::DatadirModification`] that committed, so a
-//! failed record leaves it as it was. At most [`MAX_CACHED_RELS`] forks;
-//! past that it starts again empty.
+//! It learns sizes read from storage as they were before the record being
+//! ingested, and a record's own changes only when that record commits, so
+//! a failed record leaves it true. At most [`MAX_CACHED_RELS`] forks; past
+//! that it starts again empty.
 
 use std::collections::HashMap;
 
@@ -38,10 +39,6 @@ impl RelSizeCache {
     /// The fork's size at the last record ingested, if known.
     pub fn get(&self, rel: &RelTag) -> Option<u32> {
         self.sizes.get(rel).copied()
-    }
-
-    pub fn len(&self) -> usize {
-        self.sizes.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -17,22 +17,27 @@ fn rel(node: u32, fork: ForkNumber) -> RelTag {
     }
 }
 
+/// An in-memory timeline whose history begins at 0x100.
+fn root_timeline() -> Timeline {
+    let start = RecordLsn {
+        last: Lsn(0x100),
+        prev: Lsn(0x80),
+    };
+    Timeline::new_root(
+        TenantId::generate(),
+        TimelineId::generate(),
+        PgMajorVersion::V15,
+        start,
+    )
+}
+
 fn page(fill: u8) -> Bytes {
     Bytes::from(vec![fill; BLCKSZ])
 }
 
 #[test]
 fn relations_versions_and_branches() {
-    let start = RecordLsn {
-        last: Lsn(0x100),
-        prev: Lsn(0x80),
-    };
-    let tl = Arc::new(Timeline::new_root(
-        TenantId::generate(),
-        TimelineId::generate(),
-        PgMajorVersion::V15,
-        start,
-    ));
+    let tl = Arc::new(root_timeline());
     let r = rel(16384, ForkNumber::Main);
     let mut m = tl.begin_modification(Lsn(0x200));
     m.put_rel_creation(r, 0).unwrap();
@@ -105,16 +110,7 @@ fn relations_versions_and_branches() {
 
 #[test]
 fn deltas_apply_on_read() {
-    let start = RecordLsn {
-        last: Lsn(0x100),
-        prev: Lsn(0x80),
-    };
-    let tl = Timeline::new_root(
-        TenantId::generate(),
-        TimelineId::generate(),
-        PgMajorVersion::V15,
-        start,
-    );
+    let tl = root_timeline();
     let mut m = tl.begin_modification(Lsn(0x200));
     m.put_slru_page_image(SlruKind::Clog, 0, 0, page(0))
         .unwrap();
@@ -162,16 +158,7 @@ fn tablespace_rel(spc: u32, node: u32) -> RelTag {
 fn cached_sizes_match_storage() {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let start = RecordLsn {
-        last: Lsn(0x100),
-        prev: Lsn(0x80),
-    };
-    let tl = Timeline::new_root(
-        TenantId::generate(),
-        TimelineId::generate(),
-        PgMajorVersion::V15,
-        start,
-    );
+    let tl = root_timeline();
     let mut cache = RelSizeCache::default();
     let mut model: BTreeMap<RelTag, u32> = BTreeMap::new();
     let rels: Vec<RelTag> = (0..8).map(|i| rel(16384 + i, ForkNumber::Main)).collect();
@@ -238,16 +225,7 @@ fn commit_at(tl: &Timeline, lsn: u64, change: impl FnOnce(&mut DatadirModificati
 /// that tablespace with it: base backups refuse tablespaces in use only.
 #[test]
 fn an_emptied_tablespace_leaves_the_database_directory() {
-    let start = RecordLsn {
-        last: Lsn(0x100),
-        prev: Lsn(0x80),
-    };
-    let tl = Timeline::new_root(
-        TenantId::generate(),
-        TimelineId::generate(),
-        PgMajorVersion::V15,
-        start,
-    );
+    let tl = root_timeline();
     let (a, b) = (tablespace_rel(16502, 16600), tablespace_rel(16502, 16601));
     commit_at(&tl, 0x200, |m| {
         for r in [rel(16384, ForkNumber::Main), a, b] {
