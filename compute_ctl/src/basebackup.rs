@@ -113,8 +113,13 @@ impl PageserverHttp {
 }
 
 /// Fetches the base backup at `lsn` (`basebackup <tenant> <timeline>
-/// <lsn>`, a tar in CopyOut) into `tar_path`. Returns its size.
-pub async fn fetch(spec: &ComputeSpec, lsn: Lsn, tar_path: &Path) -> anyhow::Result<u64> {
+/// <lsn> [lazy]`, a tar in CopyOut) into `tar_path`. Returns its size.
+pub async fn fetch(
+    spec: &ComputeSpec,
+    lsn: Lsn,
+    lazy: bool,
+    tar_path: &Path,
+) -> anyhow::Result<u64> {
     let (addr, user) = spec.pageserver_pg_addr()?;
     let mut client = pq_proto::connect(
         addr.as_str(),
@@ -127,7 +132,10 @@ pub async fn fetch(spec: &ComputeSpec, lsn: Lsn, tar_path: &Path) -> anyhow::Res
     )
     .await
     .with_context(|| format!("connecting to the pageserver at {addr}"))?;
-    let query = format!("basebackup {} {} {lsn}", spec.tenant_id, spec.timeline_id);
+    let mut query = format!("basebackup {} {} {lsn}", spec.tenant_id, spec.timeline_id);
+    if lazy {
+        query.push_str(" lazy");
+    }
     let mut file = std::fs::File::create(tar_path)
         .with_context(|| format!("creating {}", tar_path.display()))?;
     let mut size = 0u64;
@@ -144,7 +152,7 @@ pub async fn fetch(spec: &ComputeSpec, lsn: Lsn, tar_path: &Path) -> anyhow::Res
     file.sync_all()
         .with_context(|| format!("writing {}", tar_path.display()))?;
     let _ = client.close().await;
-    info!(%lsn, size, "fetched the base backup");
+    info!(%lsn, size, lazy, "fetched the base backup");
     Ok(size)
 }
 

@@ -7,14 +7,17 @@
 //!    the pageserver's last record then); static: the spec's LSN;
 //! 2. wait until the pageserver has ingested WAL up to that LSN;
 //! 3. fetch the base backup at that LSN into a new PGDATA owned by the
-//!    PostgreSQL OS user, and write the configuration;
+//!    PostgreSQL OS user, and write the configuration; for a lazy data
+//!    directory ([`crate::lazy_mount`]) the base backup has no relation
+//!    data, and `compute_fs` mounts `base/` and `global/`;
 //! 4. start postgres and wait until it accepts connections;
 //! 5. primary: start the walproposer (in this process) streaming from that
 //!    LSN, then apply the spec's roles and databases.
 //!
-//! While it runs, the monitor records client activity; postgres exiting or
-//! the walproposer failing (fenced by a newer compute) stops the compute
-//! with status `failed`.
+//! While it runs, the monitor records client activity; postgres exiting,
+//! `compute_fs` exiting or the walproposer failing (fenced by a newer
+//! compute) stops the compute with status `failed`. Each step's duration
+//! is logged.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -32,6 +35,7 @@ use walproposer::driver::PostgresSource;
 
 use crate::basebackup::{self, PageserverHttp};
 use crate::commit_progress::CommitWatch;
+use crate::lazy_mount::{self, DataDirectory, LazyMount};
 use crate::pg::{self, OsUser, Postmaster, StopMode};
 use crate::{config, monitor, spec_apply, ComputeCtlConf};
 
@@ -77,6 +81,7 @@ struct Inner {
     start_lsn: Option<Lsn>,
     current_lsn: Option<Lsn>,
     postgres_pid: Option<u32>,
+    data_directory: Option<DataDirectory>,
 }
 
 struct Metrics {
@@ -130,6 +135,7 @@ pub struct ComputeNode {
 /// What runs while the compute is up.
 struct Running {
     postmaster: Postmaster,
+    fs: Option<LazyMount>,
     walproposer: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
 }
 
@@ -145,6 +151,7 @@ impl ComputeNode {
             start_lsn: None,
             current_lsn: None,
             postgres_pid: None,
+            data_directory: None,
         });
         let node = ComputeNode {
             conf,
@@ -182,6 +189,7 @@ impl ComputeNode {
             current_lsn: inner.current_lsn,
             pg_port: spec.map(|s| s.pg_port),
             postgres_pid: inner.postgres_pid,
+            data_directory: inner.data_directory.map(|d| d.name().to_owned()),
             commits: match inner.status {
                 ComputeStatus::Running => self.commits.progress(),
                 _ => None,
@@ -237,6 +245,7 @@ impl ComputeNode {
             inner.last_active = inner.start_time;
             inner.start_lsn = None;
             inner.current_lsn = None;
+            inner.data_directory = None;
         });
         self.set_status(ComputeStatus::Init, None);
         let stop = CancellationToken::new();
@@ -413,6 +422,10 @@ impl ComputeNode {
         let postgres = pg::find_postgres(&self.conf.pgbin)?;
         let user = pg::pg_os_user(self.conf.pg_os_user.as_deref())?;
         let pageserver = PageserverHttp::new(spec)?;
+        let data_directory = lazy_mount::choose(spec, &self.conf)?;
+        self.state
+            .send_modify(|inner| inner.data_directory = Some(data_directory));
+        let mut step = Step::new();
 
         let lsn = match spec.mode {
             ComputeMode::Primary => {
@@ -425,6 +438,7 @@ impl ComputeNode {
                         .context("syncing the safekeepers")
                 })
                 .await?;
+                step.done("synced the safekeepers");
                 info!(%synced, "safekeepers synced");
                 if synced.is_valid() {
                     synced
@@ -447,20 +461,50 @@ impl ComputeNode {
             inner.current_lsn = Some(lsn);
         });
         Self::unless_stopped(stop, pageserver.wait_for_lsn(lsn, PAGESERVER_WAIT, stop)).await?;
+        step.done("the pageserver has the WAL");
 
-        self.prepare_pgdata(spec, lsn, user.as_ref(), stop).await?;
+        self.prepare_pgdata(spec, lsn, data_directory, user.as_ref(), stop, &mut step)
+            .await?;
+        let mut fs = match data_directory {
+            DataDirectory::Lazy => {
+                let store = lazy_mount::store_path(&self.conf.pgdata);
+                let mount = Self::unless_stopped(
+                    stop,
+                    LazyMount::start(&self.conf, spec, lsn, &store, user.as_ref()),
+                )
+                .await?;
+                step.done("mounted the lazy data directory");
+                Some(mount)
+            }
+            DataDirectory::Full => None,
+        };
 
-        let mut postmaster = Postmaster::spawn(&postgres, &self.conf.pgdata, user.as_ref())?;
+        let spawned = Postmaster::spawn(&postgres, &self.conf.pgdata, user.as_ref());
+        let mut postmaster = match spawned {
+            Ok(postmaster) => postmaster,
+            Err(e) => {
+                if let Some(fs) = fs.as_mut() {
+                    fs.stop().await;
+                }
+                return Err(e);
+            }
+        };
         self.state
             .send_modify(|inner| inner.postgres_pid = Some(postmaster.pid));
-        let result = self.finish_start(spec, lsn, &mut postmaster, stop).await;
+        let result = self
+            .finish_start(spec, lsn, &mut postmaster, stop, &mut step)
+            .await;
         match result {
             Ok(walproposer) => Ok(Running {
                 postmaster,
+                fs,
                 walproposer,
             }),
             Err(e) => {
                 postmaster.stop(StopMode::Immediate).await;
+                if let Some(fs) = fs.as_mut() {
+                    fs.stop().await;
+                }
                 Err(e)
             }
         }
@@ -472,10 +516,19 @@ impl ComputeNode {
         &self,
         spec: &ComputeSpec,
         lsn: Lsn,
+        data_directory: DataDirectory,
         user: Option<&OsUser>,
         stop: &CancellationToken,
+        step: &mut Step,
     ) -> anyhow::Result<()> {
         let pgdata = self.conf.pgdata.clone();
+        let lazy = data_directory == DataDirectory::Lazy;
+        lazy_mount::clean_stale_mounts(&pgdata)?;
+        let store = lazy_mount::store_path(&pgdata);
+        if store.exists() {
+            std::fs::remove_dir_all(&store)
+                .with_context(|| format!("removing the old store {}", store.display()))?;
+        }
         if pgdata.exists() {
             std::fs::remove_dir_all(&pgdata)
                 .with_context(|| format!("removing the old data directory {}", pgdata.display()))?;
@@ -486,9 +539,11 @@ impl ComputeNode {
             pg::check_reachable(&pgdata, user)?;
         }
         let tar_path = tar_path(&pgdata);
-        let fetched = Self::unless_stopped(stop, basebackup::fetch(spec, lsn, &tar_path)).await;
+        let fetched =
+            Self::unless_stopped(stop, basebackup::fetch(spec, lsn, lazy, &tar_path)).await;
         let unpacked = match fetched {
             Ok(_) => {
+                step.done("fetched the base backup");
                 let (tar, dir) = (tar_path.clone(), pgdata.clone());
                 tokio::task::spawn_blocking(move || basebackup::unpack(&tar, &dir))
                     .await
@@ -498,6 +553,9 @@ impl ComputeNode {
         };
         let _ = std::fs::remove_file(&tar_path);
         unpacked?;
+        if lazy {
+            lazy_mount::move_into_store(&pgdata, &store)?;
+        }
         config::write_config(&pgdata, spec)?;
         {
             use std::os::unix::fs::PermissionsExt;
@@ -510,6 +568,7 @@ impl ComputeNode {
                 .await
                 .context("chown task")??;
         }
+        step.done("unpacked the base backup");
         Ok(())
     }
 
@@ -520,9 +579,11 @@ impl ComputeNode {
         lsn: Lsn,
         postmaster: &mut Postmaster,
         stop: &CancellationToken,
+        step: &mut Step,
     ) -> anyhow::Result<Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>> {
         let timeout = Duration::from_secs(self.conf.start_timeout_secs);
         Self::unless_stopped(stop, postmaster.wait_ready(spec.pg_port, timeout)).await?;
+        step.done("postgres accepts connections");
         info!(port = spec.pg_port, "postgres accepts connections");
         if spec.mode != ComputeMode::Primary {
             if !spec.roles.is_empty() || !spec.databases.is_empty() {
@@ -565,7 +626,10 @@ impl ComputeNode {
             status = postmaster.wait() => Err(anyhow::anyhow!("postgres exited during start ({status})")),
         };
         match result {
-            Ok(()) => Ok(Some((wp_cancel, walproposer))),
+            Ok(()) => {
+                step.done("applied the spec");
+                Ok(Some((wp_cancel, walproposer)))
+            }
             Err(e) => {
                 wp_cancel.cancel();
                 walproposer.abort();
@@ -619,6 +683,16 @@ impl ComputeNode {
             status = running.postmaster.wait() => {
                 Err(format!("postgres exited unexpectedly ({status})"))
             }
+            status = async {
+                match running.fs.as_mut() {
+                    Some(fs) => fs.wait().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                error!("compute_fs exited ({status}); stopping postgres");
+                running.postmaster.stop(StopMode::Immediate).await;
+                Err(format!("the lazy data directory's compute_fs exited ({status}); postgres was stopped"))
+            }
             ended = async {
                 match wp_task.as_mut() {
                     Some(task) => task.await,
@@ -642,6 +716,13 @@ impl ComputeNode {
                 Err(_) => warn!("the walproposer did not stop within 5 s"),
             }
         }
+        if let Some(fs) = running.fs.as_mut() {
+            if running.postmaster.try_exit().is_none() {
+                running.postmaster.stop(StopMode::Immediate).await;
+            }
+            let status = fs.stop().await;
+            info!("compute_fs stopped ({status})");
+        }
         match outcome {
             Ok(()) => self.set_status(ComputeStatus::Terminated, None),
             Err(e) => {
@@ -652,6 +733,32 @@ impl ComputeNode {
                 self.set_status(ComputeStatus::Failed, Some(e));
             }
         }
+    }
+}
+
+/// The durations of a start's steps, logged as each ends.
+struct Step {
+    started: Instant,
+    last: Instant,
+}
+
+impl Step {
+    fn new() -> Self {
+        let now = Instant::now();
+        Step {
+            started: now,
+            last: now,
+        }
+    }
+
+    fn done(&mut self, what: &str) {
+        let now = Instant::now();
+        info!(
+            step_ms = (now - self.last).as_millis() as u64,
+            total_ms = (now - self.started).as_millis() as u64,
+            "start: {what}"
+        );
+        self.last = now;
     }
 }
 

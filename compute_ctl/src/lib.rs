@@ -9,13 +9,17 @@
 //! * [`pg`]: finding, starting and stopping postgres as its OS user;
 //! * [`spec_apply`]: roles and databases;
 //! * [`monitor`]: client activity;
-//! * [`http`]: the routes.
+//! * [`http`]: the routes;
+//! * [`lazy_fs`]: `compute_fs`, the lazy data directory (FUSE);
+//! * [`lazy_mount`]: choosing, starting and stopping it.
 
 pub mod basebackup;
 pub mod commit_progress;
 pub mod compute;
 pub mod config;
 pub mod http;
+pub mod lazy_fs;
+pub mod lazy_mount;
 pub mod monitor;
 pub mod pg;
 pub mod spec_apply;
@@ -52,6 +56,12 @@ pub struct ComputeCtlConf {
     pub monitor_interval_ms: u64,
     /// How long postgres may take to accept connections.
     pub start_timeout_secs: u64,
+    /// The `compute_fs` executable (lazy data directories); a bare name
+    /// is looked up beside compute_ctl's own executable.
+    pub compute_fs: PathBuf,
+    /// The FUSE device; when it cannot be opened, computes start from a
+    /// full base backup unless their spec requires a lazy one.
+    pub fuse_device: PathBuf,
 }
 
 impl Default for ComputeCtlConf {
@@ -64,6 +74,8 @@ impl Default for ComputeCtlConf {
             pg_os_user: None,
             monitor_interval_ms: 500,
             start_timeout_secs: 60,
+            compute_fs: PathBuf::from("compute_fs"),
+            fuse_device: PathBuf::from("/dev/fuse"),
         }
     }
 }

@@ -53,6 +53,10 @@ pub struct EndpointConf {
     /// when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_pageserver_lag: Option<u64>,
+    /// Lazy data directory (see compute_ctl's spec); compute_ctl decides
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lazy: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +77,7 @@ pub struct CreateOptions {
     pub pg_version: u32,
     pub suspend_timeout: Option<Timeout>,
     pub max_pageserver_lag: Option<u64>,
+    pub lazy: Option<bool>,
 }
 
 fn port_free(port: u16) -> bool {
@@ -203,6 +208,7 @@ impl Endpoint {
             pg_version: opts.pg_version,
             suspend_timeout: opts.suspend_timeout,
             max_pageserver_lag: opts.max_pageserver_lag,
+            lazy: opts.lazy,
         };
         let text = toml::to_string_pretty(&conf).context("serializing the endpoint")?;
         let tmp = dir.with_file_name(format!(".{}.creating", opts.name));
@@ -285,6 +291,7 @@ impl Endpoint {
             settings: Default::default(),
             suspend_timeout_seconds: self.suspend_timeout().map(|t| t.as_secs()),
             max_pageserver_lag_bytes: self.conf.max_pageserver_lag,
+            lazy: self.conf.lazy,
         }
     }
 

@@ -247,6 +247,11 @@ enum EndpointCmd {
         /// [default: 268435456, 256 MiB]
         #[arg(long, value_name = "BYTES")]
         max_pageserver_lag: Option<u64>,
+        /// Lazy data directory, relation blocks read from the pageserver on
+        /// first use (FUSE): true requires it, false copies every relation
+        /// at each start [default: lazy where FUSE can be mounted]
+        #[arg(long, value_name = "BOOL")]
+        lazy: Option<bool>,
     },
     /// Start an endpoint's compute and wait until postgres runs
     Start {
@@ -479,6 +484,7 @@ fn endpoint_command(repo: &Path, env: &LocalEnv, cmd: EndpointCmd) -> anyhow::Re
             pg_version,
             suspend_timeout,
             max_pageserver_lag,
+            lazy,
         } => {
             let opts = endpoint::CreateOptions {
                 name: endpoint_id,
@@ -490,6 +496,7 @@ fn endpoint_command(repo: &Path, env: &LocalEnv, cmd: EndpointCmd) -> anyhow::Re
                 pg_version,
                 suspend_timeout,
                 max_pageserver_lag,
+                lazy,
             };
             let state = control_plane::state::State::load(repo)?;
             Endpoint::create(repo, env, &state, &opts).map(drop)

@@ -214,6 +214,7 @@ impl Service {
             pg_version: 15,
             suspend_timeout: Some(self.default_suspend_timeout),
             max_pageserver_lag: None,
+            lazy: None,
         };
         Endpoint::create_locked(&self.repo, &self.env, &state, &opts, &creation)
             .with_context(|| format!("creating an endpoint for branch '{branch}'"))?;

@@ -10,6 +10,12 @@
 //! WAL segment(s) holding a shutdown checkpoint right after the backup's
 //! LSN and the `global/pg_control` pointing at it.
 //!
+//! A lazy base backup (for computes that read relation blocks from the
+//! pageserver on first use) leaves out the data of logged relations and
+//! lists their forks' sizes instead, in
+//! [`pageserver_api::lazy::RELATION_SIZES_FILE`]; unlogged relations are
+//! sent whole (their init fork is all a compute needs of them).
+//!
 //! The checkpoint values in `pg_control` (next xid, oid, multixact and
 //! offset, oldest xid and multixact) are those WAL ingest kept up to date
 //! under the checkpoint key.
@@ -67,6 +73,15 @@ host    replication     all             127.0.0.1/32            trust
 host    replication     all             ::1/128                 trust
 ";
 
+/// What a base backup carries of logged relations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelationData {
+    /// Every block.
+    Full,
+    /// Only each fork's size, in the relation-sizes file.
+    SizesOnly,
+}
+
 /// What a base backup wrote.
 #[derive(Debug, Clone, Copy)]
 pub struct BasebackupInfo {
@@ -81,6 +96,7 @@ pub struct BasebackupInfo {
 pub fn send_basebackup(
     timeline: &Timeline,
     record: RecordLsn,
+    data: RelationData,
     out: impl Write,
 ) -> anyhow::Result<BasebackupInfo> {
     let lsn = record.last;
@@ -129,6 +145,7 @@ pub fn send_basebackup(
     }
 
     // Databases and their relations.
+    let mut sizes = Vec::new();
     for (spc, db) in timeline.list_dbs(lsn)? {
         match spc {
             GLOBALTABLESPACE_OID => {
@@ -172,10 +189,18 @@ pub fn send_basebackup(
                     }
                     _ => continue,
                 }
+            } else if data == RelationData::SizesOnly {
+                sizes.push(relation_size(timeline, rel, lsn)?);
             } else {
                 send_rel(&mut tar, timeline, rel, rel, lsn)?;
             }
         }
+    }
+    if data == RelationData::SizesOnly {
+        tar.file(
+            pageserver_api::lazy::RELATION_SIZES_FILE,
+            pageserver_api::lazy::format(&sizes).as_bytes(),
+        )?;
     }
 
     // SLRUs.
@@ -219,6 +244,30 @@ pub fn send_basebackup(
     Ok(BasebackupInfo {
         checkpoint_lsn: start.checkpoint_lsn,
         end_lsn: start.end_lsn,
+    })
+}
+
+/// A logged relation fork's size, for a lazy base backup.
+fn relation_size(
+    timeline: &Timeline,
+    rel: RelTag,
+    lsn: Lsn,
+) -> anyhow::Result<pageserver_api::lazy::RelationSize> {
+    let blocks = timeline.get_rel_size(rel, lsn)?.with_context(|| {
+        format!(
+            "relation {} fork {} vanished at {lsn}",
+            rel.node,
+            rel.fork.name()
+        )
+    })?;
+    Ok(pageserver_api::lazy::RelationSize {
+        rel: pageserver_api::pagestream::RelSpec {
+            spc_oid: rel.node.spc_oid,
+            db_oid: rel.node.db_oid,
+            rel_node: rel.node.rel_node,
+            fork: rel.fork as u8,
+        },
+        blocks,
     })
 }
 
@@ -370,6 +419,7 @@ impl<W: Write> Tar<W> {
 pub fn basebackup_at(
     timeline: &Timeline,
     lsn: Option<Lsn>,
+    data: RelationData,
     out: &mut dyn std::io::Write,
 ) -> anyhow::Result<()> {
     let last = timeline.last_record();
@@ -385,5 +435,5 @@ pub fn basebackup_at(
             prev: Lsn::INVALID,
         },
     };
-    send_basebackup(timeline, record, out).map(|_| ())
+    send_basebackup(timeline, record, data, out).map(|_| ())
 }

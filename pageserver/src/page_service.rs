@@ -3,10 +3,11 @@
 //! * `pagestream <tenant_id> <timeline_id>`: CopyBoth; each CopyData is a
 //!   [`pageserver_api::pagestream::Request`] answered by one `Response`.
 //!   Reads wait (up to [`WAIT_LSN_TIMEOUT`]) until WAL up to the request's
-//!   LSN is ingested. A failed request gets an error response and the
+//!   LSN is ingested; GetLatestPage then reads at the last record ingested. A failed request gets an error response and the
 //!   stream goes on; a malformed one ends the stream with an error.
-//! * `basebackup <tenant_id> <timeline_id> [lsn]`: CopyOut of a tar of
-//!   PGDATA at the LSN (default: the last record ingested).
+//! * `basebackup <tenant_id> <timeline_id> [lsn] [lazy]`: CopyOut of a tar
+//!   of PGDATA at the LSN (default: the last record ingested); with `lazy`,
+//!   logged relations are listed with their sizes instead of sent.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 use utils::{Lsn, TenantId, TimelineId};
 
+use crate::basebackup::RelationData;
 use crate::key::SlruKind;
 use crate::tenant::timeline::Timeline;
 
@@ -41,7 +43,8 @@ pub trait TimelineLookup: Send + Sync + 'static {
 
 /// Produces base backups; [`crate::basebackup::basebackup_at`] in the
 /// pageserver, a stand-in in tests.
-pub type BasebackupFn = fn(&Timeline, Option<Lsn>, &mut dyn std::io::Write) -> anyhow::Result<()>;
+pub type BasebackupFn =
+    fn(&Timeline, Option<Lsn>, RelationData, &mut dyn std::io::Write) -> anyhow::Result<()>;
 
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
@@ -53,6 +56,7 @@ enum Command {
         tenant_id: TenantId,
         timeline_id: TimelineId,
         lsn: Option<Lsn>,
+        data: RelationData,
     },
 }
 
@@ -73,15 +77,19 @@ fn parse_command(query: &str) -> anyhow::Result<Command> {
             let (tenant_id, timeline_id) = ids(t, l)?;
             Ok(Command::Pagestream { tenant_id, timeline_id })
         }
-        ["basebackup", t, l] => {
+        ["basebackup", t, l, rest @ ..] if rest.len() <= 2 => {
             let (tenant_id, timeline_id) = ids(t, l)?;
-            Ok(Command::Basebackup { tenant_id, timeline_id, lsn: None })
+            let (lsn, data) = match rest {
+                [] => (None, RelationData::Full),
+                ["lazy"] => (None, RelationData::SizesOnly),
+                [lsn] => (Some(lsn.parse().context("LSN")?), RelationData::Full),
+                [lsn, "lazy"] => (Some(lsn.parse().context("LSN")?), RelationData::SizesOnly),
+                [_, other] => bail!("unknown base backup option {other:?} (the one option is 'lazy')"),
+                _ => unreachable!("at most two words"),
+            };
+            Ok(Command::Basebackup { tenant_id, timeline_id, lsn, data })
         }
-        ["basebackup", t, l, lsn] => {
-            let (tenant_id, timeline_id) = ids(t, l)?;
-            Ok(Command::Basebackup { tenant_id, timeline_id, lsn: Some(lsn.parse().context("LSN")?) })
-        }
-        _ => bail!("unsupported command {query:?}: this is a pageserver; it accepts 'pagestream <tenant> <timeline>' and 'basebackup <tenant> <timeline> [lsn]'"),
+        _ => bail!("unsupported command {query:?}: this is a pageserver; it accepts 'pagestream <tenant> <timeline>' and 'basebackup <tenant> <timeline> [lsn] [lazy]'"),
     }
 }
 
@@ -141,9 +149,9 @@ where
                 let span = info_span!("pagestream", %tenant_id, %timeline_id);
                 pagestream(pgb, timeline, cancel).instrument(span)
             })),
-            Command::Basebackup { lsn, .. } => {
+            Command::Basebackup { lsn, data, .. } => {
                 let span = info_span!("basebackup", %tenant_id, %timeline_id);
-                send_basebackup(pgb, timeline, lsn, self.basebackup)
+                send_basebackup(pgb, timeline, lsn, data, self.basebackup)
                     .instrument(span)
                     .await?;
                 Ok(QueryOutcome::Done)
@@ -156,6 +164,7 @@ async fn send_basebackup<S>(
     pgb: &mut PostgresBackend<S>,
     timeline: Arc<Timeline>,
     lsn: Option<Lsn>,
+    data: RelationData,
     basebackup: BasebackupFn,
 ) -> anyhow::Result<()>
 where
@@ -167,7 +176,7 @@ where
     // Build the tar off the runtime, then stream it.
     let tar = tokio::task::spawn_blocking(move || {
         let mut tar = Vec::new();
-        basebackup(&timeline, lsn, &mut tar).map(|()| tar)
+        basebackup(&timeline, lsn, data, &mut tar).map(|()| tar)
     })
     .await
     .context("base backup task")??;
@@ -242,6 +251,10 @@ async fn handle_request(timeline: &Arc<Timeline>, request: &Request) -> anyhow::
         Request::Exists { lsn, .. }
         | Request::Nblocks { lsn, .. }
         | Request::GetPage { lsn, .. }
+        | Request::GetLatestPage {
+            not_modified_since: lsn,
+            ..
+        }
         | Request::DbSize { lsn, .. }
         | Request::GetSlruSegment { lsn, .. } => *lsn,
     };
@@ -262,6 +275,11 @@ async fn handle_request(timeline: &Arc<Timeline>, request: &Request) -> anyhow::
             }
             Request::GetPage { rel, block, .. } => {
                 Response::Page(timeline.get_rel_page(rel_tag(&rel)?, block, lsn)?)
+            }
+            Request::GetLatestPage { rel, block, .. } => {
+                // At or after the requested LSN (waited for above).
+                let latest = timeline.last_record_lsn().max(lsn);
+                Response::Page(timeline.get_rel_page(rel_tag(&rel)?, block, latest)?)
             }
             Request::DbSize { db_oid, .. } => Response::DbSize(timeline.db_size(db_oid, lsn)?),
             Request::GetSlruSegment { kind, segment, .. } => {
@@ -293,7 +311,26 @@ mod tests {
             Command::Basebackup {
                 tenant_id: t,
                 timeline_id: l,
-                lsn: Some(Lsn(0x16B5A50))
+                lsn: Some(Lsn(0x16B5A50)),
+                data: RelationData::Full,
+            }
+        );
+        assert_eq!(
+            parse_command(&format!("basebackup {t} {l} 0/16B5A50 lazy")).unwrap(),
+            Command::Basebackup {
+                tenant_id: t,
+                timeline_id: l,
+                lsn: Some(Lsn(0x16B5A50)),
+                data: RelationData::SizesOnly,
+            }
+        );
+        assert_eq!(
+            parse_command(&format!("basebackup {t} {l} lazy")).unwrap(),
+            Command::Basebackup {
+                tenant_id: t,
+                timeline_id: l,
+                lsn: None,
+                data: RelationData::SizesOnly,
             }
         );
         for bad in [
@@ -301,6 +338,8 @@ mod tests {
             "SELECT 1",
             "pagestream x y",
             &format!("basebackup {t} {l} nope"),
+            &format!("basebackup {t} {l} 0/1 eager"),
+            &format!("basebackup {t} {l} 0/1 lazy more"),
         ] {
             assert!(parse_command(bad).is_err(), "{bad}");
         }

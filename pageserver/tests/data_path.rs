@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use common::{configure, extract_tar, give_to_postgres, initdb, run, PgServer};
-use pageserver::basebackup::send_basebackup;
+use pageserver::basebackup::{send_basebackup, RelationData};
 use pageserver::import_datadir::{end_of_wal, import_datadir};
 use pageserver::tenant::timeline::{RecordLsn, Timeline};
 use pageserver::walingest::WalIngest;
@@ -41,7 +41,7 @@ fn start_from_basebackup(
     name: &str,
 ) -> anyhow::Result<PgServer> {
     let mut tar = Vec::new();
-    let info = send_basebackup(timeline, at, &mut tar)
+    let info = send_basebackup(timeline, at, RelationData::Full, &mut tar)
         .with_context(|| format!("base backup at {}", at.last))?;
     let pgdata = dir.join(name);
     extract_tar(&tar, &pgdata)?;
@@ -172,13 +172,13 @@ fn bad_input_is_refused() -> anyhow::Result<()> {
         last: at.last + 0x1000,
         prev: at.last,
     };
-    let err = send_basebackup(&timeline, beyond, Vec::new()).unwrap_err();
+    let err = send_basebackup(&timeline, beyond, RelationData::Full, Vec::new()).unwrap_err();
     assert!(format!("{err:#}").contains("ingested up to"), "{err:#}");
     let before = RecordLsn {
         last: Lsn(at.last.0 - 8),
         prev: at.prev,
     };
-    assert!(send_basebackup(&timeline, before, Vec::new()).is_err());
+    assert!(send_basebackup(&timeline, before, RelationData::Full, Vec::new()).is_err());
 
     // Garbage records are errors, and change nothing.
     let mut ingest = WalIngest::new(&timeline)?;

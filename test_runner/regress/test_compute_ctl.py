@@ -54,8 +54,8 @@ class ComputeCtl:
             **extra,
         }
 
-    def start(self, name: str, spec: dict | None) -> Daemon:
-        args = ["--pgdata", str(self.out / name)]
+    def start(self, name: str, spec: dict | None, extra: list[str] | None = None) -> Daemon:
+        args = ["--pgdata", str(self.out / name), *(extra or [])]
         if spec is not None:
             path = self.out / f"{name}.json"
             path.write_text(json.dumps(spec))

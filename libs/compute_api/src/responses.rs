@@ -62,6 +62,10 @@ pub struct ComputeState {
     pub pg_port: Option<u16>,
     /// The postmaster's pid while postgres runs.
     pub postgres_pid: Option<u32>,
+    /// `lazy` (relation blocks read from the pageserver on first use) or
+    /// `full` (copied at start), once the start has chosen.
+    #[serde(default)]
+    pub data_directory: Option<String>,
     /// A primary's commits: how far they got and whether they wait for
     /// the safekeepers (absent while no walproposer runs).
     #[serde(default)]
@@ -125,6 +129,7 @@ impl ComputeState {
             current_lsn: None,
             pg_port: None,
             postgres_pid: None,
+            data_directory: None,
             commits: None,
         }
     }

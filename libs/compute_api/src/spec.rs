@@ -97,6 +97,12 @@ pub struct ComputeSpec {
     /// by more than this many bytes (backpressure); unset: 256 MiB, 0: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_pageserver_lag_bytes: Option<u64>,
+    /// Lazy data directory (relation blocks read from the pageserver on
+    /// first use, through compute_ctl's FUSE filesystem): `true` requires
+    /// it, `false` copies every relation in the base backup; unset: lazy
+    /// where FUSE can be mounted, else full (said in compute_ctl's log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lazy: Option<bool>,
 }
 
 fn format_version() -> u32 {

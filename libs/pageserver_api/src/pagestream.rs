@@ -36,6 +36,15 @@ pub enum Request {
         rel: RelSpec,
         block: u32,
     },
+    /// The page as of the newest WAL the pageserver has ingested, which
+    /// must reach `not_modified_since`: for a primary, whose blocks do not
+    /// change in the timeline unless it writes them (and what it wrote it
+    /// does not read back from the pageserver). Never below the GC horizon.
+    GetLatestPage {
+        not_modified_since: Lsn,
+        rel: RelSpec,
+        block: u32,
+    },
     DbSize {
         lsn: Lsn,
         db_oid: u32,
@@ -120,6 +129,16 @@ impl Request {
                 put_rel(&mut out, rel);
                 out.put_u32_le(*block);
             }
+            Request::GetLatestPage {
+                not_modified_since,
+                rel,
+                block,
+            } => {
+                out.put_u8(5);
+                out.put_u64_le(not_modified_since.0);
+                put_rel(&mut out, rel);
+                out.put_u32_le(*block);
+            }
             Request::DbSize { lsn, db_oid } => {
                 out.put_u8(3);
                 out.put_u64_le(lsn.0);
@@ -140,7 +159,7 @@ impl Request {
         let tag = r.u8().map_err(|_| DecodeError::Empty)?;
         let expected = match tag {
             0 | 1 => 1 + 8 + REL_SIZE,
-            2 => 1 + 8 + REL_SIZE + 4,
+            2 | 5 => 1 + 8 + REL_SIZE + 4,
             3 => 1 + 8 + 4,
             4 => 1 + 8 + 1 + 4,
             other => return Err(DecodeError::UnknownTag(other)),
@@ -164,6 +183,11 @@ impl Request {
             },
             2 => Request::GetPage {
                 lsn,
+                rel: read_rel(&mut r)?,
+                block: r.u32()?,
+            },
+            5 => Request::GetLatestPage {
+                not_modified_since: lsn,
                 rel: read_rel(&mut r)?,
                 block: r.u32()?,
             },
@@ -282,6 +306,11 @@ mod tests {
                 lsn: Lsn(3),
                 rel,
                 block: 7,
+            },
+            Request::GetLatestPage {
+                not_modified_since: Lsn(6),
+                rel,
+                block: 8,
             },
             Request::DbSize {
                 lsn: Lsn(4),
