@@ -16,6 +16,7 @@ packages=(
   util-linux             # runuser: PostgreSQL must not run as root
   openssl                # certificates for the proxy's TLS (tests, docs/proxy.md)
   dpkg-dev               # dpkg-source: `apt-get source` of the regression suite
+  fuse3                  # fusermount3: lazy computes (compute_fs) when not root
 )
 
 sudo=""

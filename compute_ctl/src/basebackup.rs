@@ -42,6 +42,8 @@ pub struct PageserverHttp {
 #[derive(serde::Deserialize)]
 struct TimelineDetail {
     last_record_lsn: Lsn,
+    #[serde(default)]
+    shutdown_checkpoint_lsn: Option<Lsn>,
 }
 
 impl PageserverHttp {
@@ -68,9 +70,19 @@ impl PageserverHttp {
 
     /// The last LSN the pageserver has ingested on the timeline.
     pub async fn last_record_lsn(&self) -> anyhow::Result<Lsn> {
+        Ok(self.detail().await?.last_record_lsn)
+    }
+
+    /// Where the latest shutdown checkpoint record the pageserver has
+    /// ingested begins: where a replica starts.
+    pub async fn shutdown_checkpoint_lsn(&self) -> anyhow::Result<Option<Lsn>> {
+        Ok(self.detail().await?.shutdown_checkpoint_lsn)
+    }
+
+    async fn detail(&self) -> anyhow::Result<TimelineDetail> {
         let response = self
             .client
-            .get(&self.base)
+            .get(format!("{}?logical_size=false", self.base))
             .send()
             .await
             .with_context(|| format!("asking the pageserver at {}", self.base))?;
@@ -79,11 +91,10 @@ impl PageserverHttp {
             let body = response.text().await.unwrap_or_default();
             bail!("the pageserver answered {status} for {}: {body}", self.base);
         }
-        let detail: TimelineDetail = response
+        response
             .json()
             .await
-            .context("reading the pageserver's timeline detail")?;
-        Ok(detail.last_record_lsn)
+            .context("reading the pageserver's timeline detail")
     }
 
     /// Waits until the pageserver has ingested WAL up to `lsn`.
@@ -106,7 +117,7 @@ impl PageserverHttp {
             }
             tokio::select! {
                 _ = cancel.cancelled() => bail!("cancelled"),
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
             }
         }
     }

@@ -130,6 +130,8 @@ pub struct ComputeNode {
     metrics: Metrics,
     /// The running walproposer's progress.
     commits: CommitWatch,
+    /// The control plane's trace context: its id is on every start's span.
+    trace: Mutex<Option<crate::control_plane::TraceParent>>,
 }
 
 /// What runs while the compute is up.
@@ -160,6 +162,7 @@ impl ComputeNode {
             ops: tokio::sync::Mutex::new(()),
             metrics: Metrics::new()?,
             commits: CommitWatch::new(registry)?,
+            trace: Mutex::new(None),
         };
         node.metrics.register(registry)?;
         node.metrics
@@ -167,6 +170,11 @@ impl ComputeNode {
             .with_label_values(&[ComputeStatus::Empty.as_str()])
             .set(1);
         Ok(Arc::new(node))
+    }
+
+    /// The trace the starts belong to (from `TRACEPARENT`).
+    pub fn set_trace(&self, trace: Option<crate::control_plane::TraceParent>) {
+        *self.trace.lock().unwrap_or_else(|e| e.into_inner()) = trace;
     }
 
     pub fn status(&self) -> ComputeStatus {
@@ -250,7 +258,20 @@ impl ComputeNode {
         self.set_status(ComputeStatus::Init, None);
         let stop = CancellationToken::new();
         let node = Arc::clone(self);
-        let span = tracing::info_span!("compute", tenant_id = %spec.tenant_id, timeline_id = %spec.timeline_id);
+        let span = tracing::info_span!(
+            "compute",
+            tenant_id = %spec.tenant_id,
+            timeline_id = %spec.timeline_id,
+            trace_id = tracing::field::Empty
+        );
+        if let Some(trace) = self
+            .trace
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            span.record("trace_id", trace.trace_id.as_str());
+        }
         let task = tokio::spawn(node.run_compute(spec, stop.clone()).instrument(span));
         *run = Some((stop, task));
         Ok(())
@@ -448,6 +469,13 @@ impl ComputeNode {
                     pageserver.last_record_lsn().await?
                 }
             }
+            ComputeMode::Replica => {
+                let lsn = pageserver.shutdown_checkpoint_lsn().await?.context(
+                    "the timeline has no shutdown checkpoint yet, where a replica could start: start its primary first",
+                )?;
+                info!(%lsn, "a replica starts at the latest shutdown checkpoint");
+                lsn
+            }
             ComputeMode::Static(lsn) => {
                 let last = pageserver.last_record_lsn().await?;
                 if lsn > last {
@@ -587,7 +615,7 @@ impl ComputeNode {
         info!(port = spec.pg_port, "postgres accepts connections");
         if spec.mode != ComputeMode::Primary {
             if !spec.roles.is_empty() || !spec.databases.is_empty() {
-                warn!("a static compute is read-only: roles and databases are not applied");
+                warn!("a read-only compute cannot apply roles and databases: the primary's are replicated");
             }
             return Ok(None);
         }

@@ -59,8 +59,30 @@ pub fn mandatory_settings(spec: &ComputeSpec) -> Vec<(&'static str, String)> {
         ComputeMode::Static(_) => {
             settings.push(("hot_standby", "on".into()));
         }
+        ComputeMode::Replica => {
+            settings.push(("hot_standby", "on".into()));
+            settings.push(("primary_conninfo", quote_conf(&primary_conninfo(spec))));
+        }
     }
     settings
+}
+
+/// Where a replica streams WAL from: the safekeepers (libpq tries each in
+/// turn), naming the timeline in the startup options.
+pub fn primary_conninfo(spec: &ComputeSpec) -> String {
+    let (hosts, ports): (Vec<&str>, Vec<&str>) = spec
+        .safekeepers
+        .iter()
+        .map(|addr| addr.rsplit_once(':').unwrap_or((addr.as_str(), "5454")))
+        .unzip();
+    format!(
+        "host={} port={} user={} application_name=replica options='-c tenant_id={} -c timeline_id={}'",
+        hosts.join(","),
+        ports.join(","),
+        compute_api::spec::SUPERUSER,
+        spec.tenant_id,
+        spec.timeline_id
+    )
 }
 
 /// The `compute_spec.conf` text for `settings`.
@@ -110,9 +132,9 @@ pub fn write_config(pgdata: &Path, spec: &ComputeSpec) -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", conf.display()))?;
     file.write_all(text.as_bytes())
         .with_context(|| format!("writing {}", conf.display()))?;
-    if let ComputeMode::Static(_) = spec.mode {
-        // A hot standby with no WAL source: it stays at the base backup's
-        // LSN and refuses writes whatever a session sets.
+    if matches!(spec.mode, ComputeMode::Static(_) | ComputeMode::Replica) {
+        // A hot standby: it refuses writes whatever a session sets. A
+        // static one has no WAL source and stays at the base backup's LSN.
         write("standby.signal", "")?;
     }
     Ok(())

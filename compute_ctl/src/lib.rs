@@ -6,6 +6,7 @@
 //! * [`compute`]: the compute's life (start sequence, supervision);
 //! * [`basebackup`]: safekeeper sync, the pageserver, the base backup;
 //! * [`config`]: the files written into PGDATA;
+//! * [`control_plane`]: the spec from the control plane, the trace context;
 //! * [`pg`]: finding, starting and stopping postgres as its OS user;
 //! * [`spec_apply`]: roles and databases;
 //! * [`monitor`]: client activity;
@@ -17,6 +18,7 @@ pub mod basebackup;
 pub mod commit_progress;
 pub mod compute;
 pub mod config;
+pub mod control_plane;
 pub mod http;
 pub mod lazy_fs;
 pub mod lazy_mount;
@@ -45,6 +47,11 @@ pub struct ComputeCtlConf {
     pub pgdata: PathBuf,
     /// Compute spec (JSON) to start the compute from at launch.
     pub spec_path: Option<PathBuf>,
+    /// Without `spec_path`: the control plane to fetch the spec from at
+    /// launch (`GET <uri>/v1/computes/<compute_id>/spec`).
+    pub control_plane_uri: Option<String>,
+    /// This compute's id at the control plane.
+    pub compute_id: Option<String>,
     /// The `postgres` executable; a bare name is looked up in
     /// /usr/lib/postgresql/15/bin, `pg_config --bindir` and `PATH`.
     pub pgbin: PathBuf,
@@ -69,6 +76,8 @@ impl Default for ComputeCtlConf {
         Self {
             pgdata: PathBuf::from("pgdata"),
             spec_path: None,
+            control_plane_uri: None,
+            compute_id: None,
             pgbin: PathBuf::from("postgres"),
             listen_http_addr: "127.0.0.1:3080".into(),
             pg_os_user: None,
@@ -90,11 +99,26 @@ pub fn load_spec(path: &std::path::Path) -> anyhow::Result<ComputeSpec> {
 /// Runs compute_ctl until `cancel` fires (SIGTERM) or `/terminate`; stops
 /// postgres before returning.
 pub async fn run(mut conf: ComputeCtlConf, cancel: CancellationToken) -> anyhow::Result<()> {
-    let spec = conf.spec_path.as_deref().map(load_spec).transpose()?;
+    let trace = control_plane::TraceParent::from_env();
+    if let Some(trace) = &trace {
+        info!(trace_id = %trace.trace_id, "starting within trace {}", trace.trace_id);
+    }
+    let spec = match (&conf.spec_path, &conf.control_plane_uri) {
+        (Some(path), _) => Some(load_spec(path)?),
+        (None, Some(uri)) => {
+            let id = conf
+                .compute_id
+                .as_deref()
+                .context("--control-plane-uri needs --compute-id")?;
+            Some(control_plane::fetch_spec(uri, id, trace.as_ref(), &cancel).await?)
+        }
+        (None, None) => None,
+    };
     conf.pgdata = std::path::absolute(&conf.pgdata)
         .with_context(|| format!("resolving {}", conf.pgdata.display()))?;
     let http = HttpServer::new(SERVICE)?;
     let node = ComputeNode::new(conf.clone(), http.registry())?;
+    node.set_trace(trace);
     let status_node = node.clone();
     let http = http.with_status(move || {
         Map::from_iter([(

@@ -7,7 +7,8 @@ use daemon_utils::{apply_overrides, CommonArgs};
 
 /// compute_ctl: runs and manages one stock PostgreSQL compute node.
 ///
-/// Given a spec (--spec FILE, or later POST /configure) it syncs the
+/// Given a spec (--spec FILE, fetched from --control-plane-uri, or later
+/// POST /configure) it syncs the
 /// safekeepers, fetches a base backup from the pageserver into a fresh
 /// PGDATA, starts postgres (as the postgres OS user when run as root), runs
 /// the walproposer, and applies the spec's roles and databases. HTTP API:
@@ -25,6 +26,14 @@ struct Cli {
     /// Compute spec (JSON file) to start the compute from
     #[arg(short = 'c', long = "spec", value_name = "FILE")]
     spec_path: Option<PathBuf>,
+    /// Without --spec: fetch the spec from this control plane
+    /// (GET <URI>/v1/computes/<compute-id>/spec); the W3C trace context in
+    /// TRACEPARENT is passed on and logged with every line of the start
+    #[arg(long, value_name = "URI")]
+    control_plane_uri: Option<String>,
+    /// This compute's id at the control plane
+    #[arg(long, value_name = "ID")]
+    compute_id: Option<String>,
     /// The postgres executable [default: found in /usr/lib/postgresql/15/bin,
     /// pg_config --bindir or PATH]
     #[arg(short = 'b', long)]
@@ -46,6 +55,12 @@ fn main() -> ExitCode {
             apply_overrides!(conf, cli, pgdata, pgbin, listen_http_addr);
             if cli.spec_path.is_some() {
                 conf.spec_path = cli.spec_path;
+            }
+            if cli.control_plane_uri.is_some() {
+                conf.control_plane_uri = cli.control_plane_uri;
+            }
+            if cli.compute_id.is_some() {
+                conf.compute_id = cli.compute_id;
             }
             if cli.pg_os_user.is_some() {
                 conf.pg_os_user = cli.pg_os_user;

@@ -221,7 +221,7 @@ impl Postmaster {
             if Instant::now() >= deadline {
                 bail!("postgres did not accept connections on port {port} within {timeout:?}: {problem}");
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

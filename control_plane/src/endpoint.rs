@@ -57,6 +57,16 @@ pub struct EndpointConf {
     /// when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lazy: Option<bool>,
+    /// A read replica of the branch: it streams the primary's WAL.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replica: bool,
+}
+
+impl EndpointConf {
+    /// Read-write (neither at a fixed LSN nor a replica).
+    pub fn is_primary(&self) -> bool {
+        self.lsn.is_none() && !self.replica
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +88,7 @@ pub struct CreateOptions {
     pub suspend_timeout: Option<Timeout>,
     pub max_pageserver_lag: Option<u64>,
     pub lazy: Option<bool>,
+    pub replica: bool,
 }
 
 fn port_free(port: u16) -> bool {
@@ -196,6 +207,9 @@ impl Endpoint {
             None => next_free(pg_port.max(base))?,
         };
         if let Some(lsn) = opts.lsn {
+            if opts.replica {
+                bail!("a replica follows its branch: it cannot also be at a fixed LSN");
+            }
             check_static_lsn(env, tenant_id, timeline_id, &opts.branch_name, lsn)?;
         }
         let conf = EndpointConf {
@@ -209,6 +223,7 @@ impl Endpoint {
             suspend_timeout: opts.suspend_timeout,
             max_pageserver_lag: opts.max_pageserver_lag,
             lazy: opts.lazy,
+            replica: opts.replica,
         };
         let text = toml::to_string_pretty(&conf).context("serializing the endpoint")?;
         let tmp = dir.with_file_name(format!(".{}.creating", opts.name));
@@ -235,6 +250,7 @@ impl Endpoint {
     pub fn mode(&self) -> ComputeMode {
         match self.conf.lsn {
             Some(lsn) => ComputeMode::Static(lsn),
+            None if self.conf.replica => ComputeMode::Replica,
             None => ComputeMode::Primary,
         }
     }
@@ -274,7 +290,7 @@ impl Endpoint {
             ),
             pageserver_http: env.pageserver.listen_http_addr.clone(),
             safekeepers: match self.mode() {
-                ComputeMode::Primary => env
+                ComputeMode::Primary | ComputeMode::Replica => env
                     .safekeepers
                     .iter()
                     .map(|sk| sk.listen_pg_addr.clone())
@@ -353,23 +369,23 @@ impl Endpoint {
         let name = &self.conf.name;
         let daemon = self.daemon(env);
         // No other primary may start on the timeline meanwhile.
-        let _timeline_lock = match self.conf.lsn {
-            None => Some(lock_creating(
+        let _timeline_lock = match self.conf.is_primary() {
+            true => Some(lock_creating(
                 &repo
                     .join("locks")
                     .join(format!("timeline-{}", self.conf.timeline_id)),
             )?),
-            Some(_) => None,
+            false => None,
         };
         if let Some(pid) = daemon.running_pid()? {
             bail!("endpoint '{name}' is already running (compute_ctl pid {pid})");
         }
         daemon.check_binary()?;
         env.check_postgres(repo)?;
-        if self.conf.lsn.is_none() {
+        if self.conf.is_primary() {
             for other in Self::list(repo)? {
                 if other.conf.name != *name
-                    && other.conf.lsn.is_none()
+                    && other.conf.is_primary()
                     && other.conf.tenant_id == self.conf.tenant_id
                     && other.conf.timeline_id == self.conf.timeline_id
                     && other.running_pid(env)?.is_some()
@@ -399,7 +415,7 @@ impl Endpoint {
                     self.conf.timeline_id
                 )
             })?;
-        if self.conf.lsn.is_none() {
+        if self.conf.is_primary() {
             self.ensure_safekeeper_timelines(env)?;
         }
         let spec_path = self.dir.join(SPEC_FILE);
@@ -533,7 +549,9 @@ impl Endpoint {
     /// The timeline on every safekeeper that answers. A quorum suffices,
     /// as for commits: the others are named in a warning and get the
     /// timeline when they start again (see [`ensure_timelines_on`]).
-    fn ensure_safekeeper_timelines(&self, env: &LocalEnv) -> anyhow::Result<()> {
+    /// Creates the timeline on the safekeepers where it is missing (a
+    /// quorum must answer).
+    pub fn ensure_safekeeper_timelines(&self, env: &LocalEnv) -> anyhow::Result<()> {
         let mut unreachable = Vec::new();
         for sk in &env.safekeepers {
             let created = SafekeeperClient::new(&sk.listen_http_addr).and_then(|client| {
@@ -650,7 +668,7 @@ pub fn ensure_timelines_on(repo: &Path, http_addr: &str) -> anyhow::Result<()> {
     let mut done = HashSet::new();
     for endpoint in Endpoint::list(repo)? {
         let c = &endpoint.conf;
-        if c.lsn.is_none() && done.insert((c.tenant_id, c.timeline_id)) {
+        if c.is_primary() && done.insert((c.tenant_id, c.timeline_id)) {
             client
                 .ensure_timeline(c.tenant_id, c.timeline_id, c.pg_version)
                 .with_context(|| {
@@ -729,7 +747,11 @@ pub fn list_table(
                 .unwrap_or("<no name>")
                 .to_owned(),
             lsn,
-            e.status(env),
+            if e.conf.replica {
+                format!("{} (replica)", e.status(env))
+            } else {
+                e.status(env)
+            },
         ]);
     }
     Ok(format_table(&rows))

@@ -252,6 +252,11 @@ enum EndpointCmd {
         /// at each start [default: lazy where FUSE can be mounted]
         #[arg(long, value_name = "BOOL")]
         lazy: Option<bool>,
+        /// A read replica of this branch: a hot standby that streams the
+        /// primary's WAL from the safekeepers and refuses writes (instead
+        /// of --branch-name)
+        #[arg(long, value_name = "BRANCH", conflicts_with_all = ["lsn", "branch_name"])]
+        replica_of: Option<String>,
     },
     /// Start an endpoint's compute and wait until postgres runs
     Start {
@@ -485,11 +490,13 @@ fn endpoint_command(repo: &Path, env: &LocalEnv, cmd: EndpointCmd) -> anyhow::Re
             suspend_timeout,
             max_pageserver_lag,
             lazy,
+            replica_of,
         } => {
+            let replica = replica_of.is_some();
             let opts = endpoint::CreateOptions {
                 name: endpoint_id,
                 tenant_id,
-                branch_name,
+                branch_name: replica_of.unwrap_or(branch_name),
                 pg_port,
                 http_port,
                 lsn,
@@ -497,6 +504,7 @@ fn endpoint_command(repo: &Path, env: &LocalEnv, cmd: EndpointCmd) -> anyhow::Re
                 suspend_timeout,
                 max_pageserver_lag,
                 lazy,
+                replica,
             };
             let state = control_plane::state::State::load(repo)?;
             Endpoint::create(repo, env, &state, &opts).map(drop)

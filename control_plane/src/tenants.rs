@@ -303,6 +303,7 @@ mod tests {
             ancestor_lsn: ancestor.map(|a| Lsn(a.1)),
             last_record_lsn: Lsn(0x16F9A00),
             prev_record_lsn: Lsn(0),
+            shutdown_checkpoint_lsn: None,
             disk_consistent_lsn: Lsn(0),
             remote_consistent_lsn: Lsn(0),
             gc_cutoff_lsn: Lsn(0),

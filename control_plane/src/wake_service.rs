@@ -13,6 +13,10 @@
 //! * Concurrent wakes of one endpoint wait for one start: a per-endpoint
 //!   read-write gate, where checking that a compute runs takes the read
 //!   side and starting or suspending it the write side.
+//! * `GET /v1/computes/{name}/spec`: the spec of endpoint `name`, as
+//!   `endpoint start` would give its compute_ctl (for compute_ctl
+//!   `--control-plane-uri`), after making its timeline on the safekeepers
+//!   as `endpoint start` does; 404 for an unknown endpoint.
 //! * Every second, each running endpoint with a suspend timeout is asked
 //!   for its last activity (compute_ctl's `/status`); one idle for its
 //!   timeout (and not woken for as long) is stopped and marked
@@ -27,12 +31,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use axum::body::Bytes;
-use axum::extract::State as AxumState;
+use axum::extract::{Path as AxumPath, State as AxumState};
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use compute_api::{ComputeState, ComputeStatus};
-use control_plane_api::{WakeRequest, WakeResponse, WAKE_COMPUTE_PATH};
+use compute_api::{ComputeSpec, ComputeState, ComputeStatus};
+use control_plane_api::{WakeRequest, WakeResponse, COMPUTE_SPEC_ROUTE, WAKE_COMPUTE_PATH};
 use daemon_utils::{bind_listener, ApiError, CancellationToken, HttpServer, ServiceInfo};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -173,7 +177,7 @@ impl Service {
             let mut primaries: Vec<Endpoint> = Endpoint::list(&self.repo)?
                 .into_iter()
                 .filter(|e| {
-                    e.conf.lsn.is_none()
+                    e.conf.is_primary()
                         && e.conf.tenant_id == tenant_id
                         && e.conf.timeline_id == timeline_id
                 })
@@ -215,6 +219,7 @@ impl Service {
             suspend_timeout: Some(self.default_suspend_timeout),
             max_pageserver_lag: None,
             lazy: None,
+            replica: false,
         };
         Endpoint::create_locked(&self.repo, &self.env, &state, &opts, &creation)
             .with_context(|| format!("creating an endpoint for branch '{branch}'"))?;
@@ -383,6 +388,38 @@ async fn wake_handler(
     svc.wake(req).await.map(Json)
 }
 
+async fn spec_handler(
+    AxumState(svc): AxumState<Arc<Service>>,
+    AxumPath(compute_id): AxumPath<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<ComputeSpec>, ApiError> {
+    if check_name("endpoint", &compute_id).is_err() {
+        return Err(not_found(format!(
+            "there is no endpoint named {compute_id:?}"
+        )));
+    }
+    let endpoint =
+        Endpoint::load(&svc.repo, &compute_id).map_err(|e| not_found(format!("{e:#}")))?;
+    if endpoint.conf.is_primary() {
+        // The storage a primary's spec names must be ready, as `endpoint
+        // start` makes it.
+        let (ep, env) = (endpoint.clone(), svc.env.clone());
+        tokio::task::spawn_blocking(move || ep.ensure_safekeeper_timelines(&env))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))?
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
+    }
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    info!(
+        endpoint = compute_id,
+        traceparent, "serving the compute spec"
+    );
+    Ok(Json(endpoint.spec(&svc.env)))
+}
+
 /// Runs the service until `cancel` fires.
 pub async fn run(conf: ServiceConf, cancel: CancellationToken) -> anyhow::Result<()> {
     let env = LocalEnv::load(&conf.repo_dir)?;
@@ -412,6 +449,7 @@ pub async fn run(conf: ServiceConf, cancel: CancellationToken) -> anyhow::Result
     );
     let routes = Router::new()
         .route(WAKE_COMPUTE_PATH, post(wake_handler))
+        .route(COMPUTE_SPEC_ROUTE, get(spec_handler))
         .with_state(svc.clone());
     let suspender = {
         let (svc, cancel) = (svc.clone(), cancel.clone());

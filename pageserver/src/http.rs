@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -150,6 +150,7 @@ pub fn timeline_info(timeline: &Timeline, with_logical_size: bool) -> anyhow::Re
         ancestor_lsn: timeline.ancestor().map(|a| a.lsn),
         last_record_lsn: last.last,
         prev_record_lsn: last.prev,
+        shutdown_checkpoint_lsn: timeline.get_shutdown_checkpoint(last.last)?,
         disk_consistent_lsn: timeline.disk_consistent_lsn(),
         remote_consistent_lsn: timeline.remote_consistent_lsn(),
         gc_cutoff_lsn: timeline.gc_horizon(),
@@ -213,17 +214,27 @@ async fn create_timeline(
     Ok((StatusCode::CREATED, Json(info)))
 }
 
+/// The detail's query: `?logical_size=false` leaves the logical size out
+/// (it reads every relation's size; computes poll the detail at start).
+#[derive(Debug, Default, serde::Deserialize)]
+struct DetailQuery {
+    logical_size: Option<bool>,
+}
+
 async fn timeline_info_handler(
     State(m): State<Manager>,
     Path((tenant_id, timeline_id)): Path<(String, String)>,
+    Query(query): Query<DetailQuery>,
 ) -> Result<Json<TimelineInfo>, ApiError> {
     let tenant = tenant(&m, &tenant_id)?;
     let timeline_id: TimelineId = parse(&timeline_id)?;
     let timeline = tenant
         .get_timeline(timeline_id)
         .map_err(|e| api_error(e.into()))?;
+    let with_logical_size = query.logical_size.unwrap_or(true);
     Ok(Json(
-        tokio::task::block_in_place(|| timeline_info(&timeline, true)).map_err(api_error)?,
+        tokio::task::block_in_place(|| timeline_info(&timeline, with_logical_size))
+            .map_err(api_error)?,
     ))
 }
 

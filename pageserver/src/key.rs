@@ -77,6 +77,7 @@ pub enum KeyKind {
     TwoPhaseFile,
     ControlFile,
     Checkpoint,
+    ShutdownCheckpoint,
     /// A key this version does not know (never made by the constructors).
     Unknown,
 }
@@ -91,6 +92,7 @@ const KIND_TWOPHASE_DIR: u8 = 0x06;
 const KIND_TWOPHASE: u8 = 0x07;
 const KIND_CONTROL_FILE: u8 = 0x08;
 const KIND_CHECKPOINT: u8 = 0x09;
+const KIND_SHUTDOWN_CHECKPOINT: u8 = 0x0A;
 
 const SUB_SIZE: u8 = 0;
 const SUB_DATA: u8 = 1;
@@ -277,6 +279,12 @@ impl Key {
         Key::new(KIND_CHECKPOINT, 0, 0, 0, 0, 0, 0)
     }
 
+    /// Where the latest shutdown checkpoint record begins (8 bytes, little
+    /// endian): a point where a hot standby can start from a base backup.
+    pub const fn shutdown_checkpoint() -> Key {
+        Key::new(KIND_SHUTDOWN_CHECKPOINT, 0, 0, 0, 0, 0, 0)
+    }
+
     // ---- ranges ----
 
     /// Size and every block of one relation fork.
@@ -350,6 +358,7 @@ impl Key {
             (KIND_TWOPHASE, _) => KeyKind::TwoPhaseFile,
             (KIND_CONTROL_FILE, _) => KeyKind::ControlFile,
             (KIND_CHECKPOINT, _) => KeyKind::Checkpoint,
+            (KIND_SHUTDOWN_CHECKPOINT, _) => KeyKind::ShutdownCheckpoint,
             _ => KeyKind::Unknown,
         }
     }
@@ -528,6 +537,7 @@ impl fmt::Debug for Key {
             KeyKind::TwoPhaseFile => write!(f, "twophase {}", self.f1),
             KeyKind::ControlFile => write!(f, "control file"),
             KeyKind::Checkpoint => write!(f, "checkpoint"),
+            KeyKind::ShutdownCheckpoint => write!(f, "shutdown checkpoint"),
             KeyKind::Unknown => write!(f, "key {self}"),
         }
     }

@@ -5,6 +5,12 @@
 //! (`application_name=pageserver`) apply position counts as its remote
 //! consistent LSN, which lets offloaded WAL be removed locally.
 //!
+//! PostgreSQL's walreceiver always asks for WAL from the start of a
+//! segment. In the segment where this safekeeper's WAL begins, what lies
+//! before its first LSN (which no proposer sent) is sent as the tail of an
+//! earlier record: valid page headers saying so, over zeros (see
+//! [`wal_prefix`]). A standby only reads the records after it.
+//!
 //! WAL in a segment that was removed locally (offloaded, see
 //! [`crate::wal_backup`]) is downloaded from remote storage, a segment at a
 //! time; without remote storage such a read fails with an error.
@@ -15,6 +21,8 @@ use std::time::Duration;
 
 use anyhow::bail;
 use bytes::{Bytes, BytesMut};
+use postgres_format::wal_writer::SegmentWriter;
+use postgres_format::PgMajorVersion;
 use pq_proto::replication::{
     PgTimestamp, PrimaryKeepalive, PrimaryMessage, StandbyMessage, XLogData,
 };
@@ -96,6 +104,10 @@ where
     };
     let mut progress = timeline.subscribe();
     let mut position = start;
+    let local_start = timeline.acceptor().state.local_start_lsn;
+    let mut prefix = (start < local_start)
+        .then(|| wal_prefix(&timeline, start, local_start))
+        .transpose()?;
     let mut buf = vec![0u8; CHUNK];
     let mut encoded = BytesMut::new();
     // The last segment downloaded from remote storage.
@@ -107,6 +119,21 @@ where
             ReadLimit::Commit => current.commit_lsn,
             ReadLimit::Flush => current.flush_lsn,
         };
+        if let Some(data) = prefix.take() {
+            let n = data.len();
+            encoded.clear();
+            PrimaryMessage::XLogData(XLogData {
+                wal_start: position,
+                wal_end: end.max(local_start),
+                timestamp: PgTimestamp::now(),
+                data,
+            })
+            .encode(&mut encoded);
+            writer.write_message(&BeMessage::CopyData(&encoded)).await?;
+            writer.flush().await?;
+            position += n as u64;
+            continue;
+        }
         if position < end {
             let want = ((end - position) as usize).min(CHUNK);
             let read = async {
@@ -179,4 +206,35 @@ where
             }
         }
     }
+}
+
+/// The WAL from `start` up to `local_start`, in the same segment, which
+/// this safekeeper never received: every page marked as continuing a
+/// record that ends at `local_start`, as PostgreSQL would read it.
+pub fn wal_prefix(timeline: &Timeline, start: Lsn, local_start: Lsn) -> anyhow::Result<Bytes> {
+    let segment_size = timeline.segment_size() as u64;
+    if start.segment_number(segment_size) != local_start.segment_number(segment_size) {
+        bail!("WAL at {start} is not on this safekeeper, its WAL begins at {local_start}");
+    }
+    let (version, system_id) = {
+        let acceptor = timeline.acceptor();
+        let server = &acceptor.state.server;
+        (server.pg_version, server.system_id)
+    };
+    let version: PgMajorVersion = (version / 10000)
+        .to_string()
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    let mut writer = SegmentWriter::new(version, segment_size as usize, system_id, 1);
+    writer.write_continuation_before(local_start);
+    let files = writer.into_files();
+    let [(_, segment)] = files.as_slice() else {
+        bail!(
+            "the WAL before {local_start} spans {} segments",
+            files.len()
+        );
+    };
+    let from = start.segment_offset(segment_size) as usize;
+    let to = local_start.segment_offset(segment_size) as usize;
+    Ok(Bytes::copy_from_slice(&segment[from..to]))
 }

@@ -191,7 +191,14 @@ impl QueryHandler<TcpStream> for WalService {
             Command::StartReplication { start } => {
                 let timeline = conn.timeline(&self.timelines)?;
                 let local_start = timeline.acceptor().state.local_start_lsn;
-                if start < local_start {
+                let segment_size = timeline.segment_size() as u64;
+                // Earlier in the segment where the WAL begins is served as
+                // a record's tail (send_wal::wal_prefix): standbys ask for
+                // WAL from segment starts.
+                if start < local_start
+                    && start.segment_number(segment_size)
+                        != local_start.segment_number(segment_size)
+                {
                     return Err(anyhow::anyhow!("requested WAL at {start} is not on this safekeeper, its WAL begins at {local_start}").into());
                 }
                 let span = info_span!("wal_send", tenant_id = %timeline.tenant_id, timeline_id = %timeline.timeline_id, app = conn.application_name);

@@ -17,7 +17,7 @@ import pytest
 from fixtures.neon_fixtures import REPO_ROOT
 from fixtures.pg import PgBin
 from fixtures.port_distributor import PortDistributor
-from fixtures.utils import run_checked, wait_until
+from fixtures.utils import http_session, run_checked, wait_until
 
 COMPOSE_DIR = REPO_ROOT / "docker-compose"
 PASSWORD = "compose-test-password"
@@ -98,6 +98,9 @@ def test_docker_compose(
         wait_until("a query through the proxy", lambda: psql("select 1", timeout=30) == "1", timeout=240,
                    interval=0.5)
         timings["first query"] = time.monotonic() - started
+        # The compute got /dev/fuse: its data directory is lazy.
+        compute_status = http_session().get(f"http://127.0.0.1:{ports['compute']}/status", timeout=10).json()
+        assert compute_status["data_directory"] == "lazy", compute_status
         # cloud_admin is trusted from loopback only: through the proxy, from
         # another container, it is refused.
         refused = subprocess.run(

@@ -7,17 +7,19 @@
 //!
 //! 1. creates every relation segment in the store as a sparse file of its
 //!    size ([`store`]),
-//! 2. mounts the two directories ([`filesystem::LazyFs`]): a block not yet
+//! 2. fetches the system catalogs into it ([`prefetch`]),
+//! 3. mounts the two directories ([`filesystem::LazyFs`]): a block not yet
 //!    read or written is fetched from the pageserver ([`page_client`]: at
 //!    the start LSN, or for a primary at the newest LSN, which is the same
 //!    page), written into the store and served from there,
-//! 3. prints [`READY`] on standard output, and
-//! 4. unmounts and exits on SIGTERM, SIGINT, or when its standard input
+//! 4. prints [`READY`] on standard output, and
+//! 5. unmounts and exits on SIGTERM, SIGINT, or when its standard input
 //!    closes (compute_ctl is gone).
 
 pub mod filesystem;
 pub mod inodes;
 pub mod page_client;
+pub mod prefetch;
 pub mod store;
 
 use std::io::{Read as _, Write as _};
@@ -135,6 +137,13 @@ pub fn run(args: FsArgs) -> anyhow::Result<()> {
         },
         args.connections.max(1),
     ));
+    let prefetched =
+        prefetch::prefetch_catalogs(&args.store, &mut lazy, &pages, args.connections.max(1))?;
+    info!(
+        blocks = prefetched.blocks,
+        left_for_later = prefetched.skipped,
+        "fetched the system catalogs"
+    );
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName("compute_fs".into()),

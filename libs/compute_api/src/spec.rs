@@ -117,7 +117,7 @@ fn default_pg_version() -> u32 {
     15
 }
 
-/// Read-write, or read-only at a fixed LSN.
+/// Read-write, read-only at a fixed LSN, or a read replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ComputeMode {
@@ -127,6 +127,10 @@ pub enum ComputeMode {
     /// Read-only at this LSN (time travel): postgres runs as a hot standby
     /// that never gets WAL, so it refuses writes.
     Static(Lsn),
+    /// A read replica: a hot standby that starts at the timeline's latest
+    /// shutdown checkpoint and streams the primary's WAL from the
+    /// safekeepers, following it; it refuses writes.
+    Replica,
 }
 
 impl ComputeMode {
@@ -134,6 +138,7 @@ impl ComputeMode {
         match self {
             ComputeMode::Primary => "primary",
             ComputeMode::Static(_) => "static",
+            ComputeMode::Replica => "replica",
         }
     }
 }
@@ -247,6 +252,9 @@ impl ComputeSpec {
         match self.mode {
             ComputeMode::Primary if self.safekeepers.is_empty() => {
                 return Err(err("a primary compute needs at least one safekeeper"));
+            }
+            ComputeMode::Replica if self.safekeepers.is_empty() => {
+                return Err(err("a replica needs the safekeepers to stream WAL from"));
             }
             ComputeMode::Static(lsn) if !lsn.is_valid() => {
                 return Err(err("a static compute needs a valid LSN"));

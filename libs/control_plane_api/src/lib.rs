@@ -1,5 +1,10 @@
-//! The control plane's wake API, the contract between the proxy and the
-//! control plane (neon_local's control-plane service).
+//! The control plane's HTTP API: the wake API, the contract between the
+//! proxy and the control plane (neon_local's control-plane service), and
+//! the spec API compute_ctl starts from.
+//!
+//! `GET /v1/computes/{compute_id}/spec` answers the compute spec (JSON, see
+//! `compute_api`) of that compute; 404 when the control plane has no such
+//! compute. compute_ctl sends the W3C `traceparent` header of its start.
 //!
 //! `POST /v1/wake_compute` with `{"endpoint": name}`, `{"branch": name}`
 //! or `{}` (the default branch; an empty body means the same) answers,
@@ -13,6 +18,18 @@ use serde::{Deserialize, Serialize};
 
 /// Where the wake API is served.
 pub const WAKE_COMPUTE_PATH: &str = "/v1/wake_compute";
+
+/// Where a compute's spec is served (axum's path syntax).
+pub const COMPUTE_SPEC_ROUTE: &str = "/v1/computes/{compute_id}/spec";
+
+/// The spec URL of compute `compute_id` under `base` (`http://host:port`,
+/// with or without a trailing slash).
+pub fn compute_spec_url(base: &str, compute_id: &str) -> String {
+    format!(
+        "{}/v1/computes/{compute_id}/spec",
+        base.trim_end_matches('/')
+    )
+}
 
 /// Which compute to wake: an endpoint by name, a branch's endpoint, or
 /// (neither) the default branch's.
@@ -42,6 +59,18 @@ pub struct ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spec_url_matches_the_route() {
+        assert_eq!(
+            compute_spec_url("http://127.0.0.1:1234/", "ep1"),
+            "http://127.0.0.1:1234/v1/computes/ep1/spec"
+        );
+        assert_eq!(
+            COMPUTE_SPEC_ROUTE.replace("{compute_id}", "ep1"),
+            "/v1/computes/ep1/spec"
+        );
+    }
 
     #[test]
     fn wire_shapes() {

@@ -41,6 +41,10 @@ pub struct TimelineInfo {
     pub ancestor_lsn: Option<Lsn>,
     pub last_record_lsn: Lsn,
     pub prev_record_lsn: Lsn,
+    /// Where the latest shutdown checkpoint record begins (a compute's
+    /// start point, or a clean stop): replicas start there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_checkpoint_lsn: Option<Lsn>,
     pub disk_consistent_lsn: Lsn,
     pub remote_consistent_lsn: Lsn,
     pub gc_cutoff_lsn: Lsn,

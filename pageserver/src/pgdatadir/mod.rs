@@ -219,6 +219,23 @@ impl Timeline {
         Ok(self.get(Key::checkpoint(), lsn)?)
     }
 
+    /// Where the latest shutdown checkpoint record ingested by `lsn`
+    /// begins (none on a timeline that has had no compute yet).
+    pub fn get_shutdown_checkpoint(&self, lsn: Lsn) -> Result<Option<Lsn>> {
+        let Some(bytes) = self.get(Key::shutdown_checkpoint(), lsn)? else {
+            return Ok(None);
+        };
+        let raw: [u8; 8] = bytes
+            .as_ref()
+            .try_into()
+            .map_err(|_| DatadirError::Corrupt {
+                what: "the shutdown checkpoint LSN".into(),
+                lsn,
+                reason: format!("{} bytes, not 8", bytes.len()),
+            })?;
+        Ok(Some(Lsn(u64::from_le_bytes(raw))))
+    }
+
     /// Bytes of relation data (all forks of all relations) at `lsn`.
     pub fn logical_size(&self, lsn: Lsn) -> Result<u64> {
         self.relations_size(lsn, |_| true)

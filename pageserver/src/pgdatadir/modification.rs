@@ -370,6 +370,13 @@ impl DatadirModification<'_> {
         Ok(())
     }
 
+    /// A shutdown checkpoint record begins at `start`.
+    pub fn put_shutdown_checkpoint(&mut self, start: Lsn) -> Result<()> {
+        let bytes = Bytes::copy_from_slice(&start.0.to_le_bytes());
+        self.put(Key::shutdown_checkpoint(), Value::Image(bytes));
+        Ok(())
+    }
+
     /// Store everything at this modification's LSN and make `record` the
     /// last record ingested. Directories are written only if changed.
     pub fn commit(mut self, record: RecordLsn) -> Result<()> {

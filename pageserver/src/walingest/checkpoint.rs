@@ -22,6 +22,7 @@ impl WalIngest {
                 let cp = CheckPoint::decode(&record.main_data)
                     .context("decoding the checkpoint record")?;
                 self.apply_checkpoint(&cp, shutdown);
+                self.shutdown_checkpoint = shutdown;
             }
             ParsedRecord::NextOid { oid } => self.checkpoint.next_oid = oid,
             ParsedRecord::RunningXacts { next_xid, .. } => {
@@ -137,6 +138,7 @@ mod tests {
             redo_blocks: 0,
             records: 0,
             rel_sizes: Default::default(),
+            shutdown_checkpoint: false,
         };
         ingest.advance_next_xid(50);
         assert_eq!(

@@ -74,6 +74,8 @@ pub struct WalIngest {
     pub records: u64,
     /// Relation sizes at the last record ingested.
     rel_sizes: RelSizeCache,
+    /// Set while ingesting a shutdown checkpoint record.
+    shutdown_checkpoint: bool,
 }
 
 /// What one record's ingest works on: the timeline as it was before the
@@ -117,6 +119,7 @@ impl WalIngest {
             redo_blocks: 0,
             records: 0,
             rel_sizes: RelSizeCache::default(),
+            shutdown_checkpoint: false,
         })
     }
 
@@ -170,6 +173,9 @@ impl WalIngest {
             })?;
         if self.checkpoint != before {
             m.put_checkpoint(Bytes::copy_from_slice(&self.checkpoint.encode()))?;
+        }
+        if std::mem::take(&mut self.shutdown_checkpoint) {
+            m.put_shutdown_checkpoint(start)?;
         }
         m.commit(RecordLsn {
             last: end.align_up(MAXALIGN as u64),
