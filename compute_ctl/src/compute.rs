@@ -41,6 +41,8 @@ use crate::{config, monitor, spec_apply, ComputeCtlConf};
 
 /// How long the pageserver may take to have the WAL a start needs.
 const PAGESERVER_WAIT: Duration = Duration::from_secs(120);
+/// How long a replica waits for a start point on the pageserver.
+const REPLICA_START_WAIT: Duration = Duration::from_secs(30);
 /// How long syncing the safekeepers may take.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -470,9 +472,7 @@ impl ComputeNode {
                 }
             }
             ComputeMode::Replica => {
-                let lsn = pageserver.shutdown_checkpoint_lsn().await?.context(
-                    "the timeline has no shutdown checkpoint yet, where a replica could start: start its primary first",
-                )?;
+                let lsn = Self::unless_stopped(stop, replica_start(&pageserver)).await?;
                 info!(%lsn, "a replica starts at the latest shutdown checkpoint");
                 lsn
             }
@@ -761,6 +761,23 @@ impl ComputeNode {
                 self.set_status(ComputeStatus::Failed, Some(e));
             }
         }
+    }
+}
+
+/// Where a replica starts: the latest shutdown checkpoint the pageserver
+/// has ingested. A primary that has just started has written one, which
+/// the pageserver may not have yet: waits for one up to
+/// [`REPLICA_START_WAIT`].
+async fn replica_start(pageserver: &PageserverHttp) -> anyhow::Result<Lsn> {
+    let deadline = Instant::now() + REPLICA_START_WAIT;
+    loop {
+        if let Some(lsn) = pageserver.shutdown_checkpoint_lsn().await? {
+            return Ok(lsn);
+        }
+        if Instant::now() >= deadline {
+            bail!("the timeline has no shutdown checkpoint where a replica could start ({REPLICA_START_WAIT:?} waited): start its primary first");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

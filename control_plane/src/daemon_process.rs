@@ -24,7 +24,8 @@ use serde_json::Value;
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for the kernel to remove a killed process.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a start or stop is checked on.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Lines of the log shown when a daemon fails to start.
 const LOG_TAIL_LINES: usize = 20;
 

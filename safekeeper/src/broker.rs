@@ -4,9 +4,11 @@
 //! One long-lived `publish` stream carries, about once a second, a
 //! [`SafekeeperTimelineInfo`] for every timeline that is *active*: a
 //! walproposer or WAL reader is connected now, or was within the last
-//! [`ACTIVE_FOR`], or its term, flush or commit LSN moved in that window.
-//! Idle timelines are not published: the broker keeps no state, so a
-//! pageserver hears of a timeline once it is used again.
+//! [`ACTIVE_FOR`], or its term, flush or commit LSN moved in that window,
+//! or it has committed WAL no pageserver has reported having (a compute
+//! that committed and left before any round saw it must still reach the
+//! pageserver). Idle timelines are not published: the broker keeps no
+//! state, so a pageserver hears of a timeline once it is used again.
 //!
 //! The publisher never waits on the WAL service and the WAL service never
 //! waits on it: states are taken from each timeline briefly, on a blocking
@@ -178,7 +180,8 @@ pub fn collect(
         let connections = timeline.walproposers.load(Ordering::Relaxed)
             + timeline.walsenders.load(Ordering::Relaxed);
         let progress = *timeline.subscribe().borrow();
-        if tracker.observe(key, connections, progress, now) {
+        let active = tracker.observe(key, connections, progress, now);
+        if active || timeline.pageserver_behind() {
             infos.push(timeline_info(timeline, me));
         }
     }

@@ -157,6 +157,20 @@ impl Timeline {
         self.segment_size
     }
 
+    /// Whether committed WAL is here that no pageserver has said it has
+    /// (this safekeeper's view: what pageservers reported since it
+    /// started, and the remote consistent LSN it persisted).
+    pub fn pageserver_behind(&self) -> bool {
+        let commit = self.acceptor().commit_lsn();
+        let persisted = self.acceptor().state.remote_consistent_lsn;
+        let feedback = *self.feedback.lock().unwrap_or_else(|p| p.into_inner());
+        let pageserver = feedback
+            .pageserver_last_record_lsn
+            .max(feedback.remote_consistent_lsn)
+            .max(persisted);
+        commit.is_valid() && commit > pageserver
+    }
+
     pub fn status(&self) -> TimelineStatus {
         let acceptor = self.acceptor();
         let s = &acceptor.state;

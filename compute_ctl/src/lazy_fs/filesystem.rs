@@ -3,6 +3,10 @@
 //! a [`LazyFile`] is read from the pageserver the first time anything
 //! reads (or partly writes) it, and written into the local file first.
 //!
+//! A listed segment nothing has looked up yet is *virtual*: shown in its
+//! directory with its size, and created in the store (sparse) at its first
+//! lookup, which every use of a path begins with.
+//!
 //! Every change goes through this mount, so the kernel may cache pages and
 //! attributes (`FOPEN_KEEP_CACHE`, long TTLs). `fsync` has nothing to do:
 //! the store is discarded when the compute stops, and durability is the
@@ -56,6 +60,8 @@ pub struct LazyFs {
     owner: (u32, u32),
     inodes: RwLock<Inodes>,
     lazy: Mutex<HashMap<u64, Lazy>>,
+    /// Segments not yet created in the store: path → length.
+    virtual_files: Mutex<HashMap<PathBuf, u64>>,
     files: RwLock<HashMap<u64, Arc<File>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_handle: AtomicU64,
@@ -91,11 +97,13 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
 
 impl LazyFs {
     /// A mount over `root`, whose `lazy` files (by path under `root`) start
-    /// in the pageserver; files are shown as owned by `owner` (uid, gid).
+    /// in the pageserver, and whose `virtual_files` (path → length) are not
+    /// in the store yet; files are shown as owned by `owner` (uid, gid).
     pub fn new(
         name: &'static str,
         root: PathBuf,
         lazy: HashMap<PathBuf, LazyFile>,
+        virtual_files: HashMap<PathBuf, u64>,
         pages: Arc<PageClient>,
         owner: (u32, u32),
     ) -> Self {
@@ -110,6 +118,7 @@ impl LazyFs {
             owner,
             inodes: RwLock::new(inodes),
             lazy: Mutex::new(lazy),
+            virtual_files: Mutex::new(virtual_files),
             files: RwLock::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
@@ -187,8 +196,41 @@ impl LazyFs {
     }
 
     fn entry(&self, path: &Path) -> Result<FileAttr, Errno> {
-        let meta = std::fs::symlink_metadata(self.full(path)).map_err(errno)?;
+        let meta = self.metadata(path)?;
         Ok(self.attr(self.number(path), &meta))
+    }
+
+    /// The store's metadata of `path`, creating it first if it is virtual.
+    fn metadata(&self, path: &Path) -> Result<Metadata, Errno> {
+        self.materialize(path)?;
+        std::fs::symlink_metadata(self.full(path)).map_err(errno)
+    }
+
+    /// Creates `path` in the store if it is a virtual segment.
+    fn materialize(&self, path: &Path) -> Result<(), Errno> {
+        let mut virtual_files = lock(&self.virtual_files);
+        let Some(&len) = virtual_files.get(path) else {
+            return Ok(());
+        };
+        super::store::materialize(&self.full(path), len).map_err(|e| {
+            error!(
+                mount = self.name,
+                "creating {} in the store: {e}",
+                path.display()
+            );
+            errno(e)
+        })?;
+        virtual_files.remove(path);
+        Ok(())
+    }
+
+    /// The virtual segments directly in directory `dir`.
+    fn virtual_in(&self, dir: &Path) -> Vec<PathBuf> {
+        lock(&self.virtual_files)
+            .keys()
+            .filter(|path| path.parent() == Some(dir))
+            .cloned()
+            .collect()
     }
 
     /// Reads the blocks `blocks` of `lazy` from the pageserver into `file`
@@ -260,6 +302,7 @@ impl LazyFs {
     }
 
     fn open_backing(&self, path: &Path) -> Result<File, Errno> {
+        self.materialize(path)?;
         OpenOptions::new()
             .read(true)
             .write(true)
@@ -277,6 +320,7 @@ impl LazyFs {
         let path = self.path(ino);
         if let Some(mode) = mode {
             let path = path.clone()?;
+            self.materialize(&path)?;
             std::fs::set_permissions(
                 self.full(&path),
                 std::fs::Permissions::from_mode(mode & 0o7777),
@@ -292,7 +336,7 @@ impl LazyFs {
         }
         let meta = match fh {
             Some(fh) => self.file(fh)?.metadata().map_err(errno)?,
-            None => std::fs::symlink_metadata(self.full(&path?)).map_err(errno)?,
+            None => self.metadata(&path?)?,
         };
         Ok(self.attr(ino.0, &meta))
     }
@@ -306,6 +350,7 @@ impl LazyFs {
         flags: i32,
     ) -> Result<(FileAttr, FileHandle), Errno> {
         let path = self.child(parent, name)?;
+        self.materialize(&path)?;
         let full = self.full(&path);
         let existed = full.symlink_metadata().is_ok();
         let mut options = OpenOptions::new();
@@ -356,6 +401,17 @@ impl LazyFs {
             let ino = self.number(&path.join(&name));
             entries.push(DirEntry { ino, kind, name });
         }
+        for file in self.virtual_in(&path) {
+            let Some(name) = file.file_name().map(OsStr::to_owned) else {
+                continue;
+            };
+            let ino = self.number(&file);
+            entries.push(DirEntry {
+                ino,
+                kind: FileType::RegularFile,
+                name,
+            });
+        }
         Ok(entries)
     }
 
@@ -392,9 +448,7 @@ impl Filesystem for LazyFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let meta = match fh.map(|fh| self.file(fh)) {
             Some(Ok(file)) => file.metadata().map_err(errno),
-            _ => self
-                .path(ino)
-                .and_then(|path| std::fs::symlink_metadata(self.full(&path)).map_err(errno)),
+            _ => self.path(ino).and_then(|path| self.metadata(&path)),
         };
         match meta {
             Ok(meta) => reply.attr(&TTL, &self.attr(ino.0, &meta)),
@@ -459,6 +513,9 @@ impl Filesystem for LazyFs {
         reply: ReplyEntry,
     ) {
         let made = self.child(parent, name).and_then(|path| {
+            if lock(&self.virtual_files).contains_key(&path) {
+                return Err(Errno::EEXIST);
+            }
             std::fs::DirBuilder::new()
                 .mode(mode & !umask & 0o7777)
                 .create(self.full(&path))
@@ -474,6 +531,7 @@ impl Filesystem for LazyFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let removed = self.child(parent, name).and_then(|path| {
+            self.materialize(&path)?;
             std::fs::remove_file(self.full(&path)).map_err(errno)?;
             self.forget_path(&path);
             Ok(())
@@ -486,6 +544,9 @@ impl Filesystem for LazyFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let removed = self.child(parent, name).and_then(|path| {
+            if !self.virtual_in(&path).is_empty() {
+                return Err(Errno::ENOTEMPTY);
+            }
             std::fs::remove_dir(self.full(&path)).map_err(errno)?;
             self.forget_path(&path);
             Ok(())
@@ -519,6 +580,8 @@ impl Filesystem for LazyFs {
             {
                 return Err(Errno::EEXIST);
             }
+            self.materialize(&from)?;
+            self.materialize(&to)?;
             let mut inodes = self.inodes.write().unwrap_or_else(|e| e.into_inner());
             std::fs::rename(self.full(&from), self.full(&to)).map_err(errno)?;
             let replaced = inodes.rename(&from, &to);

@@ -5,8 +5,8 @@
 //! fork's size instead) into PGDATA, moves `base/` and `global/` into the
 //! local store and starts this process, which
 //!
-//! 1. creates every relation segment in the store as a sparse file of its
-//!    size ([`store`]),
+//! 1. plans every relation segment ([`store`]; each is created in the
+//!    store, a sparse file of its size, when first looked up),
 //! 2. fetches the system catalogs into it ([`prefetch`]),
 //! 3. mounts the two directories ([`filesystem::LazyFs`]): a block not yet
 //!    read or written is fetched from the pageserver ([`page_client`]: at
@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use postgres_format::constants::BLCKSZ;
 use tracing::{info, warn};
 use utils::{Lsn, TenantId, TimelineId};
 
@@ -118,12 +119,12 @@ pub fn run(args: FsArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&sizes_path)
         .with_context(|| format!("reading {}", sizes_path.display()))?;
     let sizes = pageserver_api::lazy::parse(&text)?;
-    let mut lazy = store::create_segments(&args.store, &sizes)?;
+    let mut lazy = store::plan_segments(&args.store, &sizes)?;
     info!(
         forks = sizes.len(),
         blocks = sizes.iter().map(|s| s.blocks as u64).sum::<u64>(),
         lsn = %args.lsn,
-        "relation files created in the store"
+        "relation sizes read"
     );
     let pages = Arc::new(PageClient::start(
         runtime.handle().clone(),
@@ -137,8 +138,9 @@ pub fn run(args: FsArgs) -> anyhow::Result<()> {
         },
         args.connections.max(1),
     ));
-    let prefetched =
+    let (prefetched, created) =
         prefetch::prefetch_catalogs(&args.store, &mut lazy, &pages, args.connections.max(1))?;
+    let created: std::collections::HashSet<(&str, PathBuf)> = created.into_iter().collect();
     info!(
         blocks = prefetched.blocks,
         left_for_later = prefetched.skipped,
@@ -163,10 +165,17 @@ pub fn run(args: FsArgs) -> anyhow::Result<()> {
     config.clone_fd = args.threads > 1;
     let mut sessions = Vec::new();
     for name in MOUNTS {
+        let files = lazy.remove(name).unwrap_or_default();
+        let virtual_files = files
+            .iter()
+            .filter(|(path, _)| !created.contains(&(name, (*path).to_path_buf())))
+            .map(|(path, file)| (path.clone(), file.remote_blocks as u64 * BLCKSZ as u64))
+            .collect();
         let fs = LazyFs::new(
             name,
             args.store.join(name),
-            lazy.remove(name).unwrap_or_default(),
+            files,
+            virtual_files,
             pages.clone(),
             (args.uid, args.gid),
         );

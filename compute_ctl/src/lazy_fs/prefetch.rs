@@ -19,7 +19,7 @@ use anyhow::{anyhow, Context};
 use postgres_format::constants::BLCKSZ;
 
 use super::page_client::{PageClient, MAX_BATCH};
-use super::store::LazyFile;
+use super::store::{materialize, LazyFile};
 
 /// Relation file nodes below this one are initdb's: the system catalogs
 /// and their indexes (`FirstNormalObjectId`).
@@ -45,17 +45,19 @@ pub struct Prefetched {
 }
 
 /// Fetches the catalog files of `lazy` (per mount, by path under
-/// `store/<mount>`) into the store with `threads` threads, and marks their
-/// blocks present.
+/// `store/<mount>`) into the store with `threads` threads (creating their
+/// files), and marks their blocks present. Returns what it fetched, and
+/// the files it created.
 pub fn prefetch_catalogs(
     store: &Path,
     lazy: &mut HashMap<&'static str, HashMap<PathBuf, LazyFile>>,
     pages: &PageClient,
     threads: usize,
-) -> anyhow::Result<Prefetched> {
+) -> anyhow::Result<(Prefetched, Vec<(&'static str, PathBuf)>)> {
     let mut jobs = Vec::new();
     let mut budget = CATALOG_LIMIT / BLCKSZ as u64;
     let mut result = Prefetched::default();
+    let mut created = Vec::new();
     let mut files: Vec<(&'static str, &PathBuf, &LazyFile)> = lazy
         .iter()
         .flat_map(|(mount, files)| files.iter().map(move |(path, file)| (*mount, path, file)))
@@ -73,6 +75,10 @@ pub fn prefetch_catalogs(
             continue;
         }
         budget -= blocks;
+        let full = store.join(mount).join(path);
+        materialize(&full, blocks * BLCKSZ as u64)
+            .with_context(|| format!("creating {}", full.display()))?;
+        created.push((mount, path.clone()));
         let all: Vec<u32> = (0..file.remote_blocks).collect();
         for chunk in all.chunks(MAX_BATCH) {
             jobs.push(Job {
@@ -115,7 +121,7 @@ pub fn prefetch_catalogs(
             result.blocks += job.blocks.len() as u64;
         }
     }
-    Ok(result)
+    Ok((result, created))
 }
 
 fn lazy_rel<'a>(

@@ -1,8 +1,10 @@
 //! The local store under a lazy mount: a directory with the real tree
-//! (what the base backup brought, and what postgres creates), where every
-//! relation segment of the base backup's size list starts as a sparse file
-//! of its final size. Which of its blocks still live only in the
-//! pageserver is a [`LazyFile`].
+//! (what the base backup brought, and what postgres creates). A relation
+//! segment of the base backup's size list is *virtual* until first looked
+//! up: the mount shows it with its size, and creates it in the store as a
+//! sparse file of that size when something first uses it ([`materialize`];
+//! creating a thousand files would cost a start about 90 ms). Which of its
+//! blocks still live only in the pageserver is a [`LazyFile`].
 //!
 //! Nothing here needs to survive a crash: every start of a compute is from
 //! a fresh data directory, so the store is rebuilt each time.
@@ -105,10 +107,10 @@ pub fn mount_path(rel: &RelSpec, segno: u32) -> anyhow::Result<(&'static str, Pa
     }
 }
 
-/// Creates the sparse segment files of `sizes` under `store` (whose
-/// `base/` and `global/` hold the rest of the base backup). Returns the
-/// lazy files per mount (`"base"`, `"global"`), keyed by path in it.
-pub fn create_segments(
+/// The segments of `sizes`: the lazy files per mount (`"base"`,
+/// `"global"`), keyed by path in it. Only their directories are created
+/// (when missing); the files are created by [`materialize`].
+pub fn plan_segments(
     store: &Path,
     sizes: &[RelationSize],
 ) -> anyhow::Result<HashMap<&'static str, HashMap<PathBuf, LazyFile>>> {
@@ -121,13 +123,14 @@ pub fn create_segments(
             let (mount, path) = mount_path(&size.rel, segno)?;
             let full = store.join(mount).join(&path);
             if let Some(dir) = full.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
+                if !dir.is_dir() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
             }
-            let file =
-                File::create_new(&full).with_context(|| format!("creating {}", full.display()))?;
-            file.set_len(blocks as u64 * BLCKSZ as u64)
-                .with_context(|| format!("sizing {}", full.display()))?;
+            if full.symlink_metadata().is_ok() {
+                anyhow::bail!("{} exists already", full.display());
+            }
             mounts
                 .entry(mount)
                 .or_default()
@@ -135,6 +138,12 @@ pub fn create_segments(
         }
     }
     Ok(mounts)
+}
+
+/// Creates a virtual segment in the store: a sparse file of `len` bytes.
+pub fn materialize(full: &Path, len: u64) -> std::io::Result<()> {
+    let file = File::create_new(full)?;
+    file.set_len(len)
 }
 
 #[cfg(test)]
@@ -171,7 +180,7 @@ mod tests {
     }
 
     #[test]
-    fn segments_are_sparse_files_of_their_size() {
+    fn segments_become_sparse_files_of_their_size() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("base/5")).unwrap();
         std::fs::create_dir_all(dir.path().join("global")).unwrap();
@@ -190,7 +199,17 @@ mod tests {
                 blocks: 0,
             },
         ];
-        let mounts = create_segments(dir.path(), &sizes).unwrap();
+        let mounts = plan_segments(dir.path(), &sizes).unwrap();
+        assert!(!dir.path().join("base/5/16384").exists(), "planned, not created");
+        for (mount, files) in &mounts {
+            for (path, file) in files {
+                materialize(
+                    &dir.path().join(mount).join(path),
+                    file.remote_blocks as u64 * BLCKSZ as u64,
+                )
+                .unwrap();
+            }
+        }
         let base = &mounts["base"];
         let seg0 = &base[Path::new("5/16384")];
         let seg1 = &base[Path::new("5/16384.1")];
@@ -201,7 +220,11 @@ mod tests {
         assert_eq!(len("base/5/16384.1"), 3 * BLCKSZ as u64);
         assert_eq!(len("global/1262_vm"), 0);
         assert_eq!(mounts["global"][Path::new("1262_vm")].remote_blocks, 0);
-        // An existing file is an error, not overwritten.
-        assert!(create_segments(dir.path(), &sizes).is_err());
+        // An existing file is an error, not overwritten; a missing
+        // directory is made.
+        assert!(plan_segments(dir.path(), &sizes).is_err());
+        std::fs::remove_dir_all(dir.path().join("base/5")).unwrap();
+        assert!(plan_segments(dir.path(), &sizes[..1]).is_ok());
+        assert!(dir.path().join("base/5").is_dir());
     }
 }

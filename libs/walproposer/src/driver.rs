@@ -319,6 +319,30 @@ impl Driver {
     }
 
     fn on_event(&mut self, event: LinkEvent, streaming: bool) -> anyhow::Result<()> {
+        // Sync mode: a safekeeper that becomes ready for appends (it has
+        // answered the election) is asked for its flush position at once,
+        // not at the next heartbeat: with nothing to recover, the answers
+        // commit the epoch start and end the sync.
+        let ready_before: Vec<bool> = (0..self.links.len())
+            .map(|i| self.proposer.heartbeat(i).is_some())
+            .collect();
+        self.handle_event(event, streaming)?;
+        if !streaming && self.sync_result.is_none() {
+            for (i, was_ready) in ready_before.into_iter().enumerate() {
+                if was_ready {
+                    continue;
+                }
+                if let (Some(generation), Some(message)) =
+                    (self.connections[i], self.proposer.heartbeat(i))
+                {
+                    self.links[i].send(generation, message);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_event(&mut self, event: LinkEvent, streaming: bool) -> anyhow::Result<()> {
         let actions = match event {
             LinkEvent::Connected { index, generation } => {
                 self.connections[index] = Some(generation);

@@ -130,10 +130,42 @@ impl Timeline {
         }
     }
 
+    /// Whether the fork is in its database's relation directory: a binary
+    /// search of the stored directory (entries are written in order, see
+    /// [`encode_set`]), not a decode of all of it, since every GetPage asks.
     pub fn rel_exists(&self, rel: RelTag, lsn: Lsn) -> Result<bool> {
-        Ok(self
-            .list_rels(rel.node.spc_oid, rel.node.db_oid, lsn)?
-            .contains(&rel))
+        let Some(bytes) = self.get(Key::rel_dir(rel.node.spc_oid, rel.node.db_oid), lsn)? else {
+            return Ok(false);
+        };
+        let corrupt = |reason: &str| DatadirError::Corrupt {
+            what: "relation directory".to_owned(),
+            lsn,
+            reason: reason.to_owned(),
+        };
+        let mut r = Reader::new(&bytes, "relation directory");
+        let count = match (r.u8(), r.u32()) {
+            (Ok(DIRECTORY_FORMAT), Ok(count)) => count as usize,
+            _ => return Err(corrupt("bad header")),
+        };
+        let entries = r.rest();
+        if count.checked_mul(5) != Some(entries.len()) {
+            return Err(corrupt("entry count does not match the length"));
+        }
+        let wanted = (rel.node.rel_node, rel.fork as u8);
+        let entry = |i: usize| {
+            let e = &entries[i * 5..i * 5 + 5];
+            (u32::from_le_bytes([e[0], e[1], e[2], e[3]]), e[4])
+        };
+        let (mut low, mut high) = (0, count);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            match entry(mid).cmp(&wanted) {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+                std::cmp::Ordering::Equal => return Ok(true),
+            }
+        }
+        Ok(false)
     }
 
     /// Blocks in the relation fork, `None` if it does not exist.

@@ -107,13 +107,13 @@ impl DeltaLayerReader {
             if index[i].last < (key, Lsn(0)) {
                 break;
             }
-            let entries = self.file.read_block(i)?;
-            for e in entries.into_iter().rev() {
+            let entries = self.file.read_block_shared(i)?;
+            for e in entries.iter().rev() {
                 if e.key != key || e.lsn > lsn {
                     continue;
                 }
                 let image = e.value.will_init();
-                out.push((e.lsn, e.value));
+                out.push((e.lsn, e.value.clone()));
                 if image {
                     return Ok(out);
                 }

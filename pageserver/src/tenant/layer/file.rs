@@ -550,7 +550,15 @@ pub(crate) struct LayerFile {
     file: File,
     pub header: Header,
     pub index: Vec<BlockMeta>,
+    /// The last data blocks decoded by point reads, newest last: reads of
+    /// neighbouring keys (relation sizes listed in order, a scan's pages)
+    /// decode a block once, not once per key.
+    recent: std::sync::Mutex<std::collections::VecDeque<(usize, std::sync::Arc<Vec<Entry>>)>>,
 }
+
+/// Decoded blocks kept per layer file ([`LayerFile::read_block_shared`]):
+/// at most this many, each at most a block's raw size (32 KiB by default).
+const RECENT_BLOCKS: usize = 4;
 
 impl LayerFile {
     pub fn open(path: &Path, expected: LayerKind) -> Result<LayerFile, LayerError> {
@@ -623,6 +631,7 @@ impl LayerFile {
             file,
             header,
             index,
+            recent: Default::default(),
         })
     }
 
@@ -644,6 +653,26 @@ impl LayerFile {
             }
         }
         Ok(out)
+    }
+
+    /// Data block `i`, decoded, from the few kept since their last point
+    /// read or read now ([`Self::read_block`]).
+    pub fn read_block_shared(&self, i: usize) -> Result<std::sync::Arc<Vec<Entry>>, LayerError> {
+        {
+            let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, entries)) = recent.iter().find(|(b, _)| *b == i) {
+                return Ok(entries.clone());
+            }
+        }
+        let entries = std::sync::Arc::new(self.read_block(i)?);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if !recent.iter().any(|(b, _)| *b == i) {
+            if recent.len() == RECENT_BLOCKS {
+                recent.pop_front();
+            }
+            recent.push_back((i, entries.clone()));
+        }
+        Ok(entries)
     }
 
     /// Read, check and decode data block `i`.

@@ -127,15 +127,11 @@ impl ImageLayerReader {
             return Ok(None);
         }
         let block = i - 1;
-        let entries = self.file.read_block(block)?;
+        let entries = self.file.read_block_shared(block)?;
         match entries.binary_search_by(|e| e.key.cmp(&key)) {
-            Ok(at) => {
-                let e = entries.into_iter().nth(at).map(|e| e.value);
-                match e {
-                    Some(v) => self.version(block, key, v).map(Some),
-                    None => Ok(None),
-                }
-            }
+            Ok(at) => self
+                .version(block, key, entries[at].value.clone())
+                .map(Some),
             Err(_) => Ok(None),
         }
     }
