@@ -12,10 +12,11 @@ use compute_api::ComputeSpec;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{ChildStdin, Command};
 use tracing::{info, warn};
 use utils::Lsn;
 
+use crate::child::ChildProcess;
 use crate::lazy_fs::{self, MOUNTS, READY};
 use crate::pg::OsUser;
 use crate::ComputeCtlConf;
@@ -138,11 +139,10 @@ pub fn move_into_store(pgdata: &Path, store: &Path) -> anyhow::Result<()> {
 
 /// A running `compute_fs`: PGDATA's lazy mounts.
 pub struct LazyMount {
-    child: Child,
+    process: ChildProcess,
     /// Closing it tells `compute_fs` to stop (also when compute_ctl dies).
     stdin: Option<ChildStdin>,
     pgdata: PathBuf,
-    exit: Option<ExitStatus>,
 }
 
 impl LazyMount {
@@ -183,10 +183,9 @@ impl LazyMount {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().context("compute_fs has no stdout")?;
         let mut mount = LazyMount {
-            child,
+            process: ChildProcess::new(child, "compute_fs"),
             stdin,
             pgdata: conf.pgdata.clone(),
-            exit: None,
         };
         let mut lines = BufReader::new(stdout).lines();
         let ready = tokio::time::timeout(MOUNT_TIMEOUT, async {
@@ -201,7 +200,7 @@ impl LazyMount {
         match ready {
             Ok(Ok(true)) => {
                 info!(
-                    pid = mount.child.id(),
+                    pid = mount.process.id(),
                     "compute_fs mounted the lazy data directory"
                 );
                 Ok(mount)
@@ -219,29 +218,15 @@ impl LazyMount {
 
     /// Waits until `compute_fs` exits.
     pub async fn wait(&mut self) -> ExitStatus {
-        if let Some(status) = self.exit {
-            return status;
-        }
-        loop {
-            match self.child.wait().await {
-                Ok(status) => {
-                    self.exit = Some(status);
-                    return status;
-                }
-                Err(e) => {
-                    warn!("waiting for compute_fs: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
+        self.process.wait().await
     }
 
     /// Unmounts: SIGTERM, then SIGKILL if it does not exit in time, and
     /// whatever is still mounted is detached.
     pub async fn stop(&mut self) -> ExitStatus {
         self.stdin.take();
-        if self.exit.is_none() {
-            if let Some(pid) = self.child.id() {
+        if self.process.try_exit().is_none() {
+            if let Some(pid) = self.process.id() {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
             }
         }
@@ -249,7 +234,7 @@ impl LazyMount {
             Ok(status) => status,
             Err(_) => {
                 warn!("compute_fs did not exit within {STOP_TIMEOUT:?}: killing it");
-                let _ = self.child.start_kill();
+                self.process.start_kill();
                 self.wait().await
             }
         };
@@ -266,9 +251,7 @@ impl LazyMount {
 
 impl Drop for LazyMount {
     fn drop(&mut self) {
-        if self.exit.is_none() {
-            let _ = self.child.start_kill();
-        }
+        self.process.start_kill();
         self.detach_mounts();
     }
 }

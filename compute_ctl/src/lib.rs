@@ -5,6 +5,7 @@
 //!
 //! * [`compute`]: the compute's life (start sequence, supervision);
 //! * [`basebackup`]: safekeeper sync, the pageserver, the base backup;
+//! * [`child`]: the child processes it supervises;
 //! * [`config`]: the files written into PGDATA;
 //! * [`control_plane`]: the spec from the control plane, the trace context;
 //! * [`pg`]: finding, starting and stopping postgres as its OS user;
@@ -15,6 +16,7 @@
 //! * [`lazy_mount`]: choosing, starting and stopping it.
 
 pub mod basebackup;
+pub mod child;
 pub mod commit_progress;
 pub mod compute;
 pub mod config;

@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Pid, User};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+
+use crate::child::ChildProcess;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -145,9 +147,8 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A running postmaster, our child.
 #[derive(Debug)]
 pub struct Postmaster {
-    child: Child,
+    process: ChildProcess,
     pub pid: u32,
-    exit: Option<ExitStatus>,
 }
 
 impl Postmaster {
@@ -169,39 +170,19 @@ impl Postmaster {
         let pid = child.id().context("postgres exited at once")?;
         info!(pid, "started postgres");
         Ok(Postmaster {
-            child,
+            process: ChildProcess::new(child, "postgres"),
             pid,
-            exit: None,
         })
     }
 
     /// The exit status once it exited (reaping it).
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.exit = Some(status);
-            }
-        }
-        self.exit
+        self.process.try_exit()
     }
 
     /// Waits until it exits.
     pub async fn wait(&mut self) -> ExitStatus {
-        if let Some(status) = self.exit {
-            return status;
-        }
-        loop {
-            match self.child.wait().await {
-                Ok(status) => {
-                    self.exit = Some(status);
-                    return status;
-                }
-                Err(e) => {
-                    warn!("waiting for postgres: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
+        self.process.wait().await
     }
 
     /// Waits until postgres accepts connections as the superuser on `port`.

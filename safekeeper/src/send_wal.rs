@@ -119,22 +119,9 @@ where
             ReadLimit::Commit => current.commit_lsn,
             ReadLimit::Flush => current.flush_lsn,
         };
-        if let Some(data) = prefix.take() {
-            let n = data.len();
-            encoded.clear();
-            PrimaryMessage::XLogData(XLogData {
-                wal_start: position,
-                wal_end: end.max(local_start),
-                timestamp: PgTimestamp::now(),
-                data,
-            })
-            .encode(&mut encoded);
-            writer.write_message(&BeMessage::CopyData(&encoded)).await?;
-            writer.flush().await?;
-            position += n as u64;
-            continue;
-        }
-        if position < end {
+        let data = if let Some(data) = prefix.take() {
+            Some(data)
+        } else if position < end {
             let want = ((end - position) as usize).min(CHUNK);
             let read = async {
                 let n = tokio::task::block_in_place(|| wal.read(position, &mut buf[..want]))?;
@@ -155,8 +142,8 @@ where
                 let n = want.min(segment.len() - offset);
                 anyhow::Ok(segment.slice(offset..offset + n))
             };
-            let data = match read.await {
-                Ok(data) => data,
+            match read.await {
+                Ok(data) => Some(data),
                 Err(e) => {
                     // Tell the reader why the stream ends.
                     let e = e.context(format!("reading WAL at {position}"));
@@ -167,12 +154,16 @@ where
                     let _ = writer.flush().await;
                     return Err(e);
                 }
-            };
+            }
+        } else {
+            None
+        };
+        if let Some(data) = data {
             let n = data.len();
             encoded.clear();
             PrimaryMessage::XLogData(XLogData {
                 wal_start: position,
-                wal_end: end,
+                wal_end: end.max(local_start),
                 timestamp: PgTimestamp::now(),
                 data,
             })

@@ -53,11 +53,7 @@ CLIENTS = ["-c", "4", "-j", "2"]
 
 @pytest.fixture
 def cluster(neon_env_builder: NeonEnvBuilder, pg_bin: PgBin) -> Cluster:
-    neon_env_builder.num_safekeepers = 1
-    nl = neon_env_builder.neon_local()
-    nl.run("start", "--suspend-timeout", "1s")
-    nl.run("tenant", "create", "--set-default")
-    return Cluster(nl, pg_bin)
+    return Cluster.start(neon_env_builder, pg_bin, num_safekeepers=1, suspend_timeout="1s")
 
 
 def p95(values: list[float]) -> float:

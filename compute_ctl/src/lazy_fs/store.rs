@@ -200,7 +200,10 @@ mod tests {
             },
         ];
         let mounts = plan_segments(dir.path(), &sizes).unwrap();
-        assert!(!dir.path().join("base/5/16384").exists(), "planned, not created");
+        assert!(
+            !dir.path().join("base/5/16384").exists(),
+            "planned, not created"
+        );
         for (mount, files) in &mounts {
             for (path, file) in files {
                 materialize(
