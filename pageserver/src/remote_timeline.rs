@@ -12,7 +12,10 @@
 //! consistent LSN. Rules:
 //! - a layer is uploaded before any index that names it;
 //! - a layer is deleted remotely only after an index that no longer names
-//!   it has been uploaded;
+//!   it has been uploaded (a layer uploaded by a round that was abandoned,
+//!   because GC removed another layer meanwhile, is remembered: it is
+//!   deleted once an index is up without it, even if no index ever named
+//!   it);
 //! - an index only names layers at or below its disk-consistent LSN.
 //!
 //! So the newest index always describes a loadable timeline: attach
@@ -309,6 +312,9 @@ pub async fn run_uploader(
         }
     };
     let mut uploaded: Option<IndexPart> = remote;
+    // Layers uploaded by a round that then found a layer gone (GC) and
+    // started over: in the bucket, in no index yet.
+    let mut unindexed: BTreeMap<LayerName, u64> = BTreeMap::new();
     if let Some(index) = &uploaded {
         timeline.set_remote_consistent_lsn(index.metadata.disk_consistent.last);
     }
@@ -316,7 +322,7 @@ pub async fn run_uploader(
         if tenant.state() != TenantState::Active {
             return;
         }
-        match upload_round(&timeline, &storage, &mut uploaded, &cancel).await {
+        match upload_round(&timeline, &storage, &mut uploaded, &mut unindexed, &cancel).await {
             None => return,
             Some(Round::Changed) => continue,
             Some(Round::UpToDate) => {}
@@ -328,23 +334,31 @@ pub async fn run_uploader(
     }
 }
 
+/// One round: upload what the timeline has and the bucket lacks, then the
+/// index, then delete what is in the bucket and no longer named: layers of
+/// the previous index, and layers an abandoned round uploaded (`unindexed`)
+/// that GC has removed since.
 async fn upload_round(
     timeline: &Timeline,
     storage: &GenericRemoteStorage,
     uploaded: &mut Option<IndexPart>,
+    unindexed: &mut BTreeMap<LayerName, u64>,
     cancel: &CancellationToken,
 ) -> Option<Round> {
     let (tenant_id, timeline_id) = (timeline.tenant_id, timeline.timeline_id);
     let (metadata, files) = timeline.remote_snapshot();
-    let previous: BTreeMap<LayerName, u64> = uploaded
+    let mut previous: BTreeMap<LayerName, u64> = uploaded
         .as_ref()
         .map(|i| i.layers.clone())
         .unwrap_or_default();
-    if uploaded.as_ref().is_some_and(|i| {
-        i.metadata == metadata
-            && i.layers.len() == files.len()
-            && files.iter().all(|(n, _)| i.layers.contains_key(n))
-    }) {
+    previous.extend(unindexed.iter().map(|(n, s)| (n.clone(), *s)));
+    if unindexed.is_empty()
+        && uploaded.as_ref().is_some_and(|i| {
+            i.metadata == metadata
+                && i.layers.len() == files.len()
+                && files.iter().all(|(n, _)| i.layers.contains_key(n))
+        })
+    {
         return Some(Round::UpToDate);
     }
     let mut layers = BTreeMap::new();
@@ -357,6 +371,7 @@ async fn upload_round(
             Some(size) => size,
             None => return Some(Round::Changed),
         };
+        unindexed.insert(name.clone(), size);
         layers.insert(name.clone(), size);
     }
     let index = IndexPart {
@@ -378,6 +393,7 @@ async fn upload_round(
         .filter_map(|name| object(tenant_id, timeline_id, &name.to_string()).ok())
         .collect();
     *uploaded = Some(index);
+    unindexed.clear();
     if !gone.is_empty() {
         let what = format!(
             "deleting {} layers of {tenant_id}/{timeline_id} from remote storage",

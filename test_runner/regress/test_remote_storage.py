@@ -246,7 +246,11 @@ pitr_bytes = 2097152
     def only_indexed():
         idx = index(s3, tenant, timeline)
         names = bucket_layers()
-        return names == set(idx["layers"]) and len(names) > 0
+        indexed = set(idx["layers"])
+        # Raised (and shown on timeout) while they differ.
+        assert names == indexed and names, \
+            f"not indexed: {sorted(names - indexed)}; indexed, not in the bucket: {sorted(indexed - names)}"
+        return True
 
     # The uploader deletes what GC removed once an index without it is up.
     wait_until("GC to delete layers from the bucket",
