@@ -42,7 +42,8 @@ use super::store::LazyFile;
 /// How long the kernel may cache names and attributes: every change comes
 /// through this mount, which the kernel sees.
 const TTL: Duration = Duration::from_secs(60);
-/// The kernel's readahead on a lazy file: what one sequential read fetches.
+/// The kernel's readahead window on a lazy file (it asks for it in FUSE
+/// reads of up to 128 KiB, each fetched as one pipelined batch).
 const MAX_READAHEAD: u32 = 1 << 20;
 
 type Lazy = Arc<Mutex<LazyFile>>;
