@@ -1,7 +1,7 @@
 # Images of the whole system, built from this repository (the context is the
 # repository root; .dockerignore leaves out target/ and test output):
 #
-#   docker build --target tools -t neon-local/tools .   # S3 server (moto), setup, static control plane
+#   docker build --target tools -t neon-local/tools .   # S3 server (moto), auth-setup, setup, static control plane
 #   docker build -t neon-local/neon .                    # every binary + PostgreSQL 15
 #
 # `neon` holds every binary of the workspace (pageserver, safekeeper,
@@ -30,7 +30,8 @@ ARG BASE_IMAGE=neon-local/debian:bookworm
 ARG RUST_IMAGE=neon-local/rust:bookworm
 
 # ---------------------------------------------------------------------------
-# tools: Python with moto's S3 server and the compose cluster's helpers. First
+# tools: Python with moto's S3 server and the compose cluster's helpers
+# (keys, tokens and certificates with PyJWT and cryptography). First
 # in the file so that `--target tools` does not compile any Rust with the
 # classic builder (which builds every stage up to its target).
 FROM ${BASE_IMAGE} AS tools
@@ -42,7 +43,8 @@ RUN apt-get update -qq \
 # make-base-image.sh) rather than pip's bundled one.
 RUN python3 -m venv /opt/venv \
  && PIP_CERT=/etc/ssl/certs/ca-certificates.crt /opt/venv/bin/pip install --quiet \
-      --disable-pip-version-check --no-cache-dir 'moto[server]==5.2.5' 'boto3' 'requests'
+      --disable-pip-version-check --no-cache-dir 'moto[server]==5.2.5' 'boto3' 'requests' \
+      'PyJWT[crypto]>=2.8'
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1
 COPY docker-compose/tools/ /usr/local/lib/neon-tools/

@@ -21,6 +21,16 @@ fi
 if [[ ! -f $repo/endpoints/main/endpoint.toml ]]; then
   "$neon_local" endpoint create main
 fi
+# The login role for the proxy (which never lets cloud_admin through); its
+# password is made once and kept beside the repository's keys.
+password_file=$repo/neon_role_password
+if [[ ! -s $password_file ]]; then
+  (umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$password_file")
+fi
+password=$(cat "$password_file")
+if ! "$neon_local" role list | grep -qx neon; then
+  NEON_ROLE_PASSWORD=$password "$neon_local" role create neon > /dev/null
+fi
 # STATUS is the last column: `running`, or `running (commits stuck for Ns)`.
 if ! "$neon_local" endpoint list | awk '$1 == "main"' | grep -q ' running\( (.*)\)\?$'; then
   "$neon_local" endpoint start main
@@ -33,14 +43,18 @@ cat <<MSG
 
 Everything runs: the storage broker, the pageserver, the safekeepers, and a
 compute (stock PostgreSQL 15) for the branch 'main' of the default tenant.
-Connect with
+Connect as the superuser, directly:
 
     psql -h 127.0.0.1 -p $port -U cloud_admin postgres
 
-or postgresql://cloud_admin@127.0.0.1:$port/postgres. Or through the proxy,
-which starts a branch's compute on demand and suspends it when idle:
+or through the proxy, which starts a branch's compute on demand and
+suspends it when idle, as the role 'neon' (its password is in
+$password_file):
 
-    psql "host=127.0.0.1 port=${proxy_port:-5432} dbname=postgres user=cloud_admin options=branch=main"
+    psql "postgresql://neon:$password@127.0.0.1:${proxy_port:-5432}/postgres?options=branch%3Dmain"
+
+Every daemon's API wants a token: \`cargo neon auth token\` prints one
+(docs/authentication.md).
 
 Then try the README's
 walkthrough (\`cargo neon timeline branch --branch-name dev\`, ...);

@@ -30,6 +30,7 @@ pub fn walproposer_config(spec: &ComputeSpec) -> WalproposerConfig {
         max_pageserver_lag: walproposer::backpressure::max_lag_from_setting(
             spec.max_pageserver_lag_bytes,
         ),
+        auth_token: spec.storage_auth_token.clone(),
     }
 }
 
@@ -37,6 +38,7 @@ pub fn walproposer_config(spec: &ComputeSpec) -> WalproposerConfig {
 pub struct PageserverHttp {
     client: reqwest::Client,
     base: String,
+    token: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -65,6 +67,7 @@ impl PageserverHttp {
                 "{base}/v1/tenant/{}/timeline/{}",
                 spec.tenant_id, spec.timeline_id
             ),
+            token: spec.storage_auth_token.clone(),
         })
     }
 
@@ -80,9 +83,11 @@ impl PageserverHttp {
     }
 
     async fn detail(&self) -> anyhow::Result<TimelineDetail> {
-        let response = self
-            .client
-            .get(format!("{}?logical_size=false", self.base))
+        let mut request = self.client.get(format!("{}?logical_size=false", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
             .send()
             .await
             .with_context(|| format!("asking the pageserver at {}", self.base))?;
@@ -139,7 +144,7 @@ pub async fn fetch(
             ("database", "postgres"),
             ("application_name", "compute_ctl"),
         ],
-        None,
+        spec.storage_auth_token.as_deref(),
     )
     .await
     .with_context(|| format!("connecting to the pageserver at {addr}"))?;

@@ -68,21 +68,27 @@ pub fn mandatory_settings(spec: &ComputeSpec) -> Vec<(&'static str, String)> {
 }
 
 /// Where a replica streams WAL from: the safekeepers (libpq tries each in
-/// turn), naming the timeline in the startup options.
+/// turn), naming the timeline in the startup options, with the tenant's
+/// token as the password.
 pub fn primary_conninfo(spec: &ComputeSpec) -> String {
     let (hosts, ports): (Vec<&str>, Vec<&str>) = spec
         .safekeepers
         .iter()
         .map(|addr| addr.rsplit_once(':').unwrap_or((addr.as_str(), "5454")))
         .unzip();
-    format!(
+    let mut conninfo = format!(
         "host={} port={} user={} application_name=replica options='-c tenant_id={} -c timeline_id={}'",
         hosts.join(","),
         ports.join(","),
         compute_api::spec::SUPERUSER,
         spec.tenant_id,
         spec.timeline_id
-    )
+    );
+    if let Some(token) = &spec.storage_auth_token {
+        // A JWT is base64url and dots: nothing to quote.
+        conninfo.push_str(&format!(" password={token}"));
+    }
+    conninfo
 }
 
 /// The `compute_spec.conf` text for `settings`.

@@ -79,8 +79,12 @@ pub async fn fetch_spec(
         .build()
         .context("creating the HTTP client")?;
     let deadline = Instant::now() + SPEC_FETCH_TIMEOUT;
+    let token = auth::token_from_env();
     loop {
         let mut request = client.get(&url);
+        if let Some(token) = &token {
+            request = request.bearer_auth(token);
+        }
         if let Some(trace) = trace {
             request = request.header("traceparent", trace.header());
         }

@@ -166,12 +166,16 @@ impl LazyMount {
             .args(["--tenant-id", &spec.tenant_id.to_string()])
             .args(["--timeline-id", &spec.timeline_id.to_string()])
             .args(["--lsn", &lsn.to_string()])
+            .env_remove(auth::TOKEN_ENV)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
         if spec.mode == compute_api::ComputeMode::Primary {
             cmd.arg("--latest");
+        }
+        if let Some(token) = &spec.storage_auth_token {
+            cmd.env(auth::TOKEN_ENV, token);
         }
         if let Some(owner) = owner {
             cmd.args(["--uid", &owner.uid.to_string()])

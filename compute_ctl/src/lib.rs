@@ -29,8 +29,10 @@ pub mod pg;
 pub mod spec_apply;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
+use auth::{Access, Scope};
 use compute_api::ComputeSpec;
 use daemon_utils::{bind_listener, CancellationToken, HttpServer, ServiceInfo};
 use serde::{Deserialize, Serialize};
@@ -71,6 +73,11 @@ pub struct ComputeCtlConf {
     /// The FUSE device; when it cannot be opened, computes start from a
     /// full base backup unless their spec requires a lazy one.
     pub fuse_device: PathBuf,
+    /// Public key(s) that verify callers' tokens (PEM): the HTTP API then
+    /// needs a `compute` (or admin) token. Without it, nobody is asked. The
+    /// token compute_ctl presents to the control plane comes from
+    /// `NEON_AUTH_TOKEN`; the storage's from the spec.
+    pub auth_public_key: Option<PathBuf>,
 }
 
 impl Default for ComputeCtlConf {
@@ -85,6 +92,7 @@ impl Default for ComputeCtlConf {
             pg_os_user: None,
             monitor_interval_ms: 500,
             start_timeout_secs: 60,
+            auth_public_key: None,
             compute_fs: PathBuf::from("compute_fs"),
             fuse_device: PathBuf::from("/dev/fuse"),
         }
@@ -118,7 +126,13 @@ pub async fn run(mut conf: ComputeCtlConf, cancel: CancellationToken) -> anyhow:
     };
     conf.pgdata = std::path::absolute(&conf.pgdata)
         .with_context(|| format!("resolving {}", conf.pgdata.display()))?;
-    let http = HttpServer::new(SERVICE)?;
+    let auth = daemon_utils::load_verifier(conf.auth_public_key.as_deref())?;
+    let mut http = HttpServer::new(SERVICE)?;
+    if let Some(verifier) = auth {
+        let policy: daemon_utils::AuthPolicy =
+            Arc::new(|_: &daemon_utils::RouteRequest| Access::Scopes(&[Scope::Compute]));
+        http = http.with_auth(verifier, policy);
+    }
     let node = ComputeNode::new(conf.clone(), http.registry())?;
     node.set_trace(trace);
     let status_node = node.clone();

@@ -27,8 +27,9 @@ struct Cli {
     #[arg(short = 'c', long = "spec", value_name = "FILE")]
     spec_path: Option<PathBuf>,
     /// Without --spec: fetch the spec from this control plane
-    /// (GET <URI>/v1/computes/<compute-id>/spec); the W3C trace context in
-    /// TRACEPARENT is passed on and logged with every line of the start
+    /// (GET <URI>/v1/computes/<compute-id>/spec) with the token in
+    /// NEON_AUTH_TOKEN; the W3C trace context in TRACEPARENT is passed on
+    /// and logged with every line of the start
     #[arg(long, value_name = "URI")]
     control_plane_uri: Option<String>,
     /// This compute's id at the control plane
@@ -44,6 +45,11 @@ struct Cli {
     /// OS user postgres runs as when compute_ctl is root [default: postgres]
     #[arg(long)]
     pg_os_user: Option<String>,
+    /// Verify callers of the HTTP API with the Ed25519 public key(s) in this
+    /// PEM file: they need a compute (or admin) token [default: none,
+    /// nobody is asked]
+    #[arg(long, value_name = "PATH")]
+    auth_public_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -64,6 +70,9 @@ fn main() -> ExitCode {
             }
             if cli.pg_os_user.is_some() {
                 conf.pg_os_user = cli.pg_os_user;
+            }
+            if cli.auth_public_key.is_some() {
+                conf.auth_public_key = cli.auth_public_key;
             }
         },
         compute_ctl::run,

@@ -157,6 +157,7 @@ impl Postmaster {
         let mut cmd = Command::new(postgres);
         cmd.arg("-D")
             .arg(pgdata)
+            .env_remove(auth::TOKEN_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit());

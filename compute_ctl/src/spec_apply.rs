@@ -1,7 +1,9 @@
 //! Bringing a running compute's roles and databases to what the spec says.
 //!
 //! Roles and databases listed in the spec are created, or altered to match
-//! (password, owner); `delta_operations` drop and rename. Nothing else is
+//! (password, owner); a new role may create objects in the `postgres`
+//! database's `public` schema (which PostgreSQL 15 keeps to its owner);
+//! `delta_operations` drop and rename. Nothing else is
 //! touched: objects users made themselves stay. Passwords reach postgres
 //! only as SCRAM-SHA-256 verifiers.
 
@@ -72,6 +74,8 @@ pub async fn apply(client: &mut Client, spec: &ComputeSpec) -> anyhow::Result<()
                 }
                 if roles.contains_key(name) {
                     info!(role = name, "dropping role");
+                    let sql = format!("REVOKE CREATE ON SCHEMA public FROM {}", quote_ident(name));
+                    exec(client, &sql, &format!("revoking role {name:?}'s CREATE on schema public")).await?;
                     let sql = format!("DROP ROLE {}", quote_ident(name));
                     exec(client, &sql, &format!("dropping role {name:?}")).await?;
                 }
@@ -133,6 +137,9 @@ pub async fn apply(client: &mut Client, spec: &ComputeSpec) -> anyhow::Result<()
                 info!(role = role.name, "creating role");
                 let sql = format!("CREATE ROLE {name} WITH LOGIN CREATEDB{password}");
                 exec(client, &sql, &format!("creating role {:?}", role.name)).await?;
+                // PostgreSQL 15 lets only the owner create in `public`.
+                let sql = format!("GRANT CREATE ON SCHEMA public TO {name}");
+                exec(client, &sql, &format!("granting role {:?} CREATE on schema public", role.name)).await?;
             }
         }
     }

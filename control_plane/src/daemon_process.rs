@@ -55,6 +55,15 @@ pub struct Daemon {
     /// What the line before starting says after "Starting ", e.g.
     /// `pageserver node 1 at '127.0.0.1:64000' in ".neon"`.
     pub description: String,
+    /// The token it presents to other daemons (`NEON_AUTH_TOKEN`), if any.
+    pub token: Option<DaemonToken>,
+}
+
+/// A token signed with a repository's key when its daemon starts.
+#[derive(Debug, Clone)]
+pub struct DaemonToken {
+    pub repo: PathBuf,
+    pub claims: auth::Claims,
 }
 
 /// Decides from a `/v1/status` document of the spawned process whether it
@@ -160,7 +169,13 @@ impl Daemon {
             .metadata()
             .with_context(|| format!("reading the size of {}", log_path.display()))?
             .len();
-        let mut child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        command.env_remove(auth::TOKEN_ENV);
+        if let Some(token) = &self.token {
+            let signed = crate::local_auth::RepoAuth::load(&token.repo)?.issue(&token.claims);
+            command.env(auth::TOKEN_ENV, signed);
+        }
+        let mut child = command
             .args(&self.args)
             .current_dir(&self.dir)
             .stdin(Stdio::null())

@@ -13,6 +13,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use auth::Scope;
 use compute_api::{ComputeMode, ComputeSpec, ComputeState};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -28,6 +29,20 @@ use crate::storage_clients::{PageserverClient, SafekeeperClient};
 pub const ENDPOINTS_DIR: &str = "endpoints";
 const ENDPOINT_FILE: &str = "endpoint.toml";
 const SPEC_FILE: &str = "spec.json";
+
+/// Writes a file only its owner can read (a spec holds a token).
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
+}
 /// Present while the endpoint is suspended (stopped by the control plane
 /// for idleness; the next connection through the proxy wakes it).
 const SUSPENDED_FILE: &str = "suspended";
@@ -271,15 +286,25 @@ impl Endpoint {
                 self.http_addr().into(),
                 "--pgbin".into(),
                 env.postgres_binary().into(),
+                "--auth-public-key".into(),
+                std::path::absolute(env.repo.join(crate::local_auth::PUBLIC_KEY_FILE))
+                    .unwrap_or_else(|_| env.repo.join(crate::local_auth::PUBLIC_KEY_FILE))
+                    .into(),
             ],
             dir: self.dir.clone(),
             http_addr: self.http_addr(),
             announce: false,
+            token: None,
         }
     }
 
-    pub fn spec(&self, env: &LocalEnv) -> ComputeSpec {
-        ComputeSpec {
+    /// The spec compute_ctl starts from: the storage's addresses and a
+    /// token for the tenant, and the tenant's login roles (those deleted
+    /// with `role delete` are dropped).
+    pub fn spec(&self, env: &LocalEnv) -> anyhow::Result<ComputeSpec> {
+        let state = crate::state::State::load(&env.repo)?;
+        let tenant_id = self.conf.tenant_id;
+        Ok(ComputeSpec {
             format_version: compute_api::spec::FORMAT_VERSION,
             tenant_id: self.conf.tenant_id,
             timeline_id: self.conf.timeline_id,
@@ -301,14 +326,55 @@ impl Endpoint {
             listen_addresses: "127.0.0.1".into(),
             pg_version: self.conf.pg_version,
             mode: self.mode(),
-            roles: Vec::new(),
+            roles: state.roles_of(tenant_id),
             databases: Vec::new(),
-            delta_operations: Vec::new(),
+            delta_operations: state.dropped_roles_of(tenant_id),
             settings: Default::default(),
             suspend_timeout_seconds: self.suspend_timeout().map(|t| t.as_secs()),
             max_pageserver_lag_bytes: self.conf.max_pageserver_lag,
             lazy: self.conf.lazy,
+            storage_auth_token: Some(env.auth()?.tenant(tenant_id)),
+        })
+    }
+
+    /// compute_ctl's `/status`, asked with a compute token; `None` if it
+    /// does not answer.
+    fn compute_state(&self, env: &LocalEnv) -> Option<ComputeState> {
+        let token = env.auth().ok()?.scope(Scope::Compute);
+        daemon_process::http_client()
+            .ok()?
+            .get(format!("http://{}/status", self.http_addr()))
+            .bearer_auth(token)
+            .send()
+            .ok()?
+            .json()
+            .ok()
+    }
+
+    /// Sends the current spec to the running compute (`POST /configure`):
+    /// roles and settings are applied without a restart.
+    pub fn reconfigure(&self, env: &LocalEnv) -> anyhow::Result<()> {
+        let spec = self.spec(env)?;
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .no_proxy()
+            .build()
+            .context("creating the HTTP client")?;
+        let response = client
+            .post(format!("http://{}/configure", self.http_addr()))
+            .bearer_auth(env.auth()?.scope(Scope::Compute))
+            .json(&spec)
+            .send()
+            .with_context(|| format!("asking compute_ctl of endpoint '{}'", self.conf.name))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().unwrap_or_default();
+            bail!(
+                "compute_ctl of endpoint '{}' refused the new spec ({status}): {body}",
+                self.conf.name
+            );
         }
+        Ok(())
     }
 
     pub fn connstr(&self) -> String {
@@ -419,21 +485,15 @@ impl Endpoint {
             self.ensure_safekeeper_timelines(env)?;
         }
         let spec_path = self.dir.join(SPEC_FILE);
-        let spec = serde_json::to_string_pretty(&self.spec(env)).context("serializing the spec")?;
-        std::fs::write(&spec_path, spec)
-            .with_context(|| format!("writing {}", spec_path.display()))?;
+        let spec =
+            serde_json::to_string_pretty(&self.spec(env)?).context("serializing the spec")?;
+        write_private(&spec_path, &spec)?;
 
-        let http = daemon_process::http_client()?;
-        let status_url = format!("http://{}/status", self.http_addr());
         let mut ready = |doc: &serde_json::Value| -> anyhow::Result<bool> {
             match doc["status"].as_str() {
                 Some("running") => Ok(true),
                 Some("failed" | "terminated") => {
-                    let state: Option<ComputeState> = http
-                        .get(&status_url)
-                        .send()
-                        .ok()
-                        .and_then(|r| r.json().ok());
+                    let state = self.compute_state(env);
                     let error = state
                         .and_then(|s| s.error)
                         .unwrap_or_else(|| "no error recorded".into());
@@ -554,7 +614,7 @@ impl Endpoint {
     pub fn ensure_safekeeper_timelines(&self, env: &LocalEnv) -> anyhow::Result<()> {
         let mut unreachable = Vec::new();
         for sk in &env.safekeepers {
-            let created = SafekeeperClient::new(&sk.listen_http_addr).and_then(|client| {
+            let created = SafekeeperClient::new(env, &sk.listen_http_addr).and_then(|client| {
                 client.ensure_timeline(
                     self.conf.tenant_id,
                     self.conf.timeline_id,
@@ -594,15 +654,7 @@ impl Endpoint {
             _ if self.is_suspended() => return "suspended".into(),
             _ => return "stopped".into(),
         }
-        let state: Option<ComputeState> = daemon_process::http_client()
-            .ok()
-            .and_then(|c| {
-                c.get(format!("http://{}/status", self.http_addr()))
-                    .send()
-                    .ok()
-            })
-            .and_then(|r| r.json().ok());
-        match state {
+        match self.compute_state(env) {
             Some(ComputeState {
                 commits: Some(commits),
                 ..
@@ -664,7 +716,8 @@ fn check_static_lsn(
 /// `http_addr` where it is missing, so that a safekeeper that was down
 /// when an endpoint started joins its quorum once it is back.
 pub fn ensure_timelines_on(repo: &Path, http_addr: &str) -> anyhow::Result<()> {
-    let client = SafekeeperClient::new(http_addr)?;
+    let env = LocalEnv::load(repo)?;
+    let client = SafekeeperClient::new(&env, http_addr)?;
     let mut done = HashSet::new();
     for endpoint in Endpoint::list(repo)? {
         let c = &endpoint.conf;

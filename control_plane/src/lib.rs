@@ -5,11 +5,13 @@
 //! processes with a log and a pid file each, and stops them again.
 //!
 //! * [`local_env`]: the repository and its config;
+//! * [`local_auth`]: the repository's key pair and the tokens it signs;
 //! * [`daemon_process`]: daemons as child processes;
 //! * [`state`]: default tenant and branch names;
 //! * [`storage_clients`]: the pageserver's and safekeepers' HTTP APIs;
 //! * [`tenants`]: `tenant` and `timeline` commands;
 //! * [`endpoint`]: compute endpoints (compute_ctl and its postgres);
+//! * [`roles`]: `role` commands, the login roles of tenants' databases;
 //! * [`lock`]: file locks that make endpoint changes safe between the
 //!   control-plane service and the CLI;
 //! * [`wake_service`]: the control-plane service (`control-plane run`): the
@@ -17,8 +19,10 @@
 
 pub mod daemon_process;
 pub mod endpoint;
+pub mod local_auth;
 pub mod local_env;
 pub mod lock;
+pub mod roles;
 pub mod state;
 pub mod storage_clients;
 pub mod tenants;

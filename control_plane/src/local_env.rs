@@ -9,7 +9,10 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use utils::NodeId;
 
-use crate::daemon_process::{find_running_pid_file, Daemon};
+use auth::{Claims, Scope};
+
+use crate::daemon_process::{find_running_pid_file, Daemon, DaemonToken};
+use crate::local_auth::{write_key_pair, RepoAuth, PUBLIC_KEY_FILE};
 
 /// Name of the configuration file inside the repository directory.
 pub const CONFIG_FILE: &str = "config";
@@ -32,6 +35,9 @@ pub struct LocalEnv {
     /// repository.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_storage: Option<String>,
+    /// The repository this config was loaded from (not in the file).
+    #[serde(skip)]
+    pub repo: PathBuf,
 }
 
 /// The control-plane service (`neon_local control-plane run`, started by
@@ -67,6 +73,9 @@ pub struct ProxyConf {
     pub tls_cert_path: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key_path: Option<PathBuf>,
+    /// Refuse clients that do not use TLS (needs the certificate and key).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub require_tls: bool,
 }
 
 impl Default for ProxyConf {
@@ -76,6 +85,7 @@ impl Default for ProxyConf {
             listen_http_addr: "127.0.0.1:7001".into(),
             tls_cert_path: None,
             tls_key_path: None,
+            require_tls: false,
         }
     }
 }
@@ -343,7 +353,29 @@ impl LocalEnv {
                 path.display()
             );
         }
-        daemon_utils::load_config(Some(&path))
+        let mut env: LocalEnv = daemon_utils::load_config(Some(&path))?;
+        env.repo = repo.to_owned();
+        Ok(env)
+    }
+
+    /// The repository's key pair, to sign tokens with.
+    pub fn auth(&self) -> anyhow::Result<RepoAuth> {
+        RepoAuth::load(&self.repo)
+    }
+
+    /// The token a daemon presents to others, signed when it starts.
+    fn daemon_token(repo: &Path, claims: Claims) -> Option<DaemonToken> {
+        Some(DaemonToken {
+            repo: repo.to_owned(),
+            claims,
+        })
+    }
+
+    /// `--auth-public-key <the repository's public key>`.
+    fn auth_args(repo: &Path) -> [OsString; 2] {
+        let key = std::path::absolute(repo.join(PUBLIC_KEY_FILE))
+            .unwrap_or_else(|_| repo.join(PUBLIC_KEY_FILE));
+        ["--auth-public-key".into(), key.into()]
     }
 
     /// Writes a new repository at `repo` holding only this config. Refuses
@@ -400,7 +432,8 @@ impl LocalEnv {
             .and_then(|()| {
                 std::fs::write(tmp.join(CONFIG_FILE), text)
                     .with_context(|| format!("writing {}", tmp.join(CONFIG_FILE).display()))
-            });
+            })
+            .and_then(|()| write_key_pair(&tmp));
         if let Err(err) = built {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(err);
@@ -448,13 +481,18 @@ impl LocalEnv {
             description: format!("neon broker at {}", self.broker.listen_addr),
             service: "storage_broker",
             binary: self.binaries.storage_broker.clone(),
-            args: vec![
-                "--listen-addr".into(),
-                self.broker.listen_addr.clone().into(),
-            ],
+            args: [
+                vec![
+                    "--listen-addr".into(),
+                    self.broker.listen_addr.clone().into(),
+                ],
+                Self::auth_args(repo).to_vec(),
+            ]
+            .concat(),
             dir: repo.join("storage_broker"),
             http_addr: self.broker.listen_addr.clone(),
             announce: true,
+            token: None,
         }
     }
 
@@ -486,10 +524,14 @@ impl LocalEnv {
                 self.binaries.pg_bin_dir.clone().into(),
                 "--remote-storage".into(),
                 self.remote_storage_toml(repo).into(),
-            ],
+            ]
+            .into_iter()
+            .chain(Self::auth_args(repo))
+            .collect(),
             dir,
             http_addr: ps.listen_http_addr.clone(),
             announce: true,
+            token: Self::daemon_token(repo, Claims::new(Scope::Pageserver)),
         }
     }
 
@@ -520,10 +562,14 @@ impl LocalEnv {
                 self.broker.listen_addr.clone().into(),
                 "--remote-storage".into(),
                 self.remote_storage_toml(repo).into(),
-            ],
+            ]
+            .into_iter()
+            .chain(Self::auth_args(repo))
+            .collect(),
             dir,
             http_addr: sk.listen_http_addr.clone(),
             announce: true,
+            token: Self::daemon_token(repo, Claims::new(Scope::Safekeeper)),
         }
     }
 
@@ -579,6 +625,7 @@ impl LocalEnv {
             dir: repo.join("control_plane"),
             http_addr: self.control_plane.listen_http_addr.clone(),
             announce: true,
+            token: None,
         }
     }
 
@@ -600,6 +647,10 @@ impl LocalEnv {
             args.push("--tls-key".into());
             args.push(key.into());
         }
+        if p.require_tls {
+            args.push("--require-tls".into());
+        }
+        args.extend(Self::auth_args(repo));
         Daemon {
             name: "proxy".into(),
             description: format!("proxy at '{}'", self.proxy.listen_pg_addr),
@@ -609,6 +660,7 @@ impl LocalEnv {
             dir: repo.join("proxy"),
             http_addr: p.listen_http_addr.clone(),
             announce: true,
+            token: Self::daemon_token(repo, Claims::new(Scope::Proxy)),
         }
     }
 

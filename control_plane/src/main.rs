@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use control_plane::daemon_process::StopMode;
 use control_plane::endpoint::{self, Endpoint};
@@ -83,6 +83,60 @@ enum Command {
     /// zero)
     #[command(subcommand, name = "control-plane", alias = "control_plane")]
     ControlPlane(ControlPlaneCmd),
+    /// Tokens signed with the repository's key (every daemon asks for one)
+    #[command(subcommand)]
+    Auth(AuthCmd),
+    /// Manage the login roles of a tenant's databases (what clients of the
+    /// proxy log in as)
+    #[command(subcommand)]
+    Role(RoleCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum AuthCmd {
+    /// Print a token: admin unless told otherwise. For scripts and curl:
+    /// curl -H "Authorization: Bearer $(neon_local auth token)" ...
+    Token {
+        /// A token for this tenant only (scope tenant)
+        #[arg(long, conflicts_with = "scope")]
+        tenant_id: Option<TenantId>,
+        /// admin, safekeeper, pageserver, compute or proxy (tenant needs
+        /// --tenant-id)
+        #[arg(long)]
+        scope: Option<auth::Scope>,
+        /// Expire this many seconds from now [default: never]
+        #[arg(long, value_name = "SECONDS")]
+        expires_in: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RoleCmd {
+    /// Create a login role (or give it a new password); endpoints of the
+    /// tenant get it when they start, running primaries at once
+    Create {
+        name: String,
+        /// Its password [env: NEON_ROLE_PASSWORD]
+        #[arg(long, env = "NEON_ROLE_PASSWORD", hide_env_values = true)]
+        password: String,
+        /// [default: the default tenant]
+        #[arg(long)]
+        tenant_id: Option<TenantId>,
+    },
+    /// List the tenant's login roles
+    List {
+        /// [default: the default tenant]
+        #[arg(long)]
+        tenant_id: Option<TenantId>,
+    },
+    /// Delete a login role: running primaries drop it at once, the other
+    /// endpoints when they next start
+    Delete {
+        name: String,
+        /// [default: the default tenant]
+        #[arg(long)]
+        tenant_id: Option<TenantId>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -384,6 +438,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     vec![env.control_plane_daemon(&repo, None)],
                 ),
                 ControlPlaneCmd::Run { .. } => unreachable!("handled in main"),
+            }
+        }
+        Command::Auth(AuthCmd::Token {
+            tenant_id,
+            scope,
+            expires_in,
+        }) => {
+            let mut claims = match (tenant_id, scope) {
+                (Some(tenant_id), _) => auth::Claims::tenant(tenant_id),
+                (None, Some(auth::Scope::Tenant)) => {
+                    bail!("a tenant token needs --tenant-id")
+                }
+                (None, scope) => auth::Claims::new(scope.unwrap_or(auth::Scope::Admin)),
+            };
+            if let Some(seconds) = expires_in {
+                claims = claims.expiring_in(seconds);
+            }
+            println!("{}", env()?.auth()?.issue(&claims));
+            Ok(())
+        }
+        Command::Role(cmd) => {
+            let env = env()?;
+            match cmd {
+                RoleCmd::Create {
+                    name,
+                    password,
+                    tenant_id,
+                } => control_plane::roles::role_create(&repo, &env, tenant_id, &name, &password),
+                RoleCmd::List { tenant_id } => control_plane::roles::role_list(&repo, tenant_id),
+                RoleCmd::Delete { name, tenant_id } => {
+                    control_plane::roles::role_delete(&repo, &env, tenant_id, &name)
+                }
             }
         }
         Command::Tenant(cmd) => {

@@ -14,6 +14,26 @@ pub const STATE_FILE: &str = "state.toml";
 pub struct State {
     pub default_tenant_id: Option<TenantId>,
     pub branches: Vec<Branch>,
+    /// Login roles of tenants' databases, in the specs of their endpoints.
+    pub roles: Vec<LoginRole>,
+    /// Roles deleted with `role delete`: endpoints drop them at start.
+    pub dropped_roles: Vec<DroppedRole>,
+}
+
+/// A login role, with its password kept only as a SCRAM-SHA-256 verifier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRole {
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub encrypted_password: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DroppedRole {
+    pub tenant_id: TenantId,
+    pub name: String,
 }
 
 /// A branch name of a tenant's timeline.
@@ -45,6 +65,58 @@ impl State {
         std::fs::write(&tmp, text)
             .and_then(|()| std::fs::rename(&tmp, &path))
             .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The tenant's login roles, as a spec lists them.
+    pub fn roles_of(&self, tenant_id: TenantId) -> Vec<compute_api::spec::Role> {
+        self.roles
+            .iter()
+            .filter(|r| r.tenant_id == tenant_id)
+            .map(|r| compute_api::spec::Role {
+                name: r.name.clone(),
+                password: None,
+                encrypted_password: Some(r.encrypted_password.clone()),
+            })
+            .collect()
+    }
+
+    /// The roles deleted from the tenant, as a spec's delta operations.
+    pub fn dropped_roles_of(&self, tenant_id: TenantId) -> Vec<compute_api::DeltaOp> {
+        self.dropped_roles
+            .iter()
+            .filter(|r| r.tenant_id == tenant_id)
+            .map(|r| compute_api::DeltaOp::DeleteRole {
+                name: r.name.clone(),
+            })
+            .collect()
+    }
+
+    /// Adds (or replaces the password of) a role of the tenant.
+    pub fn set_role(&mut self, tenant_id: TenantId, name: &str, encrypted_password: String) {
+        self.dropped_roles
+            .retain(|r| !(r.tenant_id == tenant_id && r.name == name));
+        self.roles
+            .retain(|r| !(r.tenant_id == tenant_id && r.name == name));
+        self.roles.push(LoginRole {
+            tenant_id,
+            name: name.to_owned(),
+            encrypted_password,
+        });
+    }
+
+    /// Removes a role of the tenant; false if it had none of that name.
+    pub fn drop_role(&mut self, tenant_id: TenantId, name: &str) -> bool {
+        let before = self.roles.len();
+        self.roles
+            .retain(|r| !(r.tenant_id == tenant_id && r.name == name));
+        if self.roles.len() == before {
+            return false;
+        }
+        self.dropped_roles.push(DroppedRole {
+            tenant_id,
+            name: name.to_owned(),
+        });
+        true
     }
 
     /// The tenant given, else the default one.

@@ -54,6 +54,8 @@ fn parse<T: DeserializeOwned>(response: Response, daemon: &str) -> anyhow::Resul
 pub struct PageserverClient {
     client: Client,
     base: String,
+    /// An admin token (the repository's key signs it).
+    token: String,
 }
 
 impl PageserverClient {
@@ -69,12 +71,15 @@ impl PageserverClient {
         Ok(PageserverClient {
             client: client(timeout)?,
             base: format!("http://{}", env.pageserver.listen_http_addr),
+            token: env.auth()?.admin(),
         })
     }
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let response = send(
-            self.client.get(format!("{}{path}", self.base)),
+            self.client
+                .get(format!("{}{path}", self.base))
+                .bearer_auth(&self.token),
             "pageserver",
             &self.base,
         )?;
@@ -87,7 +92,10 @@ impl PageserverClient {
         body: &impl serde::Serialize,
     ) -> anyhow::Result<T> {
         let response = send(
-            self.client.post(format!("{}{path}", self.base)).json(body),
+            self.client
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(&self.token)
+                .json(body),
             "pageserver",
             &self.base,
         )?;
@@ -155,13 +163,16 @@ impl PageserverClient {
 pub struct SafekeeperClient {
     client: Client,
     base: String,
+    /// An admin token (the repository's key signs it).
+    token: String,
 }
 
 impl SafekeeperClient {
-    pub fn new(http_addr: &str) -> anyhow::Result<Self> {
+    pub fn new(env: &LocalEnv, http_addr: &str) -> anyhow::Result<Self> {
         Ok(SafekeeperClient {
             client: client(Duration::from_secs(30))?,
             base: format!("http://{http_addr}"),
+            token: env.auth()?.admin(),
         })
     }
 
@@ -172,7 +183,11 @@ impl SafekeeperClient {
         timeline_id: TimelineId,
     ) -> anyhow::Result<Option<TimelineStatus>> {
         let url = format!("{}/v1/tenant/{tenant_id}/timeline/{timeline_id}", self.base);
-        let response = send(self.client.get(url), "safekeeper", &self.base)?;
+        let response = send(
+            self.client.get(url).bearer_auth(&self.token),
+            "safekeeper",
+            &self.base,
+        )?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -194,7 +209,11 @@ impl SafekeeperClient {
             "timeline_id": timeline_id,
             "pg_version": pg_version * 10000,
         });
-        let response = send(self.client.post(url).json(&body), "safekeeper", &self.base)?;
+        let response = send(
+            self.client.post(url).bearer_auth(&self.token).json(&body),
+            "safekeeper",
+            &self.base,
+        )?;
         if response.status() == StatusCode::CONFLICT {
             return Ok(());
         }
@@ -212,7 +231,7 @@ pub fn quorum_flush_lsn(
 ) -> anyhow::Result<Option<Lsn>> {
     let mut flushed = Vec::new();
     for sk in &env.safekeepers {
-        let client = SafekeeperClient::new(&sk.listen_http_addr)?;
+        let client = SafekeeperClient::new(env, &sk.listen_http_addr)?;
         // A safekeeper that is down counts as having nothing.
         if let Ok(Some(status)) = client.timeline(tenant_id, timeline_id) {
             flushed.push(status.flush_lsn);

@@ -30,14 +30,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
+use auth::{Access, Claims, JwtVerifier, Scope};
 use axum::body::Bytes;
 use axum::extract::{Path as AxumPath, State as AxumState};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use compute_api::{ComputeSpec, ComputeState, ComputeStatus};
 use control_plane_api::{WakeRequest, WakeResponse, COMPUTE_SPEC_ROUTE, WAKE_COMPUTE_PATH};
-use daemon_utils::{bind_listener, ApiError, CancellationToken, HttpServer, ServiceInfo};
+use daemon_utils::{
+    bind_listener, ApiError, AuthPolicy, CancellationToken, HttpServer, RouteRequest, ServiceInfo,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::RwLock;
@@ -83,6 +87,8 @@ struct Service {
     env: LocalEnv,
     default_suspend_timeout: Timeout,
     http: reqwest::Client,
+    /// Presented to compute_ctl's API.
+    compute_token: String,
     gates: Mutex<HashMap<String, Arc<RwLock<()>>>>,
     last_wake: Mutex<HashMap<String, Instant>>,
     stats: Mutex<Stats>,
@@ -234,7 +240,13 @@ impl Service {
     async fn compute_state(&self, ep: &Endpoint) -> Option<ComputeState> {
         ep.running_pid(&self.env).ok()??;
         let url = format!("http://{}/status", ep.http_addr());
-        let response = self.http.get(url).send().await.ok()?;
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(&self.compute_token)
+            .send()
+            .await
+            .ok()?;
         response.json().await.ok()
     }
 
@@ -391,6 +403,7 @@ async fn wake_handler(
 async fn spec_handler(
     AxumState(svc): AxumState<Arc<Service>>,
     AxumPath(compute_id): AxumPath<String>,
+    claims: Option<Extension<Claims>>,
     headers: axum::http::HeaderMap,
 ) -> Result<Json<ComputeSpec>, ApiError> {
     if check_name("endpoint", &compute_id).is_err() {
@@ -400,6 +413,16 @@ async fn spec_handler(
     }
     let endpoint =
         Endpoint::load(&svc.repo, &compute_id).map_err(|e| not_found(format!("{e:#}")))?;
+    // A tenant token opens only its tenant's computes (the policy let
+    // admin, compute and tenant tokens through).
+    if let Some(Extension(claims)) = &claims {
+        claims
+            .check(&Access::TenantOrScopes(
+                endpoint.conf.tenant_id,
+                &[Scope::Compute],
+            ))
+            .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))?;
+    }
     if endpoint.conf.is_primary() {
         // The storage a primary's spec names must be ready, as `endpoint
         // start` makes it.
@@ -417,7 +440,8 @@ async fn spec_handler(
         endpoint = compute_id,
         traceparent, "serving the compute spec"
     );
-    Ok(Json(endpoint.spec(&svc.env)))
+    let spec = endpoint.spec(&svc.env).map_err(ApiError::from)?;
+    Ok(Json(spec))
 }
 
 /// Runs the service until `cancel` fires.
@@ -427,6 +451,7 @@ pub async fn run(conf: ServiceConf, cancel: CancellationToken) -> anyhow::Result
         .suspend_timeout
         .unwrap_or(env.control_plane.default_suspend_timeout);
     let listen = env.control_plane.listen_http_addr.clone();
+    let compute_token = env.auth()?.scope(Scope::Compute);
     let svc = Arc::new(Service {
         repo: conf.repo_dir,
         env,
@@ -436,12 +461,23 @@ pub async fn run(conf: ServiceConf, cancel: CancellationToken) -> anyhow::Result
             .no_proxy()
             .build()
             .context("creating the HTTP client")?,
+        compute_token,
         gates: Mutex::default(),
         last_wake: Mutex::default(),
         stats: Mutex::default(),
     });
     let status = svc.clone();
-    let http = HttpServer::new(SERVICE)?.with_status(move || status.status_fields());
+    let verifier = Arc::new(JwtVerifier::from_file(
+        &svc.repo.join(crate::local_auth::PUBLIC_KEY_FILE),
+    )?);
+    let policy: AuthPolicy = Arc::new(|request: &RouteRequest| match request.route {
+        Some(WAKE_COMPUTE_PATH) => Access::Scopes(&[Scope::Proxy]),
+        Some(COMPUTE_SPEC_ROUTE) => Access::Scopes(&[Scope::Compute, Scope::Tenant]),
+        _ => Access::Admin,
+    });
+    let http = HttpServer::new(SERVICE)?
+        .with_status(move || status.status_fields())
+        .with_auth(verifier, policy);
     let listener = bind_listener("HTTP", &listen).await?;
     info!(
         "control plane for {}: wake API on http://{listen}, default suspend timeout {default_suspend_timeout}",

@@ -6,10 +6,17 @@ spec compute_ctl starts from. Idempotent: on a cluster that already has
 them (a second `docker compose up`) it only writes the spec again. Exits 0
 when done, 1 with the reason otherwise.
 
+Authentication (docs/authentication.md): every call to the pageserver and
+the safekeepers carries the admin token made by auth-setup; the spec gets a
+token for the tenant (`storage_auth_token`), signed here with the cluster's
+private key, which compute_ctl presents to the pageserver and the
+safekeepers. The public key file is copied beside the spec (the compute
+mounts the spec volume only, not the keys and tokens).
+
 Environment (defaults in docker-compose.yml): TENANT_ID, TIMELINE_ID,
 PAGESERVER_HTTP, PAGESERVER_PG, SAFEKEEPERS (libpq host:port list),
 SAFEKEEPERS_HTTP, COMPUTE_PG_PORT, NEON_USER, NEON_PASSWORD, NEON_DB,
-SPEC_PATH, SETUP_TIMEOUT (seconds).
+SPEC_PATH, AUTH_DIR (/auth), SETUP_TIMEOUT (seconds).
 """
 
 import json
@@ -19,6 +26,8 @@ import time
 
 import requests
 
+import neon_auth
+
 env = os.environ.get
 TENANT = env("TENANT_ID", "de200bd42b49cc1814412c7e592dd6e9")
 TIMELINE = env("TIMELINE_ID", "9ef87a5bf0d92544f6fafeeb3239695c")
@@ -26,7 +35,9 @@ PAGESERVER_HTTP = env("PAGESERVER_HTTP", "pageserver:9898")
 PAGESERVER_PG = env("PAGESERVER_PG", "pageserver:64000")
 SAFEKEEPERS = env("SAFEKEEPERS", "safekeeper1:5454,safekeeper2:5454,safekeeper3:5454").split(",")
 SAFEKEEPERS_HTTP = env("SAFEKEEPERS_HTTP", "safekeeper1:7676,safekeeper2:7676,safekeeper3:7676").split(",")
+AUTH_DIR = env("AUTH_DIR", "/auth")
 DEADLINE = time.monotonic() + float(env("SETUP_TIMEOUT", "120"))
+session = requests.Session()
 
 
 def log(message: str) -> None:
@@ -58,7 +69,7 @@ def call(method: str, url: str, body: dict | None = None, ok=(200, 201)) -> requ
     answer outside `ok` is fatal."""
     while True:
         try:
-            r = requests.request(method, url, json=body, timeout=60)
+            r = session.request(method, url, json=body, timeout=60)
             break
         except requests.RequestException as e:
             if time.monotonic() > DEADLINE:
@@ -70,6 +81,16 @@ def call(method: str, url: str, body: dict | None = None, ok=(200, 201)) -> requ
 
 
 def main() -> None:
+    try:
+        admin_token = neon_auth.read_token(os.path.join(AUTH_DIR, "admin.token"))
+        tenant_token = neon_auth.mint(neon_auth.load_private_key(os.path.join(AUTH_DIR, "auth_private_key.pem")),
+                                      "tenant", TENANT)
+        with open(os.path.join(AUTH_DIR, "auth_public_key.pem"), "rb") as f:
+            public_keys = f.read()
+    except (OSError, ValueError) as e:
+        fail(f"the keys and tokens of auth-setup: {e}")
+    session.headers["Authorization"] = f"Bearer {admin_token}"
+
     ps = f"http://{PAGESERVER_HTTP}"
     wait_for("the pageserver", f"{ps}/v1/status")
     for sk in SAFEKEEPERS_HTTP:
@@ -98,6 +119,8 @@ def main() -> None:
         "pageserver_connstring": f"postgresql://cloud_admin@{PAGESERVER_PG}",
         "pageserver_http": PAGESERVER_HTTP,
         "safekeepers": SAFEKEEPERS,
+        # compute_ctl's password at the pageserver and the safekeepers.
+        "storage_auth_token": tenant_token,
         "pg_port": int(env("COMPUTE_PG_PORT", "55432")),
         "listen_addresses": "*",
         "pg_version": 15,
@@ -110,11 +133,12 @@ def main() -> None:
     }
     path = env("SPEC_PATH", "/spec/spec.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(spec, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    # The spec holds a token: readable by root (compute_ctl) only.
+    neon_auth.write_file(path, (json.dumps(spec, indent=2) + "\n").encode(), 0o600)
     log(f"wrote {path}")
+    keys = os.path.join(os.path.dirname(path), "auth_public_key.pem")
+    if neon_auth.write_file(keys, public_keys, 0o644):
+        log(f"wrote {keys} (compute_ctl's --auth-public-key)")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,11 @@ pub struct PageServerConf {
     /// Object storage for layer files (`{ local_path = "..." }` or an S3
     /// bucket); without it, layers stay on local disk only.
     pub remote_storage: Option<remote_storage::RemoteStorageConfig>,
+    /// Public key(s) that verify callers' tokens (PEM): the HTTP API and the
+    /// page service then need a token for the tenant (or admin). Without
+    /// it, nobody is asked. The pageserver's own token, presented to the
+    /// broker and the safekeepers, comes from `NEON_AUTH_TOKEN`.
+    pub auth_public_key: Option<PathBuf>,
 }
 
 impl Default for PageServerConf {
@@ -88,6 +93,7 @@ impl Default for PageServerConf {
             max_delta_chain: tenant::timeline::DEFAULT_MAX_DELTA_CHAIN,
             background: background::BackgroundConf::default(),
             remote_storage: None,
+            auth_public_key: None,
         }
     }
 }
@@ -96,9 +102,12 @@ impl Default for PageServerConf {
 pub async fn run(conf: PageServerConf, cancel: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&conf.workdir)
         .with_context(|| format!("creating the working directory {}", conf.workdir.display()))?;
+    let auth = daemon_utils::load_verifier(conf.auth_public_key.as_deref())?;
+    let token = auth::token_from_env();
     let broker = match &conf.broker_endpoint {
         Some(endpoint) => Some(
             storage_broker::BrokerClient::connect_lazy(endpoint)
+                .and_then(|client| client.with_token(token.as_deref()))
                 .context("configuring the storage broker client")?,
         ),
         None => {
@@ -140,7 +149,10 @@ pub async fn run(conf: PageServerConf, cancel: CancellationToken) -> anyhow::Res
         )
     })
     .context("loading tenants")?;
-    let http = HttpServer::new(SERVICE)?.with_node_id(conf.id);
+    let mut http = HttpServer::new(SERVICE)?.with_node_id(conf.id);
+    if let Some(verifier) = &auth {
+        http = http.with_auth(verifier.clone(), daemon_utils::tenant_routes_policy());
+    }
     metrics::get()
         .register(http.registry())
         .context("registering the pageserver's metrics")?;
@@ -158,6 +170,7 @@ pub async fn run(conf: PageServerConf, cancel: CancellationToken) -> anyhow::Res
         manager.clone(),
         basebackup::basebackup_at,
         conf.max_connections,
+        auth,
         cancel.clone(),
     ));
     let background_task = tokio::spawn(background::run(

@@ -39,6 +39,10 @@ struct Cli {
     /// prefix_in_bucket = "P", endpoint = "URL" }' [default: none]
     #[arg(long, value_name = "TOML", value_parser = remote_storage::RemoteStorageConfig::from_inline_toml)]
     remote_storage: Option<remote_storage::RemoteStorageConfig>,
+    /// Verify callers' tokens with the Ed25519 public key(s) in this PEM
+    /// file [default: none, nobody is asked]
+    #[arg(long, value_name = "PATH")]
+    auth_public_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -58,6 +62,9 @@ fn main() -> ExitCode {
             );
             if cli.broker_endpoint.is_some() {
                 conf.broker_endpoint = cli.broker_endpoint.clone();
+            }
+            if cli.auth_public_key.is_some() {
+                conf.auth_public_key = cli.auth_public_key.clone();
             }
             if cli.remote_storage.is_some() {
                 conf.remote_storage = cli.remote_storage.clone();

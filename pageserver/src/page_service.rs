@@ -8,11 +8,16 @@
 //! * `basebackup <tenant_id> <timeline_id> [lsn] [lazy]`: CopyOut of a tar
 //!   of PGDATA at the LSN (default: the last record ingested); with `lazy`,
 //!   logged relations are listed with their sizes instead of sent.
+//!
+//! With authentication on, a connection sends a token as its password (a
+//! bad one is refused, `FATAL 28P01`) and a command on a tenant the token
+//! does not open fails with `42501`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use auth::{Access, Claims, JwtVerifier};
 use pageserver_api::pagestream::{RelSpec, Request, Response};
 use postgres_format::relfile::{ForkNumber, RelFileNode, RelTag};
 use pq_proto::{
@@ -99,11 +104,13 @@ pub async fn serve(
     timelines: Arc<dyn TimelineLookup>,
     basebackup: BasebackupFn,
     max_connections: usize,
+    auth: Option<Arc<JwtVerifier>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let handler = Arc::new(PageService {
         timelines,
         basebackup,
+        auth,
     });
     let config = ServerConfig::new("pageserver", max_connections);
     pq_proto::query_server::serve(listener, handler, config, cancel).await
@@ -113,21 +120,35 @@ pub async fn serve(
 struct PageService {
     timelines: Arc<dyn TimelineLookup>,
     basebackup: BasebackupFn,
+    /// Verifies the token each connection sends as its password.
+    auth: Option<Arc<JwtVerifier>>,
 }
 
 impl<S> QueryHandler<S> for PageService
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    type Session = ();
+    /// The caller's claims, when the page service authenticates.
+    type Session = Option<Claims>;
 
-    fn startup(&self, _params: &StartupParams) -> Result<(), QueryError> {
+    fn startup(&self, _params: &StartupParams) -> Result<Option<Claims>, QueryError> {
+        Ok(None)
+    }
+
+    async fn authenticate(
+        &self,
+        session: &mut Option<Claims>,
+        pgb: &mut PostgresBackend<S>,
+    ) -> Result<(), QueryError> {
+        if let Some(verifier) = &self.auth {
+            *session = Some(pq_proto::authenticate_with_token(pgb, verifier).await?);
+        }
         Ok(())
     }
 
     async fn query(
         &self,
-        _session: &mut (),
+        session: &mut Option<Claims>,
         pgb: &mut PostgresBackend<S>,
         query: &str,
     ) -> Result<QueryOutcome<S>, QueryError> {
@@ -143,6 +164,11 @@ where
                 ..
             } => (*tenant_id, *timeline_id),
         };
+        if let Some(claims) = session {
+            claims
+                .check(&Access::Tenant(tenant_id))
+                .map_err(pq_proto::auth_refusal)?;
+        }
         let timeline = self.timelines.get_timeline(tenant_id, timeline_id)?;
         match command {
             Command::Pagestream { .. } => Ok(QueryOutcome::take_over(move |pgb, cancel| {

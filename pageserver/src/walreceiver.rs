@@ -70,8 +70,15 @@ pub async fn run(timeline: Arc<Timeline>, broker: BrokerClient, cancel: Cancella
                 continue;
             };
             info!(safekeeper = %source.safekeeper_id, address = source.safekeeper_connstr, from = %last, "streaming WAL");
-            let result =
-                stream_from(&timeline, &source, &mut candidates, &mut updates, &cancel).await;
+            let result = stream_from(
+                &timeline,
+                &source,
+                &mut candidates,
+                &mut updates,
+                broker.token(),
+                &cancel,
+            )
+            .await;
             match result {
                 Ok(()) if cancel.is_cancelled() => return,
                 Ok(()) => {}
@@ -116,6 +123,7 @@ async fn stream_from(
     source: &SafekeeperTimelineInfo,
     candidates: &mut HashMap<NodeId, SafekeeperTimelineInfo>,
     updates: &mut storage_broker::InfoStream,
+    token: Option<&str>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let options = format!(
@@ -129,7 +137,7 @@ async fn stream_from(
     ];
     let mut client = tokio::time::timeout(
         Duration::from_secs(10),
-        pq_proto::connect(source.safekeeper_connstr.as_str(), &params, None),
+        pq_proto::connect(source.safekeeper_connstr.as_str(), &params, token),
     )
     .await
     .context("connecting timed out")??;

@@ -69,6 +69,7 @@ async fn page_service_serves_basebackups_and_pages() -> anyhow::Result<()> {
         lookup,
         basebackup::basebackup_at,
         16,
+        None,
         cancel.clone(),
     ));
 

@@ -1,9 +1,11 @@
 //! One client connection: the startup phase (TLS if asked and configured),
 //! routing, waking the compute, then relaying bytes both ways.
 //!
-//! The proxy does not authenticate: after it has passed the startup packet
-//! on, the compute's authentication exchange (SCRAM included) travels
-//! through untouched. It reads the compute's messages only up to the first
+//! The proxy refuses the superuser (`cloud_admin`, whom computes trust from
+//! loopback) and, with `require_tls`, sessions without TLS, before it wakes
+//! anything. Otherwise it does not authenticate: after it has passed the
+//! startup packet on, the compute's authentication exchange (SCRAM
+//! included) travels through untouched. It reads the compute's messages only up to the first
 //! `ReadyForQuery`, to learn the session's cancel key, and copies raw bytes
 //! after that.
 
@@ -65,6 +67,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub startup_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Refuse sessions that did not start with TLS.
+    pub require_tls: bool,
 }
 
 /// What the startup phase ended with.
@@ -72,6 +76,7 @@ enum Startup {
     Session {
         params: StartupParams,
         sni: Option<String>,
+        tls: bool,
     },
     Cancel(CancelKey),
 }
@@ -120,9 +125,10 @@ pub async fn handle(
             forward_cancel(&shared, key).await;
             return Ok(());
         }
-        Ok(Startup::Session { params, sni }) => {
-            session(&mut stream, params, sni, &shared, &cancel).await
-        }
+        Ok(Startup::Session { params, sni, tls }) => match admit(&params, tls, &shared) {
+            Ok(()) => session(&mut stream, params, sni, &shared, &cancel).await,
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     match result {
@@ -154,6 +160,7 @@ async fn read_startup(
 ) -> Result<Startup, ClientError> {
     let (mut ssl_seen, mut gss_seen) = (false, false);
     let mut sni = None;
+    let mut tls_on = false;
     loop {
         let Some(s) = stream.as_mut() else {
             return Err(client_error("08006", "no connection"));
@@ -182,7 +189,13 @@ async fn read_startup(
         };
         let is_ssl = match packet {
             StartupPacket::Cancel(key) => return Ok(Startup::Cancel(key)),
-            StartupPacket::Startup { params, .. } => return Ok(Startup::Session { params, sni }),
+            StartupPacket::Startup { params, .. } => {
+                return Ok(Startup::Session {
+                    params,
+                    sni,
+                    tls: tls_on,
+                })
+            }
             StartupPacket::SslRequest => true,
             StartupPacket::GssEncRequest => false,
         };
@@ -209,6 +222,7 @@ async fn read_startup(
             match acceptor.accept(plain).await {
                 Ok(tls_stream) => {
                     sni = tls_stream.get_ref().1.server_name().map(str::to_owned);
+                    tls_on = true;
                     *stream = Some(Box::new(tls_stream));
                 }
                 Err(e) => {
@@ -218,6 +232,27 @@ async fn read_startup(
             }
         }
     }
+}
+
+/// Refuses, before anything is woken, what the proxy never lets through:
+/// the superuser, and plaintext when TLS is required.
+fn admit(params: &StartupParams, tls: bool, shared: &Shared) -> Result<(), ClientError> {
+    if shared.require_tls && !tls {
+        return Err(client_error(
+            "28000",
+            "this proxy requires TLS: connect with sslmode=require (or stronger)",
+        ));
+    }
+    if params.user() == compute_api::spec::SUPERUSER {
+        return Err(client_error(
+            "28000",
+            format!(
+                "the superuser {} cannot connect through the proxy: log in as one of the database's roles",
+                compute_api::spec::SUPERUSER
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Route, wake, connect and relay one session.

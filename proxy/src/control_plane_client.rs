@@ -40,6 +40,8 @@ pub enum WakeError {
 pub struct ControlPlane {
     client: reqwest::Client,
     wake_url: String,
+    /// A `proxy` token for the wake API.
+    token: Option<String>,
 }
 
 impl ControlPlane {
@@ -53,15 +55,17 @@ impl ControlPlane {
         Ok(ControlPlane {
             client,
             wake_url: format!("{}{WAKE_COMPUTE_PATH}", base.trim_end_matches('/')),
+            token: auth::token_from_env(),
         })
     }
 
     /// Wake the compute of `target` and return where it listens.
     pub async fn wake(&self, target: &Target) -> Result<WakeResponse, WakeError> {
-        let response = self
-            .client
-            .post(&self.wake_url)
-            .json(&wake_request(target))
+        let mut request = self.client.post(&self.wake_url).json(&wake_request(target));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| WakeError::Unavailable(format!("{}: {e}", self.wake_url)))?;

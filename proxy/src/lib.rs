@@ -1,7 +1,8 @@
 //! The proxy is the single PostgreSQL-protocol entry point: it finds the
 //! endpoint a client asks for ([`routing`]), asks the control plane to
 //! wake its compute ([`control_plane_client`]), and relays the connection
-//! ([`connection`]). Authentication passes through to the compute.
+//! ([`connection`]). Authentication passes through to the compute; the
+//! superuser is never let through.
 
 pub mod connection;
 pub mod control_plane_client;
@@ -40,6 +41,9 @@ pub struct ProxyConf {
     pub tls_cert_path: Option<PathBuf>,
     /// TLS private key (PEM).
     pub tls_key_path: Option<PathBuf>,
+    /// Refuse clients that do not start with TLS (needs the certificate
+    /// and key).
+    pub require_tls: bool,
     /// Client connections at most.
     pub max_connections: usize,
     /// Seconds a client has to send its startup packet.
@@ -48,6 +52,9 @@ pub struct ProxyConf {
     pub wake_timeout_seconds: f64,
     /// Seconds to wait for a TCP connection to a compute.
     pub connect_timeout_seconds: f64,
+    /// Public key(s) that verify tokens (PEM): the management API's
+    /// `/metrics` then needs an admin token. Without it, nobody is asked.
+    pub auth_public_key: Option<PathBuf>,
 }
 
 impl Default for ProxyConf {
@@ -58,10 +65,12 @@ impl Default for ProxyConf {
             control_plane_api: "http://127.0.0.1:1234".into(),
             tls_cert_path: None,
             tls_key_path: None,
+            require_tls: false,
             max_connections: 1000,
             startup_timeout_seconds: 10.0,
             wake_timeout_seconds: 120.0,
             connect_timeout_seconds: 10.0,
+            auth_public_key: None,
         }
     }
 }
@@ -100,14 +109,19 @@ pub async fn run(conf: ProxyConf, cancel: CancellationToken) -> anyhow::Result<(
             seconds(conf.wake_timeout_seconds),
         )?,
         tls: tls_acceptor(&conf)?,
+        require_tls: conf.require_tls,
         cancel_map: CancelMap::default(),
         metrics: Metrics::new(),
         startup_timeout: seconds(conf.startup_timeout_seconds),
         connect_timeout: seconds(conf.connect_timeout_seconds),
     });
+    anyhow::ensure!(
+        !conf.require_tls || shared.tls.is_some(),
+        "require_tls needs tls_cert_path and tls_key_path"
+    );
     let status = shared.clone();
     let tls_on = shared.tls.is_some();
-    let http = HttpServer::new(SERVICE)?.with_status(move || {
+    let mut http = HttpServer::new(SERVICE)?.with_status(move || {
         Map::from_iter([
             (
                 "active_sessions".to_owned(),
@@ -116,6 +130,12 @@ pub async fn run(conf: ProxyConf, cancel: CancellationToken) -> anyhow::Result<(
             ("tls".to_owned(), Value::from(tls_on)),
         ])
     });
+    if let Some(verifier) = daemon_utils::load_verifier(conf.auth_public_key.as_deref())? {
+        http = http.with_auth(
+            verifier,
+            Arc::new(|_: &daemon_utils::RouteRequest| auth::Access::Admin),
+        );
+    }
     shared.metrics.register(http.registry())?;
     let pg_listener = bind_listener("PostgreSQL", &conf.listen_pg_addr).await?;
     let http_listener = bind_listener("HTTP", &conf.listen_http_addr).await?;

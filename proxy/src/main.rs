@@ -12,8 +12,9 @@ use proxy::ProxyConf;
 /// `branch=NAME`, also as `-c endpoint=NAME`), or by the first label of
 /// its TLS SNI name; with neither it gets the default branch. The proxy
 /// asks the control plane to wake that compute and then relays the
-/// connection; authentication passes through to PostgreSQL. Stops on
-/// SIGTERM or SIGINT.
+/// connection; authentication passes through to PostgreSQL, and the
+/// superuser (cloud_admin) is always refused. The wake API is called with
+/// the token in NEON_AUTH_TOKEN. Stops on SIGTERM or SIGINT.
 #[derive(Parser, Debug)]
 #[command(name = "proxy", version)]
 struct Cli {
@@ -34,6 +35,13 @@ struct Cli {
     /// TLS private key (PEM)
     #[arg(long = "tls-key", value_name = "FILE")]
     tls_key_path: Option<PathBuf>,
+    /// Refuse clients that do not use TLS (needs --tls-cert and --tls-key)
+    #[arg(long)]
+    require_tls: bool,
+    /// Verify tokens on the management API (/metrics needs admin) with the
+    /// Ed25519 public key(s) in this PEM file [default: none]
+    #[arg(long, value_name = "PATH")]
+    auth_public_key: Option<PathBuf>,
     /// Seconds to wait for a compute to wake [default: 120]
     #[arg(long = "wake-timeout", value_name = "SECONDS")]
     wake_timeout_seconds: Option<f64>,
@@ -58,6 +66,12 @@ fn main() -> ExitCode {
             }
             if cli.tls_key_path.is_some() {
                 conf.tls_key_path = cli.tls_key_path;
+            }
+            if cli.require_tls {
+                conf.require_tls = true;
+            }
+            if cli.auth_public_key.is_some() {
+                conf.auth_public_key = cli.auth_public_key;
             }
         },
         proxy::run,

@@ -65,6 +65,11 @@ pub struct SafeKeeperConf {
     /// For tests only: acknowledge WAL no faster than this many bytes a
     /// second, as a slow disk would [default: none, full speed].
     pub testing_wal_write_bytes_per_second: Option<u64>,
+    /// Public key(s) that verify callers' tokens (PEM): the HTTP API and the
+    /// WAL service then need tokens (see `wal_service`). Without it, nobody
+    /// is asked. The safekeeper's own token, presented to the broker, comes
+    /// from `NEON_AUTH_TOKEN`.
+    pub auth_public_key: Option<PathBuf>,
 }
 
 impl Default for SafeKeeperConf {
@@ -80,6 +85,7 @@ impl Default for SafeKeeperConf {
             advertise_http_addr: None,
             remote_storage: None,
             testing_wal_write_bytes_per_second: None,
+            auth_public_key: None,
         }
     }
 }
@@ -108,14 +114,21 @@ pub async fn run(conf: SafeKeeperConf, cancel: CancellationToken) -> anyhow::Res
         .context("loading timelines")?,
     );
     timelines.start_offload();
+    let auth = daemon_utils::load_verifier(conf.auth_public_key.as_deref())?;
     let broker_client = match &conf.broker_endpoint {
-        Some(endpoint) => Some(storage_broker::BrokerClient::connect_lazy(endpoint)?),
+        Some(endpoint) => Some(
+            storage_broker::BrokerClient::connect_lazy(endpoint)?
+                .with_token(auth::token_from_env().as_deref())?,
+        ),
         None => {
             info!("no broker_endpoint: timelines are not published to a storage broker");
             None
         }
     };
-    let http = HttpServer::new(SERVICE)?.with_node_id(conf.id);
+    let mut http = HttpServer::new(SERVICE)?.with_node_id(conf.id);
+    if let Some(verifier) = &auth {
+        http = http.with_auth(verifier.clone(), daemon_utils::tenant_routes_policy());
+    }
     metrics::metrics()
         .register(http.registry())
         .context("registering the safekeeper's metrics")?;
@@ -160,6 +173,7 @@ pub async fn run(conf: SafeKeeperConf, cancel: CancellationToken) -> anyhow::Res
         conf.max_connections,
         conf.testing_wal_write_bytes_per_second
             .map(|bytes_per_second| receive_wal::WriteThrottle { bytes_per_second }),
+        auth,
         cancel.clone(),
     ));
     let result = http

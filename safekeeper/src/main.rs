@@ -51,6 +51,10 @@ struct Cli {
     #[arg(long = "testing-wal-write-rate", value_name = "BYTES_PER_SEC",
           value_parser = clap::value_parser!(u64).range(1..))]
     testing_wal_write_bytes_per_second: Option<u64>,
+    /// Verify callers' tokens with the Ed25519 public key(s) in this PEM
+    /// file [default: none, nobody is asked]
+    #[arg(long, value_name = "PATH")]
+    auth_public_key: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -65,6 +69,9 @@ fn main() -> ExitCode {
             }
             if cli.remote_storage.is_some() {
                 conf.remote_storage = cli.remote_storage;
+            }
+            if cli.auth_public_key.is_some() {
+                conf.auth_public_key = cli.auth_public_key;
             }
             for (value, field) in [
                 (cli.broker_endpoint, &mut conf.broker_endpoint),

@@ -4,10 +4,18 @@
 //! The timeline comes from the startup packet: parameters `tenant_id` and
 //! `timeline_id`, or `options='-c tenant_id=<hex> -c timeline_id=<hex>'`
 //! (the form a stock PostgreSQL standby can send in `primary_conninfo`).
+//!
+//! With authentication on, the password is a token: `START_WAL_PUSH` needs
+//! one for the timeline's tenant; `IDENTIFY_SYSTEM` and `START_REPLICATION`
+//! also admit `pageserver` and `safekeeper` tokens, and only a `pageserver`
+//! token's feedback moves the remote consistent LSN. A bad token is refused
+//! at connect (`28P01`), a token that does not open the timeline per
+//! command (`42501`): nothing is read or written before that.
 
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use auth::{Access, Claims, JwtVerifier, Scope};
 use pq_proto::{
     ColumnDesc, PostgresBackend, QueryError, QueryHandler, QueryOutcome, ServerConfig,
     StartupParams,
@@ -36,6 +44,8 @@ pub struct ConnectionParams {
     pub timeline_id: Option<TimelineId>,
     pub read_limit: ReadLimit,
     pub application_name: String,
+    /// The caller's token, when the WAL service authenticates.
+    pub claims: Option<Claims>,
 }
 
 impl ConnectionParams {
@@ -87,7 +97,34 @@ impl ConnectionParams {
                 .get("application_name")
                 .unwrap_or_default()
                 .to_owned(),
+            claims: None,
         })
+    }
+
+    /// Refuses (`42501`) a command the caller's token does not open:
+    /// pushing WAL needs a token for the timeline's tenant, reading it also
+    /// admits pageservers and safekeepers.
+    fn check(&self, timeline: &Timeline, readers: bool) -> Result<(), QueryError> {
+        let Some(claims) = &self.claims else {
+            return Ok(());
+        };
+        const WAL_READERS: &[Scope] = &[Scope::Pageserver, Scope::Safekeeper];
+        let access = if readers {
+            Access::TenantOrScopes(timeline.tenant_id, WAL_READERS)
+        } else {
+            Access::Tenant(timeline.tenant_id)
+        };
+        claims.check(&access).map_err(pq_proto::auth_refusal)
+    }
+
+    /// Whether the reader's feedback is a pageserver's (it moves the remote
+    /// consistent LSN): a `pageserver` token when authenticating, else
+    /// `application_name=pageserver`.
+    fn is_pageserver(&self) -> bool {
+        match &self.claims {
+            Some(claims) => claims.scope == Scope::Pageserver,
+            None => self.application_name == "pageserver",
+        }
     }
 
     pub fn timeline(&self, timelines: &GlobalTimelines) -> anyhow::Result<Arc<Timeline>> {
@@ -143,11 +180,13 @@ pub async fn serve(
     timelines: Arc<GlobalTimelines>,
     max_connections: usize,
     throttle: Option<WriteThrottle>,
+    auth: Option<Arc<JwtVerifier>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let handler = Arc::new(WalService {
         timelines,
         throttle,
+        auth,
     });
     let config = ServerConfig::new("safekeeper", max_connections);
     pq_proto::query_server::serve(listener, handler, config, cancel).await
@@ -157,6 +196,8 @@ pub async fn serve(
 struct WalService {
     timelines: Arc<GlobalTimelines>,
     throttle: Option<WriteThrottle>,
+    /// Verifies the token each connection sends as its password.
+    auth: Option<Arc<JwtVerifier>>,
 }
 
 impl QueryHandler<TcpStream> for WalService {
@@ -169,6 +210,17 @@ impl QueryHandler<TcpStream> for WalService {
         Ok(conn)
     }
 
+    async fn authenticate(
+        &self,
+        conn: &mut ConnectionParams,
+        pgb: &mut PostgresBackend<TcpStream>,
+    ) -> Result<(), QueryError> {
+        if let Some(verifier) = &self.auth {
+            conn.claims = Some(pq_proto::authenticate_with_token(pgb, verifier).await?);
+        }
+        Ok(())
+    }
+
     async fn query(
         &self,
         conn: &mut ConnectionParams,
@@ -177,11 +229,14 @@ impl QueryHandler<TcpStream> for WalService {
     ) -> Result<QueryOutcome<TcpStream>, QueryError> {
         match parse_command(query)? {
             Command::IdentifySystem => {
+                let timeline = conn.timeline(&self.timelines)?;
+                conn.check(&timeline, true)?;
                 identify_system(pgb, conn, &self.timelines).await?;
                 Ok(QueryOutcome::Done)
             }
             Command::StartWalPush => {
                 let timeline = conn.timeline(&self.timelines)?;
+                conn.check(&timeline, false)?;
                 let throttle = self.throttle;
                 Ok(QueryOutcome::take_over(move |pgb, cancel| {
                     let span = info_span!("wal_push", tenant_id = %timeline.tenant_id, timeline_id = %timeline.timeline_id);
@@ -190,6 +245,7 @@ impl QueryHandler<TcpStream> for WalService {
             }
             Command::StartReplication { start } => {
                 let timeline = conn.timeline(&self.timelines)?;
+                conn.check(&timeline, true)?;
                 let local_start = timeline.acceptor().state.local_start_lsn;
                 let segment_size = timeline.segment_size() as u64;
                 // Earlier in the segment where the WAL begins is served as
@@ -202,7 +258,7 @@ impl QueryHandler<TcpStream> for WalService {
                     return Err(anyhow::anyhow!("requested WAL at {start} is not on this safekeeper, its WAL begins at {local_start}").into());
                 }
                 let span = info_span!("wal_send", tenant_id = %timeline.tenant_id, timeline_id = %timeline.timeline_id, app = conn.application_name);
-                let from_pageserver = conn.application_name == "pageserver";
+                let from_pageserver = conn.is_pageserver();
                 let read_limit = conn.read_limit;
                 Ok(QueryOutcome::take_over(move |pgb, cancel| {
                     send_wal::handle(pgb, timeline, start, read_limit, from_pageserver, cancel)

@@ -82,6 +82,9 @@ fn chain(err: &dyn std::error::Error) -> String {
 pub struct BrokerClient {
     endpoint: String,
     inner: BrokerServiceClient<Channel>,
+    /// The token presented with every call, and its `authorization` metadata.
+    token: Option<String>,
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl BrokerClient {
@@ -122,7 +125,41 @@ impl BrokerClient {
         Self {
             endpoint: endpoint.to_owned(),
             inner: BrokerServiceClient::new(channel),
+            token: None,
+            authorization: None,
         }
+    }
+
+    /// Presents `token` (a `safekeeper` token to publish, a `pageserver`
+    /// one to subscribe) with every call; `None`: no token.
+    pub fn with_token(mut self, token: Option<&str>) -> Result<Self, BrokerError> {
+        self.authorization = match token {
+            None => None,
+            Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
+                BrokerError::InvalidEndpoint {
+                    endpoint: self.endpoint.clone(),
+                    reason: "the token is not printable ASCII".into(),
+                }
+            })?),
+        };
+        self.token = token.map(str::to_owned);
+        Ok(self)
+    }
+
+    /// The token this client presents (the daemon's own token, which it
+    /// also presents to other daemons).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        request
     }
 
     /// The endpoint this client was made for.
@@ -140,7 +177,7 @@ impl BrokerClient {
     {
         let mut client = self.inner.clone();
         client
-            .publish_safekeeper_info(infos.map(proto::SafekeeperTimelineInfo::from))
+            .publish_safekeeper_info(self.request(infos.map(proto::SafekeeperTimelineInfo::from)))
             .await?;
         Ok(())
     }
@@ -170,7 +207,7 @@ impl BrokerClient {
             subscription_key: Some(key),
         };
         let messages = client
-            .subscribe_safekeeper_info(request)
+            .subscribe_safekeeper_info(self.request(request))
             .await?
             .into_inner();
         Ok(messages

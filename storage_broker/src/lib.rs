@@ -15,8 +15,11 @@
 //! second, so a subscriber that loses messages (a slow reader) or
 //! reconnects is up to date again a second later.
 
+use std::sync::Arc;
+
+use auth::Access;
 use axum::Router;
-use daemon_utils::{bind_listener, CancellationToken, HttpServer, ServiceInfo};
+use daemon_utils::{bind_listener, CancellationToken, HttpServer, RouteRequest, ServiceInfo};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
@@ -54,6 +57,10 @@ pub struct BrokerConf {
     /// Messages kept for the subscribers to one timeline (about ten seconds
     /// of its publications at the default).
     pub timeline_buffer: usize,
+    /// Public key(s) that verify tokens (PEM). Publishing then needs a
+    /// `safekeeper` token, subscribing a `pageserver` one (or admin), and
+    /// `/metrics` admin; without it, nobody is asked.
+    pub auth_public_key: Option<std::path::PathBuf>,
 }
 
 impl Default for BrokerConf {
@@ -63,6 +70,7 @@ impl Default for BrokerConf {
             max_concurrent_streams: 10_000,
             all_timelines_buffer: 32_768,
             timeline_buffer: 32,
+            auth_public_key: None,
         }
     }
 }
@@ -101,8 +109,12 @@ pub async fn serve(
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let http = HttpServer::new(SERVICE)?;
-    let broker = server::Broker::new(&conf, http.registry(), cancel.clone())?;
+    let auth = daemon_utils::load_verifier(conf.auth_public_key.as_deref())?;
+    let mut http = HttpServer::new(SERVICE)?;
+    if let Some(verifier) = &auth {
+        http = http.with_auth(verifier.clone(), Arc::new(|_: &RouteRequest| Access::Admin));
+    }
+    let broker = server::Broker::new(&conf, http.registry(), auth, cancel.clone())?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<proto::broker_service_server::BrokerServiceServer<server::Broker>>()

@@ -21,6 +21,10 @@ struct Cli {
     /// Publish and subscribe streams served at once [default: 10000]
     #[arg(long, value_name = "N")]
     max_concurrent_streams: Option<usize>,
+    /// Verify callers' tokens with the Ed25519 public key(s) in this PEM
+    /// file [default: none, nobody is asked]
+    #[arg(long, value_name = "PATH")]
+    auth_public_key: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -28,7 +32,12 @@ fn main() -> ExitCode {
     daemon_utils::launch(
         storage_broker::SERVICE,
         cli.common.config.as_deref(),
-        |conf: &mut BrokerConf| apply_overrides!(conf, cli, listen_addr, max_concurrent_streams),
+        |conf: &mut BrokerConf| {
+            apply_overrides!(conf, cli, listen_addr, max_concurrent_streams);
+            if cli.auth_public_key.is_some() {
+                conf.auth_public_key = cli.auth_public_key.clone();
+            }
+        },
         storage_broker::run,
     )
 }

@@ -11,6 +11,7 @@
 use std::collections::hash_map::{Entry, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
 
+use auth::{Access, JwtVerifier, Scope};
 use futures_util::stream::{self, BoxStream, StreamExt};
 use prometheus::{IntCounter, IntGauge, Registry};
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -92,6 +93,7 @@ struct Shared {
     streams: Arc<Semaphore>,
     max_streams: usize,
     metrics: Metrics,
+    auth: Option<Arc<JwtVerifier>>,
     cancel: CancellationToken,
 }
 
@@ -103,6 +105,7 @@ impl Broker {
     pub(crate) fn new(
         conf: &BrokerConf,
         registry: &Registry,
+        auth: Option<Arc<JwtVerifier>>,
         cancel: CancellationToken,
     ) -> anyhow::Result<Self> {
         conf.validate()?;
@@ -113,8 +116,34 @@ impl Broker {
             streams: Arc::new(Semaphore::new(conf.max_concurrent_streams)),
             max_streams: conf.max_concurrent_streams,
             metrics: Metrics::register(registry)?,
+            auth,
             cancel,
         })))
+    }
+
+    /// Refuses a call whose `authorization: Bearer` token does not open
+    /// `access` (when the broker authenticates): `UNAUTHENTICATED` without a
+    /// valid token, `PERMISSION_DENIED` with one of another scope.
+    fn authorize<T>(&self, request: &Request<T>, access: &Access) -> Result<(), Status> {
+        let Some(verifier) = &self.0.auth else {
+            return Ok(());
+        };
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or(""));
+        let checked = auth::bearer_token(header).and_then(|token| {
+            let claims = verifier.verify(token)?;
+            claims.check(access)
+        });
+        checked.map_err(|err| {
+            info!("refused a call: {err}");
+            if err.is_forbidden() {
+                Status::permission_denied(err.to_string())
+            } else {
+                Status::unauthenticated(err.to_string())
+            }
+        })
     }
 
     fn acquire_stream(&self) -> Result<OwnedSemaphorePermit, Status> {
@@ -154,6 +183,7 @@ impl BrokerService for Broker {
         &self,
         request: Request<Streaming<proto::SafekeeperTimelineInfo>>,
     ) -> Result<Response<proto::Empty>, Status> {
+        self.authorize(&request, &Access::Scopes(&[Scope::Safekeeper]))?;
         let _permit = self.acquire_stream()?;
         let _active = Active::new(&self.0.metrics.active_publishers);
         let mut messages = request.into_inner();
@@ -212,6 +242,7 @@ impl BrokerService for Broker {
         &self,
         request: Request<SubscribeSafekeeperInfoRequest>,
     ) -> Result<Response<Self::SubscribeSafekeeperInfoStream>, Status> {
+        self.authorize(&request, &Access::Scopes(&[Scope::Pageserver]))?;
         let key = match request.into_inner().subscription_key {
             None => return Err(invalid_argument(InvalidMessage::MissingSubscriptionKey)),
             Some(SubscriptionKey::All(_)) => None,
@@ -342,7 +373,7 @@ mod tests {
             timeline_buffer: 2,
             ..BrokerConf::default()
         };
-        let broker = Broker::new(&conf, &Registry::new(), CancellationToken::new()).unwrap();
+        let broker = Broker::new(&conf, &Registry::new(), None, CancellationToken::new()).unwrap();
         let key = (TenantId::generate(), TimelineId::generate());
         let permit = || broker.acquire_stream().unwrap();
         let mut first = Subscription::new(Arc::clone(&broker.0), Some(key), permit());
@@ -375,7 +406,7 @@ mod tests {
             max_concurrent_streams: 1,
             ..BrokerConf::default()
         };
-        let broker = Broker::new(&conf, &Registry::new(), CancellationToken::new()).unwrap();
+        let broker = Broker::new(&conf, &Registry::new(), None, CancellationToken::new()).unwrap();
         let permit = broker.acquire_stream().unwrap();
         let status = broker.acquire_stream().unwrap_err();
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);

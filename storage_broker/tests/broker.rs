@@ -560,3 +560,86 @@ async fn connection_errors() {
     cancel.cancel();
     within("the broker to stop", task).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn tokens_decide_who_publishes_and_who_subscribes() {
+    use auth::{Claims, Scope, SigningKey};
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = auth::generate_key_pair();
+    std::fs::write(dir.path().join("public.pem"), public).unwrap();
+    let signer = SigningKey::from_pem(&private).unwrap();
+    let broker = TestBroker::start(BrokerConf {
+        auth_public_key: Some(dir.path().join("public.pem")),
+        ..BrokerConf::default()
+    })
+    .await;
+    let with = |token: Option<String>| {
+        let addr = broker.addr.to_string();
+        async move {
+            BrokerClient::connect(&addr)
+                .await
+                .unwrap()
+                .with_token(token.as_deref())
+                .unwrap()
+        }
+    };
+    let token = |claims: Claims| Some(signer.issue(&claims));
+    let mut expired = Claims::new(Scope::Safekeeper);
+    expired.exp = Some(1);
+    let timeline = ids();
+    let tenant = token(Claims::tenant(timeline.0));
+    let publish = |client: BrokerClient, seq: u64| async move {
+        client.publish(stream::iter([info(timeline, 1, seq)])).await
+    };
+    // Subscribed first: it would see a refused publisher's message.
+    let mut updates = with(token(Claims::new(Scope::Pageserver)))
+        .await
+        .subscribe(timeline.0, timeline.1)
+        .await
+        .unwrap();
+
+    // Publishing: a safekeeper token (or admin), nothing else.
+    for (who, token, code) in [
+        ("no token", None, Code::Unauthenticated),
+        ("an expired token", token(expired), Code::Unauthenticated),
+        (
+            "a garbage token",
+            Some("x.y.z".to_owned()),
+            Code::Unauthenticated,
+        ),
+        ("a tenant token", tenant.clone(), Code::PermissionDenied),
+        (
+            "a pageserver token",
+            token(Claims::new(Scope::Pageserver)),
+            Code::PermissionDenied,
+        ),
+    ] {
+        let err = publish(with(token).await, 1).await.unwrap_err();
+        assert_eq!(err.code(), Some(code), "publishing with {who}: {err}");
+    }
+    // Subscribing: a pageserver token (or admin).
+    for (who, token, code) in [
+        ("no token", None, Code::Unauthenticated),
+        ("a tenant token", tenant.clone(), Code::PermissionDenied),
+        (
+            "a safekeeper token",
+            token(Claims::new(Scope::Safekeeper)),
+            Code::PermissionDenied,
+        ),
+    ] {
+        let err = with(token).await.subscribe_all().await.err().unwrap();
+        assert_eq!(err.code(), Some(code), "subscribing with {who}: {err}");
+    }
+    assert_eq!(broker.http_get("/metrics").await.0, 401);
+    assert_eq!(broker.http_get("/v1/status").await.0, 200);
+
+    publish(with(token(Claims::new(Scope::Safekeeper))).await, 2)
+        .await
+        .unwrap();
+    let got = within("the published message", updates.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, info(timeline, 1, 2));
+    broker.shutdown().await;
+}

@@ -40,7 +40,7 @@ import pytest
 from fixtures.bench import Cluster, pgbench_tps, write_result
 from fixtures.neon_fixtures import NeonEnvBuilder
 from fixtures.pg import PgBin
-from fixtures.utils import http_session, wait_until
+from fixtures.utils import wait_until
 
 QUICK = os.environ.get("LAZY_BENCH_QUICK") == "1"
 SCALE = 5 if QUICK else 50
@@ -124,9 +124,8 @@ def pgbench_cold_warm(c: Cluster, name: str, extra: list[str]) -> dict:
 def proxy_cold_starts(c: Cluster, branch: str) -> list[float]:
     """Seconds to a first answer through the proxy, waking the branch's
     suspended endpoint, STARTS times."""
-    conninfo = f"host=127.0.0.1 port={c.nl.proxy_port} dbname=postgres user=cloud_admin sslmode=disable " \
-               f"options=branch={branch}"
-    session = http_session()
+    conninfo = c.proxy_conninfo(f"branch={branch}")
+    session = c.nl.session()
     control_plane = c.nl.http["control_plane"]
 
     def psql() -> str:

@@ -32,6 +32,7 @@ import time
 
 import pytest
 
+from fixtures import auth
 from fixtures.compute import Compute
 from fixtures.lsn import lsn_int, lsn_str
 from fixtures.neon_fixtures import NeonEnv, NeonEnvBuilder, output_root
@@ -68,8 +69,9 @@ def basebackup_seconds(env: NeonEnv, tenant: str, timeline: str, lsn: int) -> tu
     ps = env.pageserver
     query = f"basebackup {tenant} {timeline} {lsn_str(lsn)}"
     t0 = time.perf_counter()
-    out = subprocess.run([env.pg_bin.path("psql"), "-X", "-h", "127.0.0.1", "-p", str(ps.pg_port), "-U", "cloud_admin",
-                          "-d", "postgres", "-c", query], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = subprocess.run([env.pg_bin.path("psql"), "-X", "-w", "-h", "127.0.0.1", "-p", str(ps.pg_port), "-U",
+                          "cloud_admin", "-d", "postgres", "-c", query], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**os.environ, "PGPASSWORD": auth.token("tenant", tenant)})
     elapsed = time.perf_counter() - t0
     assert out.returncode == 0, out.stderr
     return elapsed, len(out.stdout)
@@ -89,7 +91,7 @@ def pagebench(env: NeonEnv, tenant: str, timeline: str, lsn: int, rel: str, conn
     out = subprocess.run([str(env.binpath / "pagebench"), "--pageserver", f"127.0.0.1:{env.pageserver.pg_port}",
                           "--tenant-id", tenant, "--timeline-id", timeline, "--lsn", lsn_str(lsn), "--rel", rel,
                           "--seconds", str(PAGEBENCH_SECONDS), "--connections", str(connections)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=auth.with_token(None, auth.token("tenant", tenant)))
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 

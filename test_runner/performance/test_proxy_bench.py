@@ -14,7 +14,9 @@
 
 Every comparison runs in ABBA order (proxy, direct, direct, proxy), each
 figure the mean of its two runs. pgbench reaches the proxy with
-``PGOPTIONS=endpoint=bench``. Figures go to the summary and to
+``PGOPTIONS=endpoint=bench``; both ways it logs in as the role ``ROLE``
+(made with `neon_local role create`: the proxy refuses cloud_admin) with
+its password, so both pay for SCRAM. Figures go to the summary and to
 ``test_output/bench/proxy.json``. Timings are never asserted.
 """
 
@@ -33,7 +35,7 @@ import pytest
 from fixtures.neon_fixtures import NeonEnvBuilder, output_root
 from fixtures.neon_local import NeonLocal
 from fixtures.pg import PgBin
-from fixtures.utils import http_session, wait_until
+from fixtures.utils import wait_until
 
 WAKES = 20
 WARM_CONNECTIONS = 200
@@ -41,14 +43,16 @@ SCALE = 10
 TPS_SECONDS = 10
 TPS_CLIENTS = ["-c", "4", "-j", "2"]
 ABBA = ["proxy", "direct", "direct", "proxy"]
+ROLE, ROLE_PASSWORD = "bench", "bench-secret-1"
 
 
 class Cluster:
-    """A started neon_local repository with a default tenant, and its proxy."""
+    """A started neon_local repository with a default tenant and its role
+    ``ROLE``, and its proxy."""
 
     def __init__(self, nl: NeonLocal, pg_bin: PgBin):
         self.nl, self.pg_bin, self.proxy_port, self.cp = nl, pg_bin, nl.proxy_port, nl.http["control_plane"]
-        self.session = http_session()
+        self.session = nl.session()
 
     def run(self, *args: str) -> str:
         return self.nl.run(*args, timeout=300).stdout
@@ -70,15 +74,16 @@ class Cluster:
         assert result.returncode == 0, result.stderr
         return result.stdout.strip()
 
-    def pgbench(self, target: str, port: int, *args: str) -> str:
+    def pgbench(self, target: str, port: int, *args: str, user: str = ROLE) -> str:
         env = dict(os.environ)
         if target == "proxy":
             env["PGOPTIONS"] = "endpoint=bench"
             port = self.proxy_port
         else:
             env.pop("PGOPTIONS", None)
+        env["PGPASSWORD"] = ROLE_PASSWORD
         result = subprocess.run(
-            [self.pg_bin.path("pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U", "cloud_admin", *args,
+            [self.pg_bin.path("pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U", user, *args,
              "postgres"], capture_output=True, text=True, timeout=600, env=env)
         assert result.returncode == 0, result.stdout + result.stderr
         if "-i" not in args:
@@ -92,6 +97,7 @@ def cluster(neon_env_builder: NeonEnvBuilder, pg_bin: PgBin) -> Cluster:
     nl = neon_env_builder.neon_local()
     nl.run("start", "--suspend-timeout", "1s")
     nl.run("tenant", "create", "--set-default")
+    nl.create_role(ROLE, ROLE_PASSWORD)
     return Cluster(nl, pg_bin)
 
 
@@ -106,8 +112,8 @@ def test_proxy_bench(cluster: Cluster, test_output_dir: Path, report_figure):
     c = cluster
     # 1. Cold starts through the proxy, on a fresh database.
     c.run("timeline", "create", "--branch-name", "cold")
-    cold_conn = f"host=127.0.0.1 port={c.proxy_port} dbname=postgres user=cloud_admin sslmode=disable " \
-                f"options=branch=cold"
+    cold_conn = f"host=127.0.0.1 port={c.proxy_port} dbname=postgres user={ROLE} password={ROLE_PASSWORD} " \
+                f"sslmode=disable options=branch=cold"
     assert c.psql(cold_conn, "SELECT 1") == "1"
     cold = []
     for _ in range(WAKES):
@@ -123,7 +129,9 @@ def test_proxy_bench(cluster: Cluster, test_output_dir: Path, report_figure):
     c.run("endpoint", "create", "bench")
     c.run("endpoint", "start", "bench")
     port = int(c.endpoint("bench")[0].split(":")[1])
-    c.pgbench("direct", port, "-i", "-q", "-s", str(SCALE))
+    c.pgbench("direct", port, "-i", "-q", "-s", str(SCALE), user="cloud_admin")
+    c.psql(f"host=127.0.0.1 port={port} dbname=postgres user=cloud_admin",
+           f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {ROLE}")
     script = test_output_dir / "select1.sql"
     script.write_text("SELECT 1;\n")
     runs: dict[str, list[tuple[str, float]]] = {"warm": [], "tpcb": [], "tpcb_connect": []}

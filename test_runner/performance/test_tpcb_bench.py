@@ -84,6 +84,7 @@ from typing import Iterator
 
 import pytest
 
+from fixtures import auth
 from fixtures.bench import (Cluster, CpuProfile, backend_count, pgbench_tps, pgbench_transactions,
                             postmaster_pid, set_vanilla, start_vanilla_like, write_result)
 from fixtures.compute import Compute
@@ -203,7 +204,8 @@ def pagebench(env: NeonEnv, tenant: str, timeline: str, lsn: int, rel: str) -> d
     out = subprocess.run([str(env.binpath / "pagebench"), "--pageserver", f"127.0.0.1:{env.pageserver.pg_port}",
                           "--tenant-id", tenant, "--timeline-id", timeline, "--lsn", lsn_str(lsn), "--rel", rel,
                           "--seconds", str(PAGEBENCH_SECONDS), "--connections", "1"],
-                         capture_output=True, text=True, timeout=PAGEBENCH_SECONDS + 120)
+                         capture_output=True, text=True, timeout=PAGEBENCH_SECONDS + 120,
+                         env=auth.with_token(None, auth.token("tenant", tenant)))
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 

@@ -14,7 +14,7 @@ from fixtures.lsn import lsn_int
 from fixtures.neon_fixtures import NeonEnvBuilder
 from fixtures.neon_local import started_endpoint_port
 from fixtures.pg import PgBin
-from fixtures.utils import http_session, metric_value, wait_until
+from fixtures.utils import metric_value, wait_until
 
 BOUND = 16 * 1024 * 1024
 # Each transaction writes about 1 MB of WAL; 100 of them far pass the bound.
@@ -43,7 +43,7 @@ def test_commits_wait_for_a_lagging_pageserver(neon_env_builder: NeonEnvBuilder,
     conf = (nl.repo_dir / "endpoints" / "main" / "endpoint.toml").read_text()
     http_port = re.search(r"^http_port = (\d+)", conf, re.M)[1]
     base = f"http://127.0.0.1:{http_port}"
-    session = http_session()
+    session = nl.session()  # an admin token: /metrics too
 
     def commits() -> dict:
         return session.get(f"{base}/status", timeout=10).json()["commits"]

@@ -1,7 +1,11 @@
 """compute_ctl on real storage (broker, three safekeepers, pageserver):
 starting from a spec, /status, /configure with roles and databases (SCRAM
 passwords), the activity monitor, /terminate, SIGTERM, a fresh PGDATA on
-every start, and a newer compute fencing an older one."""
+every start, and a newer compute fencing an older one.
+
+compute_ctl verifies tokens (its API takes a compute token) and presents
+the spec's ``storage_auth_token`` (a token of the tenant) to the pageserver
+and the safekeepers."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from typing import Iterator
 
 import pytest
 
+from fixtures import auth
 from fixtures.neon_fixtures import NeonEnv
 from fixtures.pg import PgBin
 from fixtures.port_distributor import PortDistributor
@@ -51,16 +56,20 @@ class ComputeCtl:
             "pageserver_http": f"127.0.0.1:{ps.http_port}",
             "safekeepers": [sk.address for sk in self.env.safekeepers],
             "pg_port": pg_port,
+            "storage_auth_token": auth.token("tenant", self.tenant),
             **extra,
         }
 
     def start(self, name: str, spec: dict | None, extra: list[str] | None = None) -> Daemon:
+        """compute_ctl on ``spec`` (None: started empty); its API is called
+        with a compute token."""
         args = ["--pgdata", str(self.out / name), *(extra or [])]
         if spec is not None:
             path = self.out / f"{name}.json"
             path.write_text(json.dumps(spec))
             args += ["--spec", str(path)]
         daemon = self.env.start_daemon("compute_ctl", *args)
+        daemon.token = auth.token("compute")
         self.started.append(daemon)
         return daemon
 
@@ -124,7 +133,7 @@ def test_compute_ctl_lifecycle(cc: ComputeCtl, pg_bin: PgBin, port_distributor: 
     assert s["start_time"].endswith("Z") and s["last_active"]
     assert pid_alive(s["postgres_pid"])
     assert first.get("/v1/status").json()["status"] == "running"
-    metrics = first.get("/metrics").text
+    metrics = first.get("/metrics", token=auth.admin_token()).text  # /metrics: admin only
     assert metric_value(metrics, "compute_ctl_compute_status", 'status="running"') == 1
     m = re.search(r"^compute_ctl_start_duration_seconds (\S+)$", metrics, re.M)
     assert m and float(m[1]) > 0, metrics

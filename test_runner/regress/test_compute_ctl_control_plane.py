@@ -2,7 +2,9 @@
 fetched from the control plane (neon_local's control-plane service) with
 --control-plane-uri and --compute-id, and the trace context of the start
 taken from TRACEPARENT: every line of the start carries its trace id, and
-the control plane sees it on the spec request."""
+the control plane sees it on the spec request. compute_ctl fetches the
+spec with the compute token in NEON_AUTH_TOKEN and verifies the tokens of
+its own API with neon_local's public key."""
 
 from __future__ import annotations
 
@@ -10,8 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
-import requests
-
+from fixtures import auth
 from fixtures.neon_fixtures import NeonEnvBuilder
 from fixtures.pg import PgBin
 from fixtures.port_distributor import PortDistributor
@@ -29,16 +30,19 @@ def test_compute_ctl_fetches_its_spec(neon_env_builder: NeonEnvBuilder, pg_bin: 
     nl.run("tenant", "create", "--set-default")
     nl.run("endpoint", "create", "ep")
     control_plane = f"http://{nl.http['control_plane']}"
-    spec = requests.get(f"{control_plane}/v1/computes/ep/spec", timeout=10).json()
+    admin = nl.session()
+    spec = admin.get(f"{control_plane}/v1/computes/ep/spec", timeout=10).json()
     assert spec["pg_port"] and spec["mode"] == "primary", spec
-    missing = requests.get(f"{control_plane}/v1/computes/nope/spec", timeout=10)
+    assert spec["storage_auth_token"], "the spec carries a token for the storage"
+    missing = admin.get(f"{control_plane}/v1/computes/nope/spec", timeout=10)
     assert missing.status_code == 404 and "nope" in missing.json()["error"], missing.text
 
     http_port = port_distributor.get()
+    env = auth.with_token({**os.environ, "TRACEPARENT": TRACEPARENT}, nl.token("compute"))
     compute = Daemon([neon_env_builder.binpath / "compute_ctl", "--pgdata", test_output_dir / "pgdata",
                       "--listen-http", f"127.0.0.1:{http_port}", "--control-plane-uri", control_plane,
-                      "--compute-id", "ep"],
-                     test_output_dir / "compute_ctl.log", http_port, env={**os.environ, "TRACEPARENT": TRACEPARENT})
+                      "--compute-id", "ep", "--auth-public-key", nl.public_key],
+                     test_output_dir / "compute_ctl.log", http_port, env=env, token=nl.token("compute"))
     compute.start()
     try:
         def running():

@@ -3,7 +3,8 @@
 Every daemon serves /v1/status and /metrics, stops with exit code 0 on
 SIGTERM, and fails clearly on a port in use or a malformed config file.
 neon_local init/start/stop manages them as background processes and leaves
-none behind.
+none behind. Daemons started alone verify tokens where they can (requests
+carry an admin token); /v1/status is open to anyone.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def test_help(neon_binpath: Path, binary: str):
     assert result.returncode == 0, result.stderr
     assert binary in result.stdout
     if binary == "neon_local":
-        commands = "init start stop tenant timeline endpoint pageserver safekeeper storage_broker"
+        commands = "init start stop tenant timeline endpoint pageserver safekeeper storage_broker auth role"
         for command in commands.split():
             assert re.search(rf"^\s+{command}\s", result.stdout, re.M), command
     else:
@@ -47,6 +48,7 @@ def test_daemon_status_metrics_and_sigterm(bare_env: NeonEnv, name: str, test_ou
     assert status["status"] == ("empty" if name == "compute_ctl" else "ok")
     assert status["pid"] == daemon.pid
     assert isinstance(status["uptime_seconds"], int)
+    assert daemon.get("/v1/status", token=None).status_code == 200, "health checks need no token"
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", status["version"])
     if name in NODE_DAEMONS:
         assert status["node_id"] == 1
@@ -152,6 +154,10 @@ def test_neon_local_init_start_stop(neon_env_builder: NeonEnvBuilder):
     config, http = neon_local.config_path, neon_local.http
     neon_local.run("init", "--config", config, "--num-safekeepers", "3")
     assert (neon_local.repo_dir / "config").is_file()
+    # init makes the repository's key pair; the private key is for its owner only.
+    assert neon_local.private_key.read_text().startswith("-----BEGIN PRIVATE KEY-----")
+    assert neon_local.private_key.stat().st_mode & 0o777 == 0o600
+    assert neon_local.public_key.read_text().startswith("-----BEGIN PUBLIC KEY-----")
 
     again = neon_local.run("init", "--config", config, check=False)
     assert again.returncode != 0
@@ -164,7 +170,7 @@ def test_neon_local_init_start_stop(neon_env_builder: NeonEnvBuilder):
     pids = neon_local.pids()
     assert len(pids) == 7, neon_local.pid_files()  # + the control plane and the proxy
     assert all(pid_alive(pid) for pid in pids)
-    session = http_session()
+    session = http_session()  # no token: /v1/status is open
     for name, addr in http.items():
         status = session.get(f"http://{addr}/v1/status", timeout=5).json()
         assert status["service"] == name.split()[0]

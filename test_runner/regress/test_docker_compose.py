@@ -1,10 +1,13 @@
 """The Docker Compose cluster (docker-compose/): images built by the
 Dockerfile from base images made locally, then pgbench through the proxy
 with a safekeeper stopped under load, and a pageserver restart that keeps
-the data. Skipped when no Docker engine is reachable."""
+the data. Authentication is on: only the proxy is published and it
+requires TLS; the other ports are probed from inside the cluster's network
+(docs/authentication.md). Skipped when no Docker engine is reachable."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,10 +20,45 @@ import pytest
 from fixtures.neon_fixtures import REPO_ROOT
 from fixtures.pg import PgBin
 from fixtures.port_distributor import PortDistributor
-from fixtures.utils import http_session, run_checked, wait_until
+from fixtures.utils import run_checked, wait_until
 
 COMPOSE_DIR = REPO_ROOT / "docker-compose"
 PASSWORD = "compose-test-password"
+# docker-compose/tools/setup.py's tenant.
+TENANT = "de200bd42b49cc1814412c7e592dd6e9"
+OTHER_TENANT = "0123456789abcdef0123456789abcdef"
+
+# Run with `python3 -c` in the control-plane container (the tools image,
+# with the `auth` volume): HTTP calls given as [method, url, token], where
+# token is None, a token file's scope ("admin": /auth/admin.token) or
+# "tenant:<id>" (minted with the private key); prints [[status, body], ...].
+HTTP_PROBE = """
+import json, sys
+sys.path.insert(0, "/usr/local/lib/neon-tools")
+import requests, neon_auth
+
+def token(name):
+    if name.startswith("tenant:"):
+        key = neon_auth.load_private_key("/auth/auth_private_key.pem")
+        return neon_auth.mint(key, "tenant", name.split(":", 1)[1])
+    return neon_auth.read_token(f"/auth/{name}.token")
+
+out = []
+for method, url, name in json.loads(sys.argv[1]):
+    headers = {"Authorization": f"Bearer {token(name)}"} if name else {}
+    r = requests.request(method, url, headers=headers, json={} if method == "POST" else None, timeout=30)
+    out.append([r.status_code, r.text])
+print(json.dumps(out))
+"""
+
+# Run with `python3 -c` in the s3 container: the number of objects under a
+# prefix of the bucket.
+S3_COUNT = """
+import sys, boto3
+s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:5000", region_name="us-east-1",
+                  aws_access_key_id="neon", aws_secret_access_key="neon")
+print(s3.list_objects_v2(Bucket="neon", Prefix=sys.argv[1]).get("KeyCount", 0))
+"""
 
 
 def compose_command() -> list[str] | str:
@@ -67,18 +105,17 @@ def test_docker_compose(
                    capture_output=True)
 
     project = f"neontest{os.getpid()}"
-    ports = {name: port_distributor.get() for name in ("proxy", "pageserver", "compute", "s3")}
+    proxy_port = port_distributor.get()
     env = os.environ | {
-        "NEON_PROXY_PORT": str(ports["proxy"]),
-        "NEON_PAGESERVER_HTTP_PORT": str(ports["pageserver"]),
-        "NEON_COMPUTE_HTTP_PORT": str(ports["compute"]),
-        "NEON_S3_PORT": str(ports["s3"]),
+        "NEON_PROXY_PORT": str(proxy_port),
         "NEON_PASSWORD": PASSWORD,
         "NEON_IMAGE_TAG": "latest",
     }
     compose = [*compose_cmd, "-p", project, "-f", str(COMPOSE_DIR / "docker-compose.yml")]
-    pg_env = os.environ | {"PGPASSWORD": PASSWORD}
-    conn = ["-h", "127.0.0.1", "-p", str(ports["proxy"]), "-U", "neon", "neondb"]
+    # The proxy requires TLS (its certificate is self-signed: `require`
+    # encrypts without verifying it).
+    pg_env = os.environ | {"PGPASSWORD": PASSWORD, "PGSSLMODE": "require"}
+    conn = ["-h", "127.0.0.1", "-p", str(proxy_port), "-U", "neon", "neondb"]
 
     def psql(sql: str, timeout: float = 60) -> str:
         return run_checked(
@@ -89,6 +126,25 @@ def test_docker_compose(
     def history_rows() -> int:
         return int(psql("select count(*) from pgbench_history"))
 
+    def exec_python(service: str, code: str, *args: str) -> str:
+        """Python in a tools container of the cluster: inside its network."""
+        return run_checked([*compose, "exec", "-T", service, "python3", "-c", code, *args], env=env,
+                           timeout=120).stdout
+
+    def http_probe(calls: list[tuple[str, str, str | None]]) -> list[tuple[int, str]]:
+        return [tuple(r) for r in json.loads(exec_python("control-plane", HTTP_PROBE, json.dumps(calls)))]
+
+    def refused_by_proxy(user: str, sslmode: str) -> None:
+        """A connection through the proxy that must fail."""
+        result = subprocess.run(
+            [pg_bin.path("psql"), "-h", "127.0.0.1", "-p", str(proxy_port), "-U", user, "neondb",
+             "-XAtc", "select 1"],
+            capture_output=True, text=True, timeout=60,
+            env=pg_env | {"PGSSLMODE": sslmode, "PGPASSWORD": PASSWORD if user == "neon" else "x"})
+        assert result.returncode != 0, f"{user} with sslmode={sslmode} got in: {result.stdout}"
+        # Refused by the server (an ErrorResponse), not a failed connection.
+        assert "FATAL" in result.stderr, result.stderr
+
     pgbench: subprocess.Popen | None = None
     try:
         timed("compose up", [*compose, "up", "-d"], timings, env=env, timeout=600)
@@ -98,16 +154,60 @@ def test_docker_compose(
         wait_until("a query through the proxy", lambda: psql("select 1", timeout=30) == "1", timeout=240,
                    interval=0.5)
         timings["first query"] = time.monotonic() - started
+        # Over TLS to the proxy.
+        assert "SSL connection" in psql("\\conninfo"), "not a TLS connection"
+
+        # The proxy is the only service published on the host.
+        published = run_checked(
+            ["docker", "ps", "--filter", f"label=com.docker.compose.project={project}",
+             "--format", '{{.Label "com.docker.compose.service"}} {{.Ports}}'], timeout=60).stdout
+        services = {line.split()[0] for line in published.splitlines() if "->" in line}
+        assert services == {"proxy"}, published
+        # Without TLS the proxy refuses; cloud_admin is refused whatever its
+        # password.
+        refused_by_proxy("neon", "disable")
+        refused_by_proxy("cloud_admin", "require")
+
+        # Every HTTP port inside the network: no token 401, the wrong scope
+        # or tenant 403, the right one 200; health checks stay open.
+        checks = [
+            ("GET", "http://compute:3080/status", None, 401),
+            ("GET", "http://compute:3080/status", "proxy", 403),
+            ("GET", "http://compute:3080/status", "compute", 200),
+            ("GET", "http://compute:3080/v1/status", None, 200),
+            ("GET", "http://pageserver:9898/v1/tenant", None, 401),
+            ("GET", "http://pageserver:9898/v1/tenant", "compute", 403),
+            ("GET", "http://pageserver:9898/v1/tenant", "admin", 200),
+            ("GET", f"http://pageserver:9898/v1/tenant/{TENANT}", f"tenant:{OTHER_TENANT}", 403),
+            ("GET", f"http://pageserver:9898/v1/tenant/{TENANT}", f"tenant:{TENANT}", 200),
+            ("GET", "http://pageserver:9898/v1/status", None, 200),
+            ("GET", "http://safekeeper1:7676/v1/timeline", None, 401),
+            ("GET", "http://safekeeper1:7676/v1/timeline", "pageserver", 403),
+            ("GET", "http://safekeeper1:7676/v1/timeline", "admin", 200),
+            ("GET", "http://storage-broker:50051/metrics", None, 401),
+            ("GET", "http://storage-broker:50051/metrics", "safekeeper", 403),
+            ("GET", "http://storage-broker:50051/metrics", "admin", 200),
+            ("POST", "http://control-plane:1234/v1/wake_compute", None, 401),
+            ("POST", "http://control-plane:1234/v1/wake_compute", "compute", 403),
+            ("POST", "http://control-plane:1234/v1/wake_compute", "proxy", 200),
+        ]
+        answers = http_probe([(method, url, token) for method, url, token, _ in checks])
+        bodies = {}
+        for (method, url, token, expected), (status, body) in zip(checks, answers):
+            assert status == expected, f"{method} {url} with {token or 'no'} token: HTTP {status} {body}"
+            if status in (401, 403):
+                assert "error" in json.loads(body), body
+            bodies[(url, token)] = body
         # The compute got /dev/fuse: its data directory is lazy.
-        compute_status = http_session().get(f"http://127.0.0.1:{ports['compute']}/status", timeout=10).json()
+        compute_status = json.loads(bodies[("http://compute:3080/status", "compute")])
         assert compute_status["data_directory"] == "lazy", compute_status
-        # cloud_admin is trusted from loopback only: through the proxy, from
-        # another container, it is refused.
-        refused = subprocess.run(
-            [pg_bin.path("psql"), "-h", "127.0.0.1", "-p", str(ports["proxy"]), "-U", "cloud_admin",
-             "postgres", "-XAtc", "select 1"],
-            capture_output=True, text=True, env=os.environ | {"PGPASSWORD": "x"}, timeout=60)
-        assert refused.returncode != 0, refused.stdout
+        # The page service and the WAL service take a token as the password.
+        for name, port in (("pageserver", 64000), ("safekeeper1", 5454)):
+            login = subprocess.run(
+                [*compose, "exec", "-T", "-e", "PGPASSWORD=not-a-token", "control-plane", "psql", "-w", "-h",
+                 name, "-p", str(port), "-U", "cloud_admin", "-XAtc", "", "postgres"],
+                env=env, capture_output=True, text=True, timeout=60)
+            assert login.returncode != 0 and "FATAL" in login.stderr, f"{name}: {login.stderr}"
 
         timed("pgbench -i", [pg_bin.path("pgbench"), "-i", "-s", "5", "-q", *conn], timings, env=pg_env,
               timeout=600)
@@ -144,14 +244,10 @@ def test_docker_compose(
                            interval=0.5)
         assert after == before
 
-        # Layers and WAL segments reached the object store.
-        import boto3
-
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{ports['s3']}", region_name="us-east-1",
-                          aws_access_key_id="neon", aws_secret_access_key="neon")
-
+        # Layers and WAL segments reached the object store (not published:
+        # asked from inside the s3 container).
         def objects(prefix: str) -> int:
-            return s3.list_objects_v2(Bucket="neon", Prefix=prefix).get("KeyCount", 0)
+            return int(exec_python("s3", S3_COUNT, prefix))
 
         wait_until("layers in S3", lambda: objects("pageserver/") > 0, timeout=60, interval=0.5)
         wait_until("WAL segments in S3", lambda: objects("safekeeper/") > 0, timeout=60, interval=0.5)

@@ -12,7 +12,7 @@ from fixtures.lsn import lsn_int
 from fixtures.neon_fixtures import NeonEnvBuilder
 from fixtures.neon_local import started_endpoint_port
 from fixtures.pg import PgBin
-from fixtures.utils import http_session, wait_until
+from fixtures.utils import wait_until
 
 
 def psql(pg_bin: PgBin, port: int, sql: str) -> str:
@@ -36,7 +36,7 @@ def test_wiped_pageserver_comes_back(neon_env_builder: NeonEnvBuilder, pg_bin: P
 
     # Remote storage has an index for every timeline.
     ps = f"http://{nl.http['pageserver 1']}"
-    session = http_session()
+    session = nl.session()
     timelines = [t["timeline_id"] for t in session.get(f"{ps}/v1/tenant/{tenant}/timeline", timeout=10).json()]
     assert len(timelines) == 2
     for tl in timelines:

@@ -18,7 +18,7 @@ from fixtures.lsn import lsn_int
 from fixtures.neon_fixtures import NeonEnvBuilder
 from fixtures.neon_local import NeonLocal
 from fixtures.pg import PgBin
-from fixtures.utils import http_session, pid_alive
+from fixtures.utils import pid_alive
 
 ID = r"[0-9a-f]{32}"
 LSN = r"[0-9A-F]+/[0-9A-F]+"
@@ -141,7 +141,7 @@ def test_readme_transcript(cluster: Cluster):
     assert cluster.psql(branch_port, "select * from t order by key") == "1|1\n2|2"
 
     # `stop` leaves nothing running: daemons, compute_ctls, postgres.
-    session = http_session()
+    session = nl.session("compute")
     postmasters = [session.get(f"http://127.0.0.1:{port + 1}/status", timeout=5).json()["postgres_pid"]
                    for port in (main_port, branch_port)]
     pids = nl.pids()

@@ -38,7 +38,7 @@ from fixtures.lsn import lsn_int
 from fixtures.neon_fixtures import NeonEnvBuilder
 from fixtures.neon_local import NeonLocal, started_endpoint_port
 from fixtures.pg import PgBin, pg_os_user
-from fixtures.utils import http_session, wait_until
+from fixtures.utils import wait_until
 
 SUITE_CACHE = Path(os.environ.get("PG_REGRESS_CACHE", "/var/cache/neon-pg-regress"))
 DATABASE = "regression"
@@ -143,7 +143,7 @@ def pageserver_lsn(nl: NeonLocal) -> int:
     conf = (nl.repo_dir / "endpoints" / "main" / "endpoint.toml").read_text()
     tenant, timeline = (re.search(rf'^{key} = "(\w+)"', conf, re.M)[1] for key in ("tenant_id", "timeline_id"))
     url = f"http://{nl.http['pageserver 1']}/v1/tenant/{tenant}/timeline/{timeline}"
-    return lsn_int(http_session().get(url, timeout=30).json()["last_record_lsn"])
+    return lsn_int(nl.session(tenant_id=tenant).get(url, timeout=30).json()["last_record_lsn"])
 
 
 def fact_summary(facts: dict[str, str]) -> str:

@@ -4,7 +4,9 @@ of neon_local wakes the compute (creating a branch's endpoint on first
 use), and suspends it when idle; the next connection wakes it again.
 
 Real daemons through neon_local, each test with its own repository and
-ports.
+ports. Clients log in through the proxy as a role made with `neon_local
+role create` (the proxy refuses cloud_admin); the tests reach computes
+directly as cloud_admin.
 """
 
 from __future__ import annotations
@@ -23,27 +25,33 @@ import pytest
 from fixtures.neon_fixtures import NeonEnvBuilder
 from fixtures.neon_local import NeonLocal
 from fixtures.pg import PgBin
-from fixtures.utils import http_session, wait_until
+from fixtures.utils import wait_until
 
 SUSPEND = 2  # seconds: the default suspend timeout in these tests
+# The role clients log in as through the proxy.
+ROLE, ROLE_PASSWORD = "app", "app-secret-1"
 
 
 class Serverless:
-    """A started neon_local repository with its proxy."""
+    """A started neon_local repository with its proxy; HTTP requests carry
+    an admin token."""
 
     def __init__(self, nl: NeonLocal, pg_bin: PgBin):
         self.nl, self.pg_bin = nl, pg_bin
         self.http, self.proxy_port, self.cert = nl.http, nl.proxy_port, nl.proxy_cert
-        self.session = http_session()
+        self.session = nl.session()
 
     def run(self, *args: str) -> str:
         return self.nl.run(*args).stdout
 
-    def conninfo(self, route: str = "", user: str = "cloud_admin", **extra: str) -> str:
+    def conninfo(self, route: str = "", user: str = ROLE, **extra: str) -> str:
         """A libpq connection string to the proxy; ``route`` is put in
-        ``options`` (e.g. ``branch=heikki``)."""
+        ``options`` (e.g. ``branch=heikki``). ``ROLE`` comes with its
+        password."""
         parts = {"host": "127.0.0.1", "port": str(self.proxy_port), "dbname": "postgres", "user": user,
                  "sslmode": "disable", "connect_timeout": "120"}
+        if user == ROLE:
+            parts["password"] = ROLE_PASSWORD
         if route:
             parts["options"] = route
         parts.update(extra)
@@ -88,22 +96,31 @@ class Serverless:
     def control_plane(self) -> dict:
         return self.session.get(f"http://{self.http['control_plane']}/v1/status", timeout=5).json()
 
+    def proxy_metrics(self) -> str:
+        return self.session.get(f"http://{self.http['proxy']}/metrics", timeout=5).text
+
     def starts(self, name: str) -> int:
         return self.control_plane()["endpoints"].get(name, {}).get("starts", 0)
 
 
-@pytest.fixture
-def serverless(neon_env_builder: NeonEnvBuilder, pg_bin: PgBin) -> Serverless:
+def start_serverless(builder: NeonEnvBuilder, pg_bin: PgBin) -> Serverless:
     """A repository on free ports with a TLS certificate for the proxy,
-    started with a short default suspend timeout, and a default tenant."""
-    neon_env_builder.num_safekeepers = 1
-    neon_env_builder.endpoint_ports = 20
-    neon_env_builder.proxy_tls = True
-    nl = neon_env_builder.neon_local()
+    started with a short default suspend timeout, a default tenant and its
+    role ``ROLE``."""
+    builder.num_safekeepers = 1
+    builder.endpoint_ports = 20
+    builder.proxy_tls = True
+    nl = builder.neon_local()
     out = nl.run("start", "--suspend-timeout", f"{SUSPEND}s").stdout
     assert "control_plane started" in out and "proxy started" in out, out
     nl.run("tenant", "create", "--set-default")
+    nl.create_role(ROLE, ROLE_PASSWORD)
     return Serverless(nl, pg_bin)
+
+
+@pytest.fixture
+def serverless(neon_env_builder: NeonEnvBuilder, pg_bin: PgBin) -> Serverless:
+    return start_serverless(neon_env_builder, pg_bin)
 
 
 def test_branch_on_demand_and_scale_to_zero(serverless: Serverless):
@@ -190,9 +207,11 @@ def test_concurrent_wakes_start_once(serverless: Serverless):
 
 def test_scram_through_proxy(serverless: Serverless):
     """Authentication passes through: a role with a password must give it
-    (SCRAM-SHA-256); a wrong one is refused."""
+    (SCRAM-SHA-256); a wrong one is refused. A role made in SQL works as
+    one made by `neon_local role create`."""
     s = serverless
-    s.psql(s.conninfo(), "CREATE ROLE alice LOGIN PASSWORD 'secret'")
+    assert s.psql(s.conninfo(), "SELECT current_user") == ROLE
+    s.direct(s.pg_port("main"), "CREATE ROLE alice LOGIN PASSWORD 'secret'")
     alice = s.conninfo(user="alice")
     wrong = s.psql(alice, "SELECT 1", check=False, password="wrong")
     assert wrong.returncode != 0
@@ -299,7 +318,7 @@ def test_cancel_through_proxy(serverless: Serverless):
         _, err = sleepers["main"].communicate(timeout=30)
         assert "canceling statement due to user request" in err, err
         assert sleeping("other")
-        stats = s.session.get(f"http://{s.http['proxy']}/metrics", timeout=5).text
+        stats = s.proxy_metrics()
         assert re.search(r"^proxy_cancel_requests_total 1$", stats, re.M), stats
     finally:
         for p in sleepers.values():

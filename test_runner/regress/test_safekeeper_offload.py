@@ -11,18 +11,19 @@ import json
 import os
 import re
 import shutil
-import socket
 import struct
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from fixtures import auth
 from fixtures.compute import Compute
 from fixtures.daemons import Safekeeper
 from fixtures.lsn import SEGMENT_SIZE, lsn_int, lsn_str, read_segments, segment_name, segment_number
 from fixtures.neon_fixtures import NeonEnv, NeonEnvBuilder
 from fixtures.pg import PgBin
+from fixtures.pq import PqConnection, PqError, error_fields
 from fixtures.remote_storage import S3Server
 from fixtures.utils import run_checked, wait_until
 from fixtures.wal_service import WalService
@@ -127,58 +128,36 @@ class ReplicationError(Exception):
 class ReplicationReader:
     """A minimal `START_REPLICATION` client, speaking the PostgreSQL protocol
     as the pageserver does: it reads XLogData and sends status updates whose
-    apply position is the pageserver's remote consistent LSN."""
+    apply position is the pageserver's remote consistent LSN. It presents
+    ``token`` (default: a pageserver's, the only one whose reports move the
+    remote consistent LSN)."""
 
-    def __init__(self, sk: Safekeeper, service: WalService, start: int, application_name: str = "pageserver"):
-        self.sock = socket.create_connection(("127.0.0.1", sk.pg_port), timeout=60)
+    def __init__(self, sk: Safekeeper, service: WalService, start: int, application_name: str = "pageserver",
+                 token: str | None = None):
         params = {"user": "pageserver", "application_name": application_name,
                   "options": f"-c tenant_id={service.tenant_id} -c timeline_id={service.timeline_id}"}
-        body = struct.pack("!I", 196608) + b"".join(
-            k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
-        self.sock.sendall(struct.pack("!I", len(body) + 4) + body)
-        while True:
-            tag, payload = self._recv()
-            if tag == b"E":
-                raise ReplicationError(self._error(payload))
-            if tag == b"Z":
-                break
-        query = f"START_REPLICATION PHYSICAL {lsn_str(start)}".encode() + b"\0"
-        self._send(b"Q", query)
-        tag, payload = self._recv()
-        if tag == b"E":
-            raise ReplicationError(self._error(payload))
+        try:
+            self.conn = PqConnection(sk.pg_port, params, token or auth.token("pageserver"), timeout=60)
+            tag = self.conn.start_copy(f"START_REPLICATION PHYSICAL {lsn_str(start)}")
+        except PqError as e:
+            raise ReplicationError(e.message) from None
         assert tag == b"W", tag
         self.position = start
 
-    def _recv_exact(self, n: int) -> bytes:
-        out = bytearray()
-        while len(out) < n:
-            chunk = self.sock.recv(n - len(out))
-            if not chunk:
-                raise ReplicationError("the safekeeper closed the connection")
-            out += chunk
-        return bytes(out)
-
     def _recv(self) -> tuple[bytes, bytes]:
-        tag = self._recv_exact(1)
-        (length,) = struct.unpack("!I", self._recv_exact(4))
-        return tag, self._recv_exact(length - 4)
-
-    def _send(self, tag: bytes, payload: bytes) -> None:
-        self.sock.sendall(tag + struct.pack("!I", len(payload) + 4) + payload)
-
-    @staticmethod
-    def _error(payload: bytes) -> str:
-        fields = {f[:1]: f[1:].decode(errors="replace") for f in payload.split(b"\0") if f}
-        return fields.get(b"M", payload.decode(errors="replace"))
+        try:
+            tag, payload = self.conn.recv()
+        except PqError as e:
+            raise ReplicationError(e.message) from None
+        if tag == b"E":
+            raise ReplicationError(PqError(error_fields(payload)).message)
+        return tag, payload
 
     def read_until(self, end: int) -> bytes:
         """WAL from the current position up to `end`."""
         out = bytearray()
         while self.position < end:
             tag, payload = self._recv()
-            if tag == b"E":
-                raise ReplicationError(self._error(payload))
             assert tag == b"d", tag
             if payload[:1] == b"w":
                 wal_start, _, _ = struct.unpack("!QQQ", payload[1:25])
@@ -189,24 +168,24 @@ class ReplicationReader:
         return bytes(out[:len(out) - (self.position - end)])
 
     def status(self, write: int, flush: int, apply: int) -> None:
-        self._send(b"d", b"r" + struct.pack("!QQQqB", write, flush, apply, 0, 0))
+        self.conn.send(b"d", b"r" + struct.pack("!QQQqB", write, flush, apply, 0, 0))
 
     def close(self) -> None:
         try:
-            self._send(b"c", b"")
-            self._send(b"X", b"")
+            self.conn.send(b"c", b"")
         except OSError:
             pass
-        self.sock.close()
+        self.conn.close()
 
 
 def report_remote_consistent(sk: Safekeeper, service: WalService, lsn: int,
-                             application_name: str = "pageserver") -> None:
-    """Connect as a WAL reader, report `lsn` as applied (remote consistent),
-    and disconnect; returns once the safekeeper has processed the report
-    (the connection is gone, and reports are processed in order)."""
+                             application_name: str = "pageserver", token: str | None = None) -> None:
+    """Connect as a WAL reader (presenting ``token``, default a
+    pageserver's), report `lsn` as applied (remote consistent), and
+    disconnect; returns once the safekeeper has processed the report (the
+    connection is gone, and reports are processed in order)."""
     status = sk.timeline_status(service.tenant_id, service.timeline_id)
-    reader = ReplicationReader(sk, service, lsn_int(status["commit_lsn"]), application_name)
+    reader = ReplicationReader(sk, service, lsn_int(status["commit_lsn"]), application_name, token)
     reader.status(lsn, lsn, lsn)
     reader.close()
     wait_until("the reader to disconnect",
@@ -297,8 +276,9 @@ def test_removal_needs_offload_and_pageserver_lsn(offload_compute: Compute, offl
     all_local = local_segments(sk1, service)
     assert all_local[0] == first
 
-    # A standby's apply position is not a remote consistent LSN.
-    report_remote_consistent(sk1, service, commit, application_name="standby")
+    # A standby's apply position is not a remote consistent LSN (a standby
+    # has its tenant's token, not a pageserver's).
+    report_remote_consistent(sk1, service, commit, application_name="standby", token=service.token())
     assert lsn_int(sk1.timeline_status(tenant, timeline)["remote_consistent_lsn"]) == 0
 
     # The pageserver reports a remote consistent LSN in the middle of a

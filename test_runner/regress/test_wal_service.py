@@ -284,9 +284,10 @@ def test_stock_standby_streams_from_a_safekeeper(
                 "-D", standby_dir, "-X", "fetch", "--checkpoint=fast"])
     sk = wal_service.safekeepers[0]
     options = f"-c tenant_id={wal_service.tenant_id} -c timeline_id={wal_service.timeline_id}"
+    # The password is a token of the tenant, as a replica's is.
     with open(standby_dir / "postgresql.auto.conf", "a") as f:
         f.write(f"primary_conninfo = 'host=127.0.0.1 port={sk.pg_port} user=cloud_admin "
-                f"application_name=standby options=''{options}'''\n")
+                f"password={wal_service.token()} application_name=standby options=''{options}'''\n")
         f.write("synchronous_standby_names = ''\n")
     (standby_dir / "standby.signal").touch()
     standby = VanillaPostgres(pg_bin, standby_dir, port_distributor.get())

@@ -19,7 +19,7 @@ from fixtures.lsn import lsn_int
 from fixtures.neon_fixtures import NeonEnv, NeonEnvBuilder
 from fixtures.neon_local import NeonLocal, started_endpoint_port
 from fixtures.pg import PgBin
-from fixtures.utils import http_session, metric_value, wait_until
+from fixtures.utils import metric_value, wait_until
 from fixtures.wal_service import WalService
 
 # The statement: about 830 MB of WAL on an endpoint when every record
@@ -211,7 +211,7 @@ def test_stuck_commits_are_visible(neon_env_builder: NeonEnvBuilder, pg_bin: PgB
                         lambda: (s := endpoint_status(nl, "main")).startswith("running (commits stuck") and s, 60)
     assert re.fullmatch(r"running \(commits stuck for \d+s\)", status), status
     assert insert.poll() is None, "the insert returned without a quorum"
-    session = http_session()
+    session = nl.session()  # an admin token: /metrics too
     base = compute_ctl_url(nl, "main")
     state = session.get(f"{base}/status", timeout=10).json()
     waiting = state["commits"]["waiting_for"]
@@ -272,7 +272,7 @@ def test_endpoint_restarts_with_a_safekeeper_down(neon_env_builder: NeonEnvBuild
     psql(pg_bin, dev_port, "INSERT INTO ledger VALUES (-1)")
 
     nl.run("safekeeper", "start", "1")
-    session = http_session()
+    session = nl.session()
     sk1_http = nl.http["safekeeper 1"]
     for name, p in (("main", port), ("dev", dev_port)):
         lsn = lsn_int(psql(pg_bin, p, "INSERT INTO ledger VALUES (-2); SELECT pg_current_wal_insert_lsn()")

@@ -24,7 +24,8 @@ struct Cli {
     /// The pageserver's libpq address (host:port)
     #[arg(long)]
     pageserver: String,
-    /// The user to connect to the pageserver as
+    /// The user to connect to the pageserver as (its password, a token for
+    /// the tenant, is read from NEON_AUTH_TOKEN when set)
     #[arg(long, default_value = "cloud_admin")]
     pageserver_user: String,
     #[arg(long)]
@@ -63,6 +64,7 @@ fn main() -> ExitCode {
         timeline_id: cli.timeline_id,
         lsn: cli.lsn,
         latest: cli.latest,
+        token: auth::token_from_env(),
         uid: cli.uid.unwrap_or_else(|| nix::unistd::getuid().as_raw()),
         gid: cli.gid.unwrap_or_else(|| nix::unistd::getgid().as_raw()),
         threads: cli.threads,

@@ -54,6 +54,8 @@ pub struct FsArgs {
     pub lsn: Lsn,
     /// Read pages as of the newest WAL the pageserver has (a primary).
     pub latest: bool,
+    /// The tenant's token for the pageserver.
+    pub token: Option<String>,
     /// Who the files belong to, as postgres sees them.
     pub uid: u32,
     pub gid: u32,
@@ -135,6 +137,7 @@ pub fn run(args: FsArgs) -> anyhow::Result<()> {
             timeline_id: args.timeline_id,
             lsn: args.lsn,
             latest: args.latest,
+            token: args.token.clone(),
         },
         args.connections.max(1),
     ));

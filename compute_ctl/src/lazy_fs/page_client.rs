@@ -39,6 +39,8 @@ pub struct PageSource {
     /// the GC horizon however long the compute runs).
     pub lsn: Lsn,
     pub latest: bool,
+    /// The tenant's token, sent as the password.
+    pub token: Option<String>,
 }
 
 struct Batch {
@@ -188,7 +190,7 @@ async fn connect(source: &PageSource) -> anyhow::Result<pq_proto::client::Client
         ("database", "postgres"),
         ("application_name", "compute_fs"),
     ];
-    let connect = pq_proto::client::connect(source.addr.as_str(), &params, None);
+    let connect = pq_proto::client::connect(source.addr.as_str(), &params, source.token.as_deref());
     tokio::time::timeout(Duration::from_secs(10), connect)
         .await
         .context("connecting to the pageserver: timed out")?

@@ -103,6 +103,11 @@ pub struct ComputeSpec {
     /// where FUSE can be mounted, else full (said in compute_ctl's log).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lazy: Option<bool>,
+    /// The token compute_ctl presents to the pageserver (libpq password,
+    /// HTTP bearer) and the safekeepers: one for the spec's tenant. Unset
+    /// where the storage does not authenticate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_auth_token: Option<String>,
 }
 
 fn format_version() -> u32 {
@@ -199,7 +204,7 @@ fn check_name(what: &str, name: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
-fn check_role_name(name: &str) -> Result<(), SpecError> {
+pub fn check_role_name(name: &str) -> Result<(), SpecError> {
     check_name("role", name)?;
     if name == SUPERUSER || name.starts_with("pg_") {
         return Err(err(format!(

@@ -7,8 +7,9 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use auth::{Access, JwtVerifier};
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::future::RouteFuture;
@@ -82,6 +83,65 @@ pub async fn bind_listener(what: &str, addr: &str) -> anyhow::Result<TcpListener
 
 type StatusFn = dyn Fn() -> Map<String, Value> + Send + Sync;
 
+/// A request as an authentication policy sees it: the method, the route it
+/// matched (`/v1/tenant/{tenant_id}`, or `None` when no route matched) and
+/// the route's path parameters.
+pub struct RouteRequest<'a> {
+    pub method: &'a Method,
+    pub route: Option<&'a str>,
+    pub params: &'a [(String, String)],
+}
+
+impl RouteRequest<'_> {
+    /// The path parameter `name`, if the route has one.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What each request needs ([`HttpServer::with_auth`]).
+pub type AuthPolicy = Arc<dyn Fn(&RouteRequest) -> Access + Send + Sync>;
+
+/// The policy of the storage daemons' APIs: a route with a `{tenant_id}`
+/// needs a token for that tenant (or admin), every other route admin.
+pub fn tenant_routes_policy() -> AuthPolicy {
+    Arc::new(|request: &RouteRequest| {
+        match request.param("tenant_id").and_then(|t| t.parse().ok()) {
+            Some(tenant_id) => Access::Tenant(tenant_id),
+            None => Access::Admin,
+        }
+    })
+}
+
+/// The token verifier of a daemon started with `--auth-public-key PATH`;
+/// without one, a warning that nobody will be asked who they are.
+pub fn load_verifier(
+    public_key: Option<&std::path::Path>,
+) -> anyhow::Result<Option<Arc<JwtVerifier>>> {
+    match public_key {
+        Some(path) => {
+            let verifier = JwtVerifier::from_file(path)?;
+            info!(
+                "authentication on: tokens are verified with {}",
+                path.display()
+            );
+            Ok(Some(Arc::new(verifier)))
+        }
+        None => {
+            warn!("authentication off (no --auth-public-key): every caller is trusted");
+            Ok(None)
+        }
+    }
+}
+
+struct AuthState {
+    verifier: Arc<JwtVerifier>,
+    policy: AuthPolicy,
+}
+
 /// A daemon's management API: its own routes plus `GET /v1/status` and
 /// `GET /metrics`, JSON 404/405 errors, request counting and a concurrency
 /// limit. Serves HTTP/1 and HTTP/2 (cleartext, prior knowledge) on one
@@ -95,6 +155,7 @@ pub struct HttpServer {
     requests: IntCounterVec,
     status: Option<Arc<StatusFn>>,
     grpc: Option<Router>,
+    auth: Option<Arc<AuthState>>,
 }
 
 impl HttpServer {
@@ -127,6 +188,7 @@ impl HttpServer {
             requests,
             status: None,
             grpc: None,
+            auth: None,
         })
     }
 
@@ -156,6 +218,17 @@ impl HttpServer {
     /// cancellation token fires, or shutdown waits for its grace period.
     pub fn with_grpc(mut self, grpc: Router) -> Self {
         self.grpc = Some(grpc);
+        self
+    }
+
+    /// Every request but `GET /v1/status` needs a bearer token that
+    /// `verifier` accepts and that opens what `policy` says the request
+    /// needs (`/metrics`: admin). Refusals are 401 (no valid token) or 403
+    /// (a valid token that does not open this), before any handler runs.
+    /// Handlers find the caller's [`Claims`] among the request's extensions.
+    /// Without this, nobody is asked.
+    pub fn with_auth(mut self, verifier: Arc<JwtVerifier>, policy: AuthPolicy) -> Self {
+        self.auth = Some(Arc::new(AuthState { verifier, policy }));
         self
     }
 
@@ -198,6 +271,7 @@ impl HttpServer {
         let requests = self.requests.clone();
         let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
         let grpc = self.grpc.take();
+        let auth = self.auth.clone();
         let server = Arc::new(self);
         let http = Router::new()
             .route("/v1/status", get(status))
@@ -207,7 +281,12 @@ impl HttpServer {
             .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
             .method_not_allowed_fallback(|| async {
                 ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-            })
+            });
+        let http = match auth {
+            Some(auth) => http.layer(middleware::from_fn_with_state(auth, authenticate)),
+            None => http,
+        };
+        let http = http
             .layer(middleware::from_fn_with_state(limit, limit_concurrency))
             .layer(middleware::from_fn_with_state(requests, count_requests));
         match grpc {
@@ -312,6 +391,70 @@ async fn status(State(server): State<Arc<HttpServer>>) -> Json<Value> {
 async fn metrics(State(server): State<Arc<HttpServer>>) -> Result<Response, ApiError> {
     let text = server.metrics_text()?;
     Ok(([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response())
+}
+
+/// Refuses a request whose token does not open what it needs.
+async fn authenticate(State(auth): State<Arc<AuthState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let access = match route.as_deref() {
+        Some("/v1/status") if req.method() == Method::GET => Access::Public,
+        Some("/metrics") => Access::Admin,
+        _ => {
+            let (mut parts, body) = req.into_parts();
+            let params: Vec<(String, String)> =
+                match RawPathParams::from_request_parts(&mut parts, &()).await {
+                    Ok(raw) => raw
+                        .iter()
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+            let access = (auth.policy)(&RouteRequest {
+                method: &parts.method,
+                route: route.as_deref(),
+                params: &params,
+            });
+            return check_and_run(&auth, access, Request::from_parts(parts, body), next).await;
+        }
+    };
+    check_and_run(&auth, access, req, next).await
+}
+
+async fn check_and_run(auth: &AuthState, access: Access, mut req: Request, next: Next) -> Response {
+    if access == Access::Public {
+        return next.run(req).await;
+    }
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""));
+    let checked = auth::bearer_token(header).and_then(|token| {
+        let claims = auth.verifier.verify(token)?;
+        claims.check(&access)?;
+        Ok(claims)
+    });
+    match checked {
+        Ok(claims) => {
+            req.extensions_mut().insert(claims);
+            next.run(req).await
+        }
+        Err(err) => {
+            let status = if err.is_forbidden() {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            info!(
+                method = %req.method(),
+                path = req.uri().path(),
+                "refused: {err}"
+            );
+            ApiError::new(status, err.to_string()).into_response()
+        }
+    }
 }
 
 async fn limit_concurrency(
@@ -488,6 +631,86 @@ mod tests {
         );
         assert!(
             metrics.contains(r#"test_daemon_http_requests_total{path="unmatched",status="404"} 1"#),
+            "{metrics}"
+        );
+
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    /// One HTTP/1.0 GET with a bearer token: (status code, body).
+    async fn http_get_with(addr: std::net::SocketAddr, path: &str, token: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET {path} HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn tokens_open_what_the_policy_says() {
+        use auth::{Claims, Scope, SigningKey};
+        let (private, public) = auth::generate_key_pair();
+        let signer = SigningKey::from_pem(&private).unwrap();
+        let verifier = Arc::new(JwtVerifier::from_pem(&public).unwrap());
+        let listener = bind_listener("HTTP", "127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let routes = Router::new()
+            .route("/v1/tenant/{tenant_id}", get(|| async { "tenant" }))
+            .route("/v1/tenant", get(|| async { "list" }));
+        let server = HttpServer::new(SERVICE)
+            .unwrap()
+            .with_auth(verifier, tenant_routes_policy());
+        let task = tokio::spawn(server.serve(listener, routes, cancel.clone()));
+
+        let t1 = utils::TenantId::generate();
+        let t2 = utils::TenantId::generate();
+        let admin = signer.issue(&Claims::new(Scope::Admin));
+        let tenant1 = signer.issue(&Claims::tenant(t1));
+        let mut expired = Claims::new(Scope::Admin);
+        expired.exp = Some(1);
+        let expired = signer.issue(&expired);
+
+        assert_eq!(http_get(addr, "/v1/status").await.0, 200);
+        let (code, body) = http_get(addr, &format!("/v1/tenant/{t1}")).await;
+        assert_eq!(code, 401);
+        assert!(body.contains("Authorization: Bearer"), "{body}");
+        assert_eq!(
+            http_get_with(addr, &format!("/v1/tenant/{t1}"), &tenant1).await,
+            (200, "tenant".into())
+        );
+        let (code, body) = http_get_with(addr, &format!("/v1/tenant/{t2}"), &tenant1).await;
+        assert_eq!(code, 403, "{body}");
+        assert_eq!(
+            http_get_with(addr, &format!("/v1/tenant/{t2}"), &admin)
+                .await
+                .0,
+            200
+        );
+        let (code, body) = http_get_with(addr, &format!("/v1/tenant/{t1}"), &expired).await;
+        assert_eq!(code, 401);
+        assert!(body.contains("expired"), "{body}");
+        assert_eq!(
+            http_get_with(addr, "/v1/tenant/x", "not-a-token").await.0,
+            401
+        );
+        assert_eq!(http_get_with(addr, "/v1/tenant", &tenant1).await.0, 403);
+        assert_eq!(http_get_with(addr, "/v1/tenant", &admin).await.0, 200);
+        assert_eq!(http_get_with(addr, "/metrics", &tenant1).await.0, 403);
+        assert_eq!(http_get_with(addr, "/metrics", &admin).await.0, 200);
+        assert_eq!(http_get(addr, "/no/such/path").await.0, 401);
+        // Refusals are counted like any answer.
+        let (_, metrics) = http_get_with(addr, "/metrics", &admin).await;
+        assert!(
+            metrics.contains(
+                r#"test_daemon_http_requests_total{path="/v1/tenant/{tenant_id}",status="403"} 1"#
+            ),
             "{metrics}"
         );
 

@@ -15,7 +15,10 @@ mod http;
 mod launch;
 
 pub use config::load_config;
-pub use http::{bind_listener, ApiError, HttpServer, MAX_CONCURRENT_REQUESTS};
+pub use http::{
+    bind_listener, load_verifier, tenant_routes_policy, ApiError, AuthPolicy, HttpServer,
+    RouteRequest, MAX_CONCURRENT_REQUESTS,
+};
 pub use launch::{init_tracing, launch, shutdown_on_signals, CommonArgs, ServiceInfo};
 pub use tokio_util::sync::CancellationToken;
 

@@ -46,7 +46,9 @@ pub use frontend::{
     StartupRequest,
 };
 pub use listener::{Accepted, Listener, Refusal};
-pub use query_server::{QueryError, QueryHandler, QueryOutcome, ServerConfig};
+pub use query_server::{
+    auth_refusal, authenticate_with_token, QueryError, QueryHandler, QueryOutcome, ServerConfig,
+};
 pub use server::PostgresBackend;
 
 /// Default limit on the body of one message: 16 MiB of payload plus room for

@@ -93,6 +93,62 @@ impl From<ProtocolError> for QueryError {
     }
 }
 
+/// The SQLSTATE-coded error for a refused token: no valid token is
+/// `FATAL 28P01` (invalid_password), a valid one that does not open what
+/// was asked is `ERROR 42501` (insufficient_privilege).
+pub fn auth_refusal(err: auth::AuthError) -> QueryError {
+    if err.is_forbidden() {
+        QueryError::error("42501", err.to_string())
+    } else {
+        QueryError::fatal("28P01", err.to_string())
+    }
+}
+
+/// The largest password message read: a token is well under this.
+const MAX_PASSWORD_LEN: usize = 16 * 1024;
+
+/// Asks the client for a token as its password (cleartext: use TLS or a
+/// trusted network) and verifies it: the token's claims, or a `FATAL`
+/// refusal.
+pub async fn authenticate_with_token<S>(
+    pgb: &mut PostgresBackend<S>,
+    verifier: &auth::JwtVerifier,
+) -> Result<auth::Claims, QueryError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    pgb.write_message(&BeMessage::AuthenticationCleartextPassword)
+        .await?;
+    pgb.flush().await?;
+    pgb.set_max_message_len(MAX_PASSWORD_LEN);
+    let message = pgb.read_message().await;
+    pgb.set_max_message_len(crate::DEFAULT_MAX_MESSAGE_LEN);
+    let password = match message? {
+        Some(FeMessage::PasswordMessage(raw)) => raw,
+        None => {
+            return Err(QueryError::fatal(
+                "08006",
+                "the client left before authenticating",
+            ))
+        }
+        Some(other) => {
+            return Err(QueryError::fatal(
+                "08P01",
+                format!("expected a password message, got {other:?}"),
+            ))
+        }
+    };
+    let password = password.strip_suffix(b"\0").unwrap_or(&password);
+    let token = std::str::from_utf8(password)
+        .map_err(|_| auth_refusal(auth::AuthError::Invalid("the password is not UTF-8".into())))?;
+    if token.is_empty() {
+        return Err(auth_refusal(auth::AuthError::Missing(
+            "send the token as the password",
+        )));
+    }
+    verifier.verify(token).map_err(auth_refusal)
+}
+
 /// A stream that owns the connection until it ends; it should stop when
 /// the token fires (shutdown, or a `CancelRequest` for this connection).
 pub type Stream<S> = Box<

@@ -53,6 +53,9 @@ pub struct WalproposerConfig {
     /// Hold commits back while the pageserver lags the commit LSN by more
     /// than this many bytes (see [`crate::backpressure`]); `None`: never.
     pub max_pageserver_lag: Option<u64>,
+    /// The token sent to the safekeepers as the password (one for the
+    /// tenant); `None` where they do not authenticate.
+    pub auth_token: Option<String>,
 }
 
 /// Elect a term and bring a quorum to the most advanced log; returns the
@@ -141,6 +144,8 @@ struct Driver {
     recovery: Option<oneshot::Receiver<RecoveryResult>>,
     /// The commit LSN each safekeeper last reported.
     reported_commit: Vec<Lsn>,
+    /// Safekeepers whose last connection refused our token.
+    refused: Vec<bool>,
     sync_result: Option<Lsn>,
     status: watch::Sender<WalproposerStatus>,
     /// When the commit LSN last moved (or WAL began to wait).
@@ -172,6 +177,7 @@ impl Driver {
                     address.clone(),
                     config.tenant_id,
                     config.timeline_id,
+                    config.auth_token.clone(),
                     events_tx.clone(),
                     cancel.clone(),
                 )
@@ -196,6 +202,7 @@ impl Driver {
             config: config.clone(),
             connections: vec![None; links.len()],
             reported_commit: vec![Lsn::INVALID; links.len()],
+            refused: vec![false; links.len()],
             links,
             events,
             pump: WalPump::new(start, config.limits),
@@ -346,13 +353,26 @@ impl Driver {
         let actions = match event {
             LinkEvent::Connected { index, generation } => {
                 self.connections[index] = Some(generation);
+                self.refused[index] = false;
                 self.proposer.on_connect(index)
             }
             LinkEvent::Disconnected {
                 index,
                 generation,
                 reason,
+                refused,
             } => {
+                if refused {
+                    self.refused[index] = true;
+                    let refusing = self.refused.iter().filter(|r| **r).count();
+                    if refusing > self.links.len() - self.proposer.quorum() {
+                        bail!(
+                            "{refusing} of {} safekeepers refused this compute's token, no quorum is possible; safekeeper {}: {reason}",
+                            self.links.len(),
+                            self.links[index].address
+                        );
+                    }
+                }
                 if self.connections[index] == Some(generation) {
                     warn!(
                         safekeeper = self.links[index].address,
@@ -444,6 +464,7 @@ impl Driver {
         let (tx, rx) = oneshot::channel();
         let address = self.links[r.donor].address.clone();
         let (tenant_id, timeline_id) = (self.config.tenant_id, self.config.timeline_id);
+        let token = self.config.auth_token.clone();
         info!(
             donor = address,
             from = %r.from,
@@ -452,8 +473,15 @@ impl Driver {
             self.links[r.needy].address
         );
         tokio::spawn(async move {
-            let result =
-                recovery::read_from_donor(&address, tenant_id, timeline_id, r.from, r.to).await;
+            let result = recovery::read_from_donor(
+                &address,
+                tenant_id,
+                timeline_id,
+                token.as_deref(),
+                r.from,
+                r.to,
+            )
+            .await;
             if result.is_err() {
                 tokio::time::sleep(RECOVERY_RETRY).await;
             }

@@ -12,6 +12,7 @@ pub(crate) async fn read_from_donor(
     address: &str,
     tenant_id: TenantId,
     timeline_id: TimelineId,
+    token: Option<&str>,
     from: Lsn,
     to: Lsn,
 ) -> anyhow::Result<(Lsn, Bytes)> {
@@ -26,7 +27,7 @@ pub(crate) async fn read_from_donor(
         ("application_name", "walproposer_recovery"),
         ("options", options.as_str()),
     ];
-    let mut client = pq_proto::connect(address, &params, None)
+    let mut client = pq_proto::connect(address, &params, token)
         .await
         .with_context(|| format!("connecting to donor {address}"))?;
     let mut copy = client

@@ -29,7 +29,22 @@ pub enum LinkEvent {
         index: usize,
         generation: u64,
         reason: String,
+        /// The safekeeper refused the token (or its tenant): retrying will
+        /// not help.
+        refused: bool,
     },
+}
+
+/// Whether a connection failed because the safekeeper refused our token:
+/// none where it wants one, a bad one (28P01, 28000), or one that does not
+/// open the timeline (42501).
+fn is_auth_refusal(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<pq_proto::ClientError>())
+        .any(|e| {
+            matches!(e, pq_proto::ClientError::Auth(_))
+                || matches!(e.code(), Some("28P01" | "28000" | "42501"))
+        })
 }
 
 /// The driver's side of a link.
@@ -58,6 +73,7 @@ pub fn spawn(
     address: String,
     tenant_id: TenantId,
     timeline_id: TimelineId,
+    token: Option<String>,
     events: mpsc::UnboundedSender<LinkEvent>,
     cancel: CancellationToken,
 ) -> Link {
@@ -72,17 +88,18 @@ pub fn spawn(
             generation += 1;
             let result = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = run_connection(index, generation, &task_address, tenant_id, timeline_id, &events, &mut rx, &task_queued) => r,
+                r = run_connection(index, generation, &task_address, tenant_id, timeline_id, token.as_deref(), &events, &mut rx, &task_queued) => r,
             };
-            let reason = match result {
-                Ok(()) => "closed by the safekeeper".to_owned(),
-                Err(e) => format!("{e:#}"),
+            let (reason, refused) = match result {
+                Ok(()) => ("closed by the safekeeper".to_owned(), false),
+                Err(e) => (format!("{e:#}"), is_auth_refusal(&e)),
             };
             if events
                 .send(LinkEvent::Disconnected {
                     index,
                     generation,
                     reason,
+                    refused,
                 })
                 .is_err()
             {
@@ -115,6 +132,7 @@ async fn run_connection(
     address: &str,
     tenant_id: TenantId,
     timeline_id: TimelineId,
+    token: Option<&str>,
     events: &mpsc::UnboundedSender<LinkEvent>,
     rx: &mut mpsc::UnboundedReceiver<(u64, ProposerMessage)>,
     queued: &AtomicUsize,
@@ -127,7 +145,7 @@ async fn run_connection(
     ];
     let mut client = tokio::time::timeout(
         Duration::from_secs(5),
-        pq_proto::connect(address, &params, None),
+        pq_proto::connect(address, &params, token),
     )
     .await
     .context("connecting timed out")?

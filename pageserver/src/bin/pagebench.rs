@@ -79,7 +79,7 @@ async fn worker(
     let mut client = pq_proto::client::connect(
         cli.pageserver.as_str(),
         &[("user", "pagebench"), ("database", "postgres")],
-        None,
+        auth::token_from_env().as_deref(),
     )
     .await
     .with_context(|| format!("connecting to the page service at {}", cli.pageserver))?;

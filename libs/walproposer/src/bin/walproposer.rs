@@ -8,7 +8,8 @@ use walproposer::driver::{self, PostgresSource, WalproposerConfig};
 use walproposer::pump::PumpLimits;
 
 /// Elect a term among the safekeepers and sync them, or stream a compute's
-/// WAL to them.
+/// WAL to them. A token for the tenant (when the safekeepers ask for one)
+/// is read from NEON_AUTH_TOKEN.
 #[derive(Parser)]
 #[command(name = "walproposer", version)]
 struct Cli {
@@ -74,6 +75,7 @@ fn main() -> ExitCode {
         max_pageserver_lag: walproposer::backpressure::max_lag_from_setting(
             cli.max_pageserver_lag_bytes,
         ),
+        auth_token: auth::token_from_env(),
     };
     if config.limits.max_buffered < 1024 * 1024 {
         eprintln!("error: --max-buffered-bytes must be at least 1 MiB (1048576)");
