@@ -75,7 +75,12 @@ pub async fn apply(client: &mut Client, spec: &ComputeSpec) -> anyhow::Result<()
                 if roles.contains_key(name) {
                     info!(role = name, "dropping role");
                     let sql = format!("REVOKE CREATE ON SCHEMA public FROM {}", quote_ident(name));
-                    exec(client, &sql, &format!("revoking role {name:?}'s CREATE on schema public")).await?;
+                    exec(
+                        client,
+                        &sql,
+                        &format!("revoking role {name:?}'s CREATE on schema public"),
+                    )
+                    .await?;
                     let sql = format!("DROP ROLE {}", quote_ident(name));
                     exec(client, &sql, &format!("dropping role {name:?}")).await?;
                 }
@@ -139,7 +144,12 @@ pub async fn apply(client: &mut Client, spec: &ComputeSpec) -> anyhow::Result<()
                 exec(client, &sql, &format!("creating role {:?}", role.name)).await?;
                 // PostgreSQL 15 lets only the owner create in `public`.
                 let sql = format!("GRANT CREATE ON SCHEMA public TO {name}");
-                exec(client, &sql, &format!("granting role {:?} CREATE on schema public", role.name)).await?;
+                exec(
+                    client,
+                    &sql,
+                    &format!("granting role {:?} CREATE on schema public", role.name),
+                )
+                .await?;
             }
         }
     }

@@ -30,6 +30,7 @@ import re
 import secrets
 import struct
 import tarfile
+import time
 from pathlib import Path
 
 import jwt
@@ -729,6 +730,50 @@ def test_neon_local_control_plane_and_computes(neon_env_builder: NeonEnvBuilder)
         **invalid, "the tenant's token": (nl.token(tenant_id=tenant), 403), "a proxy token": (nl.token("proxy"), 403)},
         {"a compute token": nl.token("compute"), "an admin token": nl.token()})
     nl.run("stop")
+
+
+def test_neon_local_roles_and_token_expiry(neon_env_builder: NeonEnvBuilder, pg_bin: PgBin):
+    """`role create|list|delete` reach the running primary at once; a new
+    password replaces the old; reserved names, empty passwords and unknown
+    roles are refused and change nothing; no clear-text password is kept;
+    `auth token --expires-in` sets the expiry."""
+    s = start_serverless(neon_env_builder, pg_bin)
+    nl = s.nl
+    assert s.psql(s.conninfo(), "SELECT current_user") == ROLE  # wakes main
+    assert nl.run("role", "list").stdout.split() == [ROLE]
+
+    out = nl.run("role", "create", "bob", "--password", "bob-pw-1").stdout
+    assert "applied to running endpoint 'main'" in out, out
+    assert s.psql(s.conninfo(user="bob", password="bob-pw-1"), "SELECT current_user") == "bob"
+    nl.run("role", "create", "bob", "--password", "bob-pw-2")
+    old = s.psql(s.conninfo(user="bob", password="bob-pw-1"), "SELECT 1", check=False)
+    assert old.returncode != 0 and "password authentication failed" in old.stderr, old.stderr
+    assert s.psql(s.conninfo(user="bob", password="bob-pw-2"), "SELECT current_user") == "bob"
+    assert sorted(nl.run("role", "list").stdout.split()) == [ROLE, "bob"]
+
+    state_before = (nl.repo_dir / "state.toml").read_text()
+    for args in (["create", "cloud_admin", "--password", "x"], ["create", "pg_monitor", "--password", "x"],
+                 ["create", "carol", "--password", ""], ["delete", "nobody"]):
+        result = nl.run("role", *args, check=False)
+        assert result.returncode != 0 and result.stderr.startswith("error: "), (args, result.stderr)
+    assert (nl.repo_dir / "state.toml").read_text() == state_before
+    for secret in ("bob-pw-1", "bob-pw-2", ROLE_PASSWORD):
+        assert secret not in state_before
+
+    out = nl.run("role", "delete", "bob").stdout
+    assert "applied to running endpoint 'main'" in out, out
+    gone = s.psql(s.conninfo(user="bob", password="bob-pw-2"), "SELECT 1", check=False)
+    assert gone.returncode != 0, gone.stdout
+    assert s.direct(s.pg_port("main"), "SELECT count(*) FROM pg_roles WHERE rolname = 'bob'") == "0"
+    assert nl.run("role", "list").stdout.split() == [ROLE]
+
+    public = auth.load_private_key(nl.private_key).public_key()
+    before = time.time()
+    claims = jwt.decode(nl.run("auth", "token", "--scope", "compute", "--expires-in", "3600").stdout.strip(),
+                        public, algorithms=["EdDSA"])
+    assert claims["scope"] == "compute" and before + 3600 - 5 <= claims["exp"] <= time.time() + 3600 + 5, claims
+    refused = nl.run("auth", "token", "--scope", "tenant", check=False)
+    assert refused.returncode != 0 and "--tenant-id" in refused.stderr, refused.stderr
 
 
 def proxy_refusal(port: int, user: str, password: str) -> PqError:

@@ -516,14 +516,7 @@ mod tests {
 
     /// One HTTP/1.0 request over a fresh connection: (status code, body).
     async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (code, body.to_owned())
+        http_get_with(addr, path, None).await
     }
 
     #[tokio::test]
@@ -638,12 +631,17 @@ mod tests {
         task.await.unwrap().unwrap();
     }
 
-    /// One HTTP/1.0 GET with a bearer token: (status code, body).
-    async fn http_get_with(addr: std::net::SocketAddr, path: &str, token: &str) -> (u16, String) {
+    /// One HTTP/1.0 GET, with a bearer token if given: (status code, body).
+    async fn http_get_with(
+        addr: std::net::SocketAddr,
+        path: &str,
+        token: Option<&str>,
+    ) -> (u16, String) {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request = format!(
-            "GET {path} HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n"
-        );
+        let authorization = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n{authorization}\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
@@ -682,31 +680,36 @@ mod tests {
         assert_eq!(code, 401);
         assert!(body.contains("Authorization: Bearer"), "{body}");
         assert_eq!(
-            http_get_with(addr, &format!("/v1/tenant/{t1}"), &tenant1).await,
+            http_get_with(addr, &format!("/v1/tenant/{t1}"), Some(&tenant1)).await,
             (200, "tenant".into())
         );
-        let (code, body) = http_get_with(addr, &format!("/v1/tenant/{t2}"), &tenant1).await;
+        let (code, body) = http_get_with(addr, &format!("/v1/tenant/{t2}"), Some(&tenant1)).await;
         assert_eq!(code, 403, "{body}");
         assert_eq!(
-            http_get_with(addr, &format!("/v1/tenant/{t2}"), &admin)
+            http_get_with(addr, &format!("/v1/tenant/{t2}"), Some(&admin))
                 .await
                 .0,
             200
         );
-        let (code, body) = http_get_with(addr, &format!("/v1/tenant/{t1}"), &expired).await;
+        let (code, body) = http_get_with(addr, &format!("/v1/tenant/{t1}"), Some(&expired)).await;
         assert_eq!(code, 401);
         assert!(body.contains("expired"), "{body}");
         assert_eq!(
-            http_get_with(addr, "/v1/tenant/x", "not-a-token").await.0,
+            http_get_with(addr, "/v1/tenant/x", Some("not-a-token"))
+                .await
+                .0,
             401
         );
-        assert_eq!(http_get_with(addr, "/v1/tenant", &tenant1).await.0, 403);
-        assert_eq!(http_get_with(addr, "/v1/tenant", &admin).await.0, 200);
-        assert_eq!(http_get_with(addr, "/metrics", &tenant1).await.0, 403);
-        assert_eq!(http_get_with(addr, "/metrics", &admin).await.0, 200);
+        assert_eq!(
+            http_get_with(addr, "/v1/tenant", Some(&tenant1)).await.0,
+            403
+        );
+        assert_eq!(http_get_with(addr, "/v1/tenant", Some(&admin)).await.0, 200);
+        assert_eq!(http_get_with(addr, "/metrics", Some(&tenant1)).await.0, 403);
+        assert_eq!(http_get_with(addr, "/metrics", Some(&admin)).await.0, 200);
         assert_eq!(http_get(addr, "/no/such/path").await.0, 401);
         // Refusals are counted like any answer.
-        let (_, metrics) = http_get_with(addr, "/metrics", &admin).await;
+        let (_, metrics) = http_get_with(addr, "/metrics", Some(&admin)).await;
         assert!(
             metrics.contains(
                 r#"test_daemon_http_requests_total{path="/v1/tenant/{tenant_id}",status="403"} 1"#
