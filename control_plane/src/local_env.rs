@@ -12,7 +12,7 @@ use utils::NodeId;
 use auth::{Claims, Scope};
 
 use crate::daemon_process::{find_running_pid_file, Daemon, DaemonToken};
-use crate::local_auth::{write_key_pair, RepoAuth, PUBLIC_KEY_FILE};
+use crate::local_auth::{write_key_pair, RepoAuth, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE};
 
 /// Name of the configuration file inside the repository directory.
 pub const CONFIG_FILE: &str = "config";
@@ -355,6 +355,11 @@ impl LocalEnv {
         }
         let mut env: LocalEnv = daemon_utils::load_config(Some(&path))?;
         env.repo = repo.to_owned();
+        if !repo.join(PRIVATE_KEY_FILE).exists() {
+            // A repository from before authentication: it gets its keys
+            // before anything is started with them.
+            env.auth()?;
+        }
         Ok(env)
     }
 
