@@ -294,6 +294,24 @@ struct DetachQuery {
     timeout_seconds: Option<f64>,
 }
 
+/// The longest a detach may be asked to wait for uploads.
+const MAX_DETACH_TIMEOUT_SECONDS: f64 = 24.0 * 3600.0;
+
+/// `timeout_seconds` of a detach (default 60): a number of seconds from 0
+/// to a day; anything else (negative, NaN, infinite, huge) is a 400.
+fn detach_timeout(seconds: Option<f64>) -> Result<std::time::Duration, ApiError> {
+    let seconds = seconds.unwrap_or(60.0);
+    if !(0.0..=MAX_DETACH_TIMEOUT_SECONDS).contains(&seconds) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "timeout_seconds must be between 0 and {MAX_DETACH_TIMEOUT_SECONDS}, not {seconds}"
+            ),
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
 /// `POST /v1/tenant/{t}/detach`: flush, wait until remote storage holds
 /// everything, then remove the local copy.
 async fn detach_tenant(
@@ -302,10 +320,36 @@ async fn detach_tenant(
     query: axum::extract::Query<DetachQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant_id: TenantId = parse(&tenant_id)?;
-    let timeout =
-        std::time::Duration::from_secs_f64(query.timeout_seconds.unwrap_or(60.0).max(0.0));
+    let timeout = detach_timeout(query.timeout_seconds)?;
     m.detach_tenant(tenant_id, timeout)
         .await
         .map_err(api_error)?;
     Ok(Json(serde_json::json!({ "detached": true })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detach_timeouts_outside_a_day_are_refused_not_a_panic() {
+        assert_eq!(
+            detach_timeout(None).unwrap(),
+            std::time::Duration::from_secs(60)
+        );
+        assert_eq!(
+            detach_timeout(Some(0.5)).unwrap(),
+            std::time::Duration::from_millis(500)
+        );
+        for bad in [
+            1e20,
+            f64::INFINITY,
+            f64::NAN,
+            -1.0,
+            MAX_DETACH_TIMEOUT_SECONDS + 1.0,
+        ] {
+            let err = detach_timeout(Some(bad)).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
 }

@@ -199,7 +199,15 @@ impl Proposer {
                         let greeted: Vec<Term> =
                             self.slots.iter().filter_map(|s| s.greeted_term).collect();
                         if greeted.len() >= self.quorum {
-                            self.term = greeted.iter().max().copied().unwrap_or(0) + 1;
+                            let highest = greeted.iter().max().copied().unwrap_or(0);
+                            self.term = highest.checked_add(1).ok_or_else(|| {
+                                ProposerError::Protocol {
+                                    acceptor: i,
+                                    reason: format!(
+                                        "a safekeeper reports term {highest}, the highest there is: no proposer can be elected on this timeline"
+                                    ),
+                                }
+                            })?;
                             self.phase = Phase::Voting;
                             for (to, slot) in self.slots.iter().enumerate() {
                                 if slot.greeted_term.is_some() {

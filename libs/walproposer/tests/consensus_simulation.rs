@@ -922,3 +922,36 @@ fn slow_acceptors_commit_everything() {
     assert!(recovered > seeds, "only {recovered} recoveries");
     println!("{seeds} seeds: {committed} bytes committed, all of every source's WAL; buffer full {paused} times, {recovered} recoveries");
 }
+
+/// A safekeeper at the highest term there is (a hostile or corrupt one):
+/// electing a term above it is impossible, and the proposer says so
+/// instead of overflowing.
+#[test]
+fn greeting_at_the_highest_term_is_an_error_not_an_overflow() {
+    let mut proposer_id = [0u8; 16];
+    proposer_id[0] = 1;
+    let config = ProposerConfig {
+        tenant_id: TenantId::generate(),
+        timeline_id: TimelineId::generate(),
+        system_id: 1,
+        pg_version: 150000,
+        wal_seg_size: 1 << 24,
+        proposer_id,
+        acceptors: 1,
+    };
+    let mut proposer = Proposer::new(config, Mode::Sync);
+    proposer.on_connect(0);
+    let greeting = AcceptorMessage::Greeting {
+        term: u64::MAX,
+        node_id: NodeId(1),
+    };
+    match proposer.on_message(0, greeting) {
+        Err(ProposerError::Protocol {
+            acceptor: 0,
+            reason,
+        }) => {
+            assert!(reason.contains(&u64::MAX.to_string()), "{reason}")
+        }
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+}
