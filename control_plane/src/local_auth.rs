@@ -43,6 +43,12 @@ pub struct RepoAuth {
     public_key: PathBuf,
 }
 
+impl std::fmt::Debug for RepoAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RepoAuth({})", self.public_key.display())
+    }
+}
+
 impl RepoAuth {
     /// The key pair of the repository at `repo`; a repository made before
     /// neon_local authenticated gets one now.

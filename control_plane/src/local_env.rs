@@ -38,6 +38,9 @@ pub struct LocalEnv {
     /// The repository this config was loaded from (not in the file).
     #[serde(skip)]
     pub repo: PathBuf,
+    /// Its key pair, read once.
+    #[serde(skip)]
+    auth: std::sync::OnceLock<std::sync::Arc<RepoAuth>>,
 }
 
 /// The control-plane service (`neon_local control-plane run`, started by
@@ -363,16 +366,20 @@ impl LocalEnv {
         Ok(env)
     }
 
-    /// The repository's key pair, to sign tokens with.
-    pub fn auth(&self) -> anyhow::Result<RepoAuth> {
-        RepoAuth::load(&self.repo)
+    /// The repository's key pair, to sign tokens with (read on first use).
+    pub fn auth(&self) -> anyhow::Result<std::sync::Arc<RepoAuth>> {
+        if let Some(auth) = self.auth.get() {
+            return Ok(auth.clone());
+        }
+        let auth = std::sync::Arc::new(RepoAuth::load(&self.repo)?);
+        Ok(self.auth.get_or_init(|| auth).clone())
     }
 
     /// The token a daemon presents to others, signed when it starts.
-    fn daemon_token(repo: &Path, claims: Claims) -> Option<DaemonToken> {
+    fn daemon_token(repo: &Path, scope: Scope) -> Option<DaemonToken> {
         Some(DaemonToken {
             repo: repo.to_owned(),
-            claims,
+            claims: Claims::new(scope),
         })
     }
 
@@ -536,7 +543,7 @@ impl LocalEnv {
             dir,
             http_addr: ps.listen_http_addr.clone(),
             announce: true,
-            token: Self::daemon_token(repo, Claims::new(Scope::Pageserver)),
+            token: Self::daemon_token(repo, Scope::Pageserver),
         }
     }
 
@@ -574,7 +581,7 @@ impl LocalEnv {
             dir,
             http_addr: sk.listen_http_addr.clone(),
             announce: true,
-            token: Self::daemon_token(repo, Claims::new(Scope::Safekeeper)),
+            token: Self::daemon_token(repo, Scope::Safekeeper),
         }
     }
 
@@ -665,7 +672,7 @@ impl LocalEnv {
             dir: repo.join("proxy"),
             http_addr: p.listen_http_addr.clone(),
             announce: true,
-            token: Self::daemon_token(repo, Claims::new(Scope::Proxy)),
+            token: Self::daemon_token(repo, Scope::Proxy),
         }
     }
 

@@ -132,10 +132,7 @@ impl Broker {
             .metadata()
             .get("authorization")
             .map(|v| v.to_str().unwrap_or(""));
-        let checked = auth::bearer_token(header).and_then(|token| {
-            let claims = verifier.verify(token)?;
-            claims.check(access)
-        });
+        let checked = verifier.authorize_bearer(header, access).map(drop);
         checked.map_err(|err| {
             info!("refused a call: {err}");
             if err.is_forbidden() {

@@ -300,12 +300,14 @@ impl JwtVerifier {
         Err(last)
     }
 
-    /// Checks the token (if any) against `access`: the claims, or why not.
-    pub fn authorize(&self, token: Option<&str>, access: &Access) -> Result<Claims, AuthError> {
-        let claims = match token {
-            Some(token) if !token.trim().is_empty() => self.verify(token)?,
-            _ => return Err(AuthError::Missing("none was given")),
-        };
+    /// Checks the token of an `Authorization: Bearer <token>` header (or
+    /// gRPC metadata of that form) against `access`: the claims, or why not.
+    pub fn authorize_bearer(
+        &self,
+        header: Option<&str>,
+        access: &Access,
+    ) -> Result<Claims, AuthError> {
+        let claims = self.verify(bearer_token(header)?)?;
         claims.check(access)?;
         Ok(claims)
     }

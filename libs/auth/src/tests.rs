@@ -171,6 +171,19 @@ fn key_files_and_errors() {
 }
 
 #[test]
+fn bearer_headers_are_verified_and_checked() {
+    let (signer, verifier, _) = pair();
+    let header = format!("Bearer {}", signer.issue(&Claims::tenant(tenant(1))));
+    let opens = |t| verifier.authorize_bearer(Some(&header), &Access::Tenant(tenant(t)));
+    assert_eq!(opens(1).unwrap(), Claims::tenant(tenant(1)));
+    assert!(opens(2).unwrap_err().is_forbidden());
+    let missing = verifier.authorize_bearer(None, &Access::Admin).unwrap_err();
+    assert!(matches!(missing, AuthError::Missing(_)));
+    let garbage = verifier.authorize_bearer(Some("Bearer x.y.z"), &Access::Admin);
+    assert!(matches!(garbage, Err(AuthError::Invalid(_))));
+}
+
+#[test]
 fn bearer_headers() {
     assert_eq!(bearer_token(Some("Bearer abc")), Ok("abc"));
     assert!(matches!(bearer_token(None), Err(AuthError::Missing(_))));

@@ -431,11 +431,7 @@ async fn check_and_run(auth: &AuthState, access: Access, mut req: Request, next:
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
-    let checked = auth::bearer_token(header).and_then(|token| {
-        let claims = auth.verifier.verify(token)?;
-        claims.check(&access)?;
-        Ok(claims)
-    });
+    let checked = auth.verifier.authorize_bearer(header, &access);
     match checked {
         Ok(claims) => {
             req.extensions_mut().insert(claims);
@@ -582,16 +578,8 @@ mod tests {
         path: &str,
         content_type: &str,
     ) -> (u16, String) {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request = format!(
-            "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: {content_type}\r\nContent-Length: 0\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (code, body.to_owned())
+        let headers = format!("Content-Type: {content_type}\r\nContent-Length: 0\r\n");
+        http_request(addr, "POST", path, &headers).await
     }
 
     #[tokio::test]
@@ -637,11 +625,22 @@ mod tests {
         path: &str,
         token: Option<&str>,
     ) -> (u16, String) {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let authorization = token
+        let headers = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
-        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n{authorization}\r\n");
+        http_request(addr, "GET", path, &headers).await
+    }
+
+    /// One HTTP/1.0 request over a fresh connection with extra header
+    /// lines (each ending in CRLF): (status code, body).
+    async fn http_request(
+        addr: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &str,
+    ) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n{headers}\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
