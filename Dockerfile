@@ -77,7 +77,8 @@ WORKDIR /src
 COPY --from=planner /skeleton/ ./
 RUN cargo build --locked --profile "$CARGO_PROFILE" --bins
 # 2. The workspace itself: only what cargo reads, so that a change to the
-#    compose files or scripts rebuilds nothing. The sources are touched so
+#    compose files or scripts rebuilds nothing (docs/openapi/: the API
+#    documents the daemons serve). The sources are touched so
 #    that cargo rebuilds every workspace crate over its stub, whatever their
 #    timestamps. (A new top-level crate directory must be added here.)
 COPY Cargo.toml Cargo.lock ./
@@ -89,6 +90,7 @@ COPY storage_broker/ ./storage_broker/
 COPY compute_ctl/ ./compute_ctl/
 COPY proxy/ ./proxy/
 COPY control_plane/ ./control_plane/
+COPY docs/openapi/ ./docs/openapi/
 RUN find . -path ./target -prune -o -name '*.rs' -type f -exec touch {} + \
  && cargo build --locked --profile "$CARGO_PROFILE" --bins \
  && dir=$([ "$CARGO_PROFILE" = dev ] && echo debug || echo "$CARGO_PROFILE") \

@@ -87,6 +87,13 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+# cargo-fuzz, for the fuzz targets (scripts/fuzz-smoke.sh, `make fuzz`).
+CARGO_FUZZ_VERSION=0.13.2
+if [[ $(cargo fuzz --version 2>/dev/null) != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
+  echo "installing: cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION"
+fi
+
 # PostgreSQL refuses to run as root; tests run it as this OS user then.
 if [[ $(id -u) -eq 0 ]] && ! id -u "${PG_OS_USER:-postgres}" >/dev/null 2>&1; then
   useradd --system --create-home "${PG_OS_USER:-postgres}"

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::StringRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use compute_api::{ComputeSpec, ComputeState, ComputeStatus};
-use daemon_utils::{ApiError, CancellationToken};
+use daemon_utils::{ApiError, ApiRoutes, CancellationToken};
 
 use crate::compute::{ComputeError, ComputeNode};
 
@@ -18,13 +18,20 @@ struct AppState {
     shutdown: CancellationToken,
 }
 
+/// The API's OpenAPI document, served at `GET /v1/openapi.json`.
+pub const OPENAPI_SPEC: &str = include_str!("../../docs/openapi/compute_ctl.json");
+
 /// `GET /status`, `POST /configure`, `POST /terminate`.
 pub fn routes(node: Arc<ComputeNode>, shutdown: CancellationToken) -> Router {
-    Router::new()
-        .route("/status", get(status))
-        .route("/configure", post(configure))
-        .route("/terminate", post(terminate))
-        .with_state(AppState { node, shutdown })
+    api_routes().with_state(AppState { node, shutdown })
+}
+
+/// The routes, listed: a unit test compares them with [`OPENAPI_SPEC`].
+fn api_routes() -> ApiRoutes<AppState> {
+    ApiRoutes::new(OPENAPI_SPEC)
+        .get("/status", status)
+        .post("/configure", configure)
+        .post("/terminate", terminate)
 }
 
 /// The one place a compute error becomes an HTTP status.
@@ -35,10 +42,30 @@ impl From<ComputeError> for ApiError {
             ComputeError::WrongStatus { .. }
             | ComputeError::NoSpec
             | ComputeError::NeedsRestart(_) => StatusCode::CONFLICT,
+            ComputeError::Failed(e) if refused_by_postgres(e) => StatusCode::CONFLICT,
             ComputeError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, format!("{e:#}"))
     }
+}
+
+/// SQLSTATE classes of errors that say postgres refused what the spec
+/// asks of this database (not that it failed): a role or database that
+/// does not exist (42), a reserved name (42), objects that still depend on
+/// a role to drop (2B), a database in use (55), bad data (22), a
+/// constraint (23), an invalid role (0P).
+const SPEC_REFUSED_CLASSES: &[&str] = &["0P", "22", "23", "2B", "42", "55"];
+
+/// True when `e` comes from postgres refusing a statement the spec made:
+/// the caller's spec does not fit the database (409), unlike a failure of
+/// the compute (500).
+fn refused_by_postgres(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<pq_proto::ClientError>()
+            .and_then(pq_proto::ClientError::code)
+            .is_some_and(|code| SPEC_REFUSED_CLASSES.iter().any(|c| code.starts_with(c)))
+    })
 }
 
 async fn status(State(app): State<AppState>) -> Json<ComputeState> {
@@ -50,9 +77,9 @@ async fn status(State(app): State<AppState>) -> Json<ComputeState> {
 /// spec's settings, roles and databases.
 async fn configure(
     State(app): State<AppState>,
-    body: String,
+    body: Result<String, StringRejection>,
 ) -> Result<Json<ComputeState>, ApiError> {
-    let spec = ComputeSpec::from_json(&body)
+    let spec = ComputeSpec::from_json(&body?)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let state = app.node.configure(spec).await?;
     match state.status {
@@ -72,4 +99,50 @@ async fn terminate(State(app): State<AppState>) -> Json<ComputeState> {
     let state = app.node.terminate().await;
     app.shutdown.cancel();
     Json(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_refusals_are_conflicts() {
+        let refused = |code: &str| {
+            let err = pq_proto::ClientError::Server(pq_proto::ErrorFields {
+                severity: "ERROR".into(),
+                code: code.into(),
+                message: "no".into(),
+                detail: None,
+                hint: None,
+            });
+            let e = anyhow::Error::from(err).context("creating database \"x\"");
+            ApiError::from(ComputeError::Failed(e)).status
+        };
+        assert_eq!(refused("42704"), StatusCode::CONFLICT, "undefined object");
+        assert_eq!(refused("2BP01"), StatusCode::CONFLICT, "dependent objects");
+        assert_eq!(
+            refused("53100"),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "disk full"
+        );
+        assert_eq!(
+            refused("XX000"),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal"
+        );
+        let other = ComputeError::Failed(anyhow::anyhow!("connecting to postgres"));
+        assert_eq!(
+            ApiError::from(other).status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    #[test]
+    fn the_openapi_document_describes_every_route() {
+        let problems = daemon_utils::openapi_mismatches(OPENAPI_SPEC, api_routes().listed());
+        assert!(
+            problems.is_empty(),
+            "docs/openapi/compute_ctl.json: {problems:#?}"
+        );
+    }
 }

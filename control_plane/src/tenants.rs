@@ -310,6 +310,7 @@ mod tests {
             logical_size: None,
             physical_size: 0,
             pg_version: 15,
+            ingest_paused: None,
         }
     }
 

@@ -34,13 +34,13 @@ use auth::{Access, Claims, JwtVerifier, Scope};
 use axum::body::Bytes;
 use axum::extract::{Path as AxumPath, State as AxumState};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use axum::Extension;
 use axum::{Json, Router};
 use compute_api::{ComputeSpec, ComputeState, ComputeStatus};
 use control_plane_api::{WakeRequest, WakeResponse, COMPUTE_SPEC_ROUTE, WAKE_COMPUTE_PATH};
 use daemon_utils::{
-    bind_listener, ApiError, AuthPolicy, CancellationToken, HttpServer, RouteRequest, ServiceInfo,
+    bind_listener, ApiError, ApiRoutes, AuthPolicy, CancellationToken, HttpServer, RouteRequest,
+    ServiceInfo,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -444,6 +444,16 @@ async fn spec_handler(
     Ok(Json(spec))
 }
 
+/// The API's OpenAPI document, served at `GET /v1/openapi.json`.
+pub const OPENAPI_SPEC: &str = include_str!("../../docs/openapi/control_plane.json");
+
+/// The routes, listed: a unit test compares them with [`OPENAPI_SPEC`].
+fn api_routes() -> ApiRoutes<Arc<Service>> {
+    ApiRoutes::new(OPENAPI_SPEC)
+        .post(WAKE_COMPUTE_PATH, wake_handler)
+        .get(COMPUTE_SPEC_ROUTE, spec_handler)
+}
+
 /// Runs the service until `cancel` fires.
 pub async fn run(conf: ServiceConf, cancel: CancellationToken) -> anyhow::Result<()> {
     let env = LocalEnv::load(&conf.repo_dir)?;
@@ -483,10 +493,7 @@ pub async fn run(conf: ServiceConf, cancel: CancellationToken) -> anyhow::Result
         "control plane for {}: wake API on http://{listen}, default suspend timeout {default_suspend_timeout}",
         svc.repo.display()
     );
-    let routes = Router::new()
-        .route(WAKE_COMPUTE_PATH, post(wake_handler))
-        .route(COMPUTE_SPEC_ROUTE, get(spec_handler))
-        .with_state(svc.clone());
+    let routes: Router = api_routes().with_state(svc.clone());
     let suspender = {
         let (svc, cancel) = (svc.clone(), cancel.clone());
         tokio::spawn(async move {
@@ -506,4 +513,18 @@ pub async fn run(conf: ServiceConf, cancel: CancellationToken) -> anyhow::Result
     http.serve(listener, routes, cancel).await?;
     suspender.await.context("the suspend task")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_describes_every_route() {
+        let problems = daemon_utils::openapi_mismatches(OPENAPI_SPEC, api_routes().listed());
+        assert!(
+            problems.is_empty(),
+            "docs/openapi/control_plane.json: {problems:#?}"
+        );
+    }
 }

@@ -43,6 +43,28 @@ impl Default for BackgroundConf {
     }
 }
 
+/// The longest interval or PITR window the config may set: a year.
+const MAX_CONF_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+impl BackgroundConf {
+    /// Refuse settings no duration can hold (negative, NaN, infinite or
+    /// absurdly large seconds), before anything runs with them.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let mut fields = vec![("background.interval_seconds", self.interval_seconds)];
+        if let Some(pitr) = self.pitr_seconds {
+            fields.push(("background.pitr_seconds", pitr));
+        }
+        for (name, value) in fields {
+            if !(0.0..=MAX_CONF_SECONDS).contains(&value) {
+                anyhow::bail!(
+                    "{name} must be between 0 and {MAX_CONF_SECONDS} seconds, not {value}"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// When each timeline reached which LSN, sampled once per iteration: the
 /// PITR window by time maps a time to an LSN with it. In memory only, so
 /// after a restart the window by time starts again (GC is late, never
@@ -79,7 +101,9 @@ impl LsnTimes {
 }
 
 pub async fn run(manager: Arc<TenantManager>, conf: BackgroundConf, cancel: CancellationToken) {
-    let interval = Duration::from_secs_f64(conf.interval_seconds.max(0.01));
+    // Checked at start (`BackgroundConf::check`): finite and in range.
+    let interval = Duration::try_from_secs_f64(conf.interval_seconds.max(0.01))
+        .unwrap_or(Duration::from_secs(10));
     let mut lsn_times = LsnTimes::default();
     loop {
         tokio::select! {
@@ -90,7 +114,8 @@ pub async fn run(manager: Arc<TenantManager>, conf: BackgroundConf, cancel: Canc
             for timeline in tenant.timelines() {
                 let id = (timeline.tenant_id, timeline.timeline_id);
                 let time_horizon = conf.pitr_seconds.map(|seconds| {
-                    let window = Duration::from_secs_f64(seconds.max(0.0));
+                    let window =
+                        Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::ZERO);
                     lsn_times.record(id, timeline.last_record_lsn(), window);
                     lsn_times.lsn_before(id, window).unwrap_or(Lsn::INVALID)
                 });
@@ -142,4 +167,28 @@ fn iteration(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_no_duration_can_hold_are_refused() {
+        assert!(BackgroundConf::default().check().is_ok());
+        for bad in [f64::INFINITY, f64::NAN, 1e20, -1.0] {
+            let conf = BackgroundConf {
+                interval_seconds: bad,
+                ..BackgroundConf::default()
+            };
+            let err = conf.check().unwrap_err().to_string();
+            assert!(err.contains("background.interval_seconds"), "{err}");
+            let conf = BackgroundConf {
+                pitr_seconds: Some(bad),
+                ..BackgroundConf::default()
+            };
+            let err = conf.check().unwrap_err().to_string();
+            assert!(err.contains("background.pitr_seconds"), "{err}");
+        }
+    }
 }

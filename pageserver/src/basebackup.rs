@@ -19,6 +19,12 @@
 //! The checkpoint values in `pg_control` (next xid, oid, multixact and
 //! offset, oldest xid and multixact) are those WAL ingest kept up to date
 //! under the checkpoint key.
+//!
+//! The tar is written as it is produced, one page at a time, to any
+//! [`Write`]; [`BasebackupStream`] runs the production on a blocking thread
+//! and hands the tar over in chunks of bounded size through a bounded
+//! queue, so a backup takes the same memory whatever the database's size
+//! and goes only as fast as its consumer takes it.
 
 use std::io::{self, Read, Write};
 
@@ -30,6 +36,8 @@ use postgres_format::constants::{
 use postgres_format::control_file::{CheckPoint, ControlFile};
 use postgres_format::relfile::{ForkNumber, RelTag};
 use postgres_format::wal_writer::fabricate_start;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tracing::info;
 use utils::Lsn;
 
@@ -92,7 +100,9 @@ pub struct BasebackupInfo {
 }
 
 /// Write a tar of PGDATA as of `record` (the end of a record the timeline
-/// has ingested, and that record's start) to `out`.
+/// has ingested, and that record's start) to `out`, as it is produced: at
+/// most one page or one SLRU segment is held at a time (and the fabricated
+/// WAL segments, at the end).
 pub fn send_basebackup(
     timeline: &Timeline,
     record: RecordLsn,
@@ -229,6 +239,15 @@ pub fn send_basebackup(
             .with_context(|| format!("two-phase file of xid {xid} missing at {lsn}"))?;
         tar.file(&format!("pg_twophase/{xid:08X}"), &file)?;
     }
+
+    // GC raises its horizon before it removes anything: past `lsn` now, it
+    // may have removed what the reads above needed, so the backup fails
+    // rather than end as if whole.
+    ensure!(
+        lsn >= timeline.gc_horizon(),
+        "base backup at {lsn}: GC raised the horizon to {} while the backup was read",
+        timeline.gc_horizon()
+    );
 
     // The start point, pg_control last.
     let start = fabricate_start(&control, version, record.prev, lsn);
@@ -436,4 +455,217 @@ pub fn basebackup_at(
         },
     };
     send_basebackup(timeline, record, data, out).map(|_| ())
+}
+
+/// Bytes of tar in each chunk of a [`BasebackupStream`] (the last may be
+/// shorter): one `CopyData` message of the page service.
+pub const STREAM_CHUNK_SIZE: usize = 256 * 1024;
+
+/// Chunks a [`BasebackupStream`] produces ahead of its consumer; then the
+/// producer waits.
+pub const STREAM_QUEUE_DEPTH: usize = 2;
+
+/// A tar produced on a blocking thread and handed over in chunks as it is
+/// written. At most `depth + 2` chunks exist at once: `depth` queued, one
+/// being filled and the one the consumer holds.
+///
+/// Dropping the stream stops the producer at its next chunk (its writes
+/// then fail).
+pub struct BasebackupStream {
+    chunks: mpsc::Receiver<Bytes>,
+    producer: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl BasebackupStream {
+    /// Runs `produce` on a blocking thread, its output cut into chunks of
+    /// `chunk_size` bytes with at most `depth` of them queued. What it
+    /// wrote is flushed when it returns `Ok`.
+    pub fn spawn<F>(chunk_size: usize, depth: usize, produce: F) -> BasebackupStream
+    where
+        F: FnOnce(&mut dyn Write) -> anyhow::Result<()> + Send + 'static,
+    {
+        let chunk_size = chunk_size.max(1);
+        let (tx, chunks) = mpsc::channel(depth.max(1));
+        let span = tracing::Span::current();
+        let producer = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let mut writer = ChunkWriter {
+                buf: Vec::with_capacity(chunk_size),
+                chunk_size,
+                tx,
+            };
+            produce(&mut writer)?;
+            writer
+                .flush()
+                .context("sending the base backup's last chunk")
+        });
+        BasebackupStream {
+            chunks,
+            producer: Some(producer),
+        }
+    }
+
+    /// The next chunk; `None` once the producer finished successfully and
+    /// every chunk was taken. The producer's error if it failed: the tar
+    /// taken so far is then incomplete.
+    pub async fn next_chunk(&mut self) -> anyhow::Result<Option<Bytes>> {
+        if let Some(chunk) = self.chunks.recv().await {
+            return Ok(Some(chunk));
+        }
+        // The producer dropped its sender: it has returned (or panicked).
+        match self.producer.take() {
+            Some(producer) => producer.await.context("base backup task")?.map(|()| None),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Cuts what is written into chunks and sends each (waiting for room in
+/// the queue) once it is full, or on flush.
+struct ChunkWriter {
+    buf: Vec<u8>,
+    chunk_size: usize,
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk_size));
+        self.tx.blocking_send(Bytes::from(chunk)).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the base backup's consumer is gone",
+            )
+        })
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        if self.buf.len() >= self.chunk_size {
+            self.send()?;
+        }
+        let n = data.len().min(self.chunk_size - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Writes `total` bytes of a pattern in writes of varying sizes,
+    /// counting in `written` what each write accepted.
+    fn produce_pattern(
+        out: &mut dyn Write,
+        total: usize,
+        written: &AtomicUsize,
+    ) -> anyhow::Result<()> {
+        let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+        let mut at = 0;
+        let mut step = 1;
+        while at < total {
+            let n = out.write(&data[at..total.min(at + step)])?;
+            anyhow::ensure!(n > 0, "a write accepted nothing");
+            written.fetch_add(n, Ordering::SeqCst);
+            at += n;
+            step = step * 3 % 10_007 + 1;
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn chunks_are_bounded_and_the_producer_waits_for_the_consumer() -> anyhow::Result<()> {
+        let (total, chunk_size, depth) = (1_000_003, 4096, 2);
+        let written = Arc::new(AtomicUsize::new(0));
+        let counter = written.clone();
+        let mut stream = BasebackupStream::spawn(chunk_size, depth, move |out| {
+            produce_pattern(out, total, &counter)
+        });
+        let mut received = Vec::new();
+        let mut most_ahead = 0;
+        while let Some(chunk) = stream.next_chunk().await? {
+            assert!(!chunk.is_empty() && chunk.len() <= chunk_size);
+            received.extend_from_slice(&chunk);
+            // Written but not yet taken: queued, being filled, or being sent.
+            let ahead = written.load(Ordering::SeqCst) - received.len();
+            most_ahead = most_ahead.max(ahead);
+            assert!(
+                ahead <= (depth + 2) * chunk_size,
+                "the producer is {ahead} bytes ahead"
+            );
+        }
+        let expected: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+        assert!(received == expected, "the chunks are not what was written");
+        assert!(most_ahead > 0);
+        // The end stays the end.
+        assert!(stream.next_chunk().await?.is_none());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_producers_error_follows_its_data() {
+        let mut stream = BasebackupStream::spawn(1000, 1, |out| {
+            out.write_all(&[1; 2500])?;
+            bail!("page 7 is unreadable")
+        });
+        // Two whole chunks; the half-filled third is not sent.
+        assert_eq!(
+            stream.next_chunk().await.unwrap().map(|c| c.len()),
+            Some(1000)
+        );
+        assert_eq!(
+            stream.next_chunk().await.unwrap().map(|c| c.len()),
+            Some(1000)
+        );
+        let err = stream.next_chunk().await.unwrap_err();
+        assert!(
+            format!("{err:#}").contains("page 7 is unreadable"),
+            "{err:#}"
+        );
+    }
+
+    #[tokio::test]
+    async fn what_is_not_flushed_is_sent_at_the_end() -> anyhow::Result<()> {
+        let mut stream = BasebackupStream::spawn(1000, 1, |out| {
+            out.write_all(b"no flush")?;
+            Ok(())
+        });
+        assert_eq!(
+            stream.next_chunk().await?.as_deref(),
+            Some(&b"no flush"[..])
+        );
+        assert!(stream.next_chunk().await?.is_none());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn dropping_the_stream_stops_the_producer() {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let mut stream = BasebackupStream::spawn(100, 1, move |out| {
+            let result = (0..1_000_000).try_for_each(|_| out.write_all(&[0; 100]));
+            let _ = done_tx.send(result);
+            Ok(())
+        });
+        assert!(stream.next_chunk().await.unwrap().is_some());
+        drop(stream);
+        let result = done_rx.await.expect("the producer reports");
+        let err = result.expect_err("writes fail once the consumer is gone");
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    }
 }

@@ -2,16 +2,17 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::get;
 use axum::{Json, Router};
-use daemon_utils::ApiError;
+use daemon_utils::{ApiError, ApiRoutes};
 use pageserver_api::models::{
-    TenantCreateRequest, TenantInfo, TimelineCreateRequest, TimelineInfo,
+    TenantAttachRequest, TenantCreateRequest, TenantInfo, TimelineCreateRequest, TimelineInfo,
 };
 use utils::{TenantId, TimelineId};
 
+use crate::remote_timeline::{Generation, StaleGeneration};
 use crate::tenant::timeline::{BranchError, Timeline};
 use crate::tenant::{Tenant, TenantError, TenantState};
 use crate::tenant_manager::{AlreadyExists, AttachError, TenantManager};
@@ -38,7 +39,11 @@ fn api_error(e: anyhow::Error) -> ApiError {
             AttachError::AlreadyExists(_) => StatusCode::CONFLICT,
             AttachError::Broken { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             AttachError::NotUploaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            AttachError::GenerationTooLow { .. } => StatusCode::CONFLICT,
+            AttachError::BadGeneration(_) => StatusCode::BAD_REQUEST,
         }
+    } else if e.downcast_ref::<StaleGeneration>().is_some() {
+        StatusCode::CONFLICT
     } else if let Some(t) = e.downcast_ref::<TenantError>() {
         match t {
             TenantError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -66,34 +71,34 @@ fn tenant(manager: &TenantManager, tenant_id: &str) -> Result<Arc<Tenant>, ApiEr
     })
 }
 
+/// The API's OpenAPI document, served at `GET /v1/openapi.json`.
+pub const OPENAPI_SPEC: &str = include_str!("../../docs/openapi/pageserver.json");
+
 pub fn routes(manager: Manager) -> Router {
-    Router::new()
-        .route("/v1/tenant", get(list_tenants).post(create_tenant))
-        .route("/v1/tenant/{tenant_id}", get(tenant_info))
-        .route(
-            "/v1/tenant/{tenant_id}/attach",
-            axum::routing::post(attach_tenant),
-        )
-        .route(
-            "/v1/tenant/{tenant_id}/detach",
-            axum::routing::post(detach_tenant),
-        )
-        .route(
-            "/v1/tenant/{tenant_id}/timeline",
-            get(list_timelines).post(create_timeline),
-        )
-        .route(
-            "/v1/tenant/{tenant_id}/timeline/{timeline_id}",
-            get(timeline_info_handler).delete(delete_timeline),
-        )
-        .route(
-            "/v1/tenant/{tenant_id}/timeline/{timeline_id}/checkpoint",
-            axum::routing::post(checkpoint_timeline),
-        )
-        .with_state(manager)
+    api_routes().with_state(manager)
 }
 
-fn tenant_info_of(t: &Tenant) -> TenantInfo {
+/// The routes, listed: a unit test compares them with [`OPENAPI_SPEC`].
+fn api_routes() -> ApiRoutes<Manager> {
+    const TIMELINE: &str = "/v1/tenant/{tenant_id}/timeline/{timeline_id}";
+    ApiRoutes::new(OPENAPI_SPEC)
+        .get("/v1/tenant", list_tenants)
+        .post("/v1/tenant", create_tenant)
+        .get("/v1/tenant/{tenant_id}", tenant_info)
+        .post("/v1/tenant/{tenant_id}/attach", attach_tenant)
+        .post("/v1/tenant/{tenant_id}/detach", detach_tenant)
+        .get("/v1/tenant/{tenant_id}/timeline", list_timelines)
+        .post("/v1/tenant/{tenant_id}/timeline", create_timeline)
+        .get(TIMELINE, timeline_info_handler)
+        .delete(TIMELINE, delete_timeline)
+        .post(
+            "/v1/tenant/{tenant_id}/timeline/{timeline_id}/checkpoint",
+            checkpoint_timeline,
+        )
+}
+
+fn tenant_info_of(m: &TenantManager, t: &Tenant) -> TenantInfo {
+    let remote = m.remote_tenant(t.tenant_id);
     TenantInfo {
         tenant_id: t.tenant_id,
         state: match t.state() {
@@ -101,21 +106,24 @@ fn tenant_info_of(t: &Tenant) -> TenantInfo {
             TenantState::Broken(reason) => format!("broken: {reason}"),
         },
         timelines: t.timelines().len(),
+        generation: remote.as_ref().map(|r| r.generation().0),
+        newer_generation: remote.and_then(|r| r.newer_generation()).map(|g| g.0),
     }
 }
 
 async fn list_tenants(State(m): State<Manager>) -> Json<Vec<TenantInfo>> {
-    Json(m.list().iter().map(|t| tenant_info_of(t)).collect())
+    Json(m.list().iter().map(|t| tenant_info_of(&m, t)).collect())
 }
 
+/// No body (no content type) creates a tenant with a new id.
 async fn create_tenant(
     State(m): State<Manager>,
-    body: Option<Json<TenantCreateRequest>>,
+    body: Result<Option<Json<TenantCreateRequest>>, JsonRejection>,
 ) -> Result<(StatusCode, Json<TenantInfo>), ApiError> {
-    let request = body.map(|Json(b)| b).unwrap_or_default();
+    let request = body?.map(|Json(b)| b).unwrap_or_default();
     let tenant_id = request.tenant_id.unwrap_or_else(TenantId::generate);
-    let tenant = tokio::task::block_in_place(|| m.create_tenant(tenant_id)).map_err(api_error)?;
-    Ok((StatusCode::CREATED, Json(tenant_info_of(&tenant))))
+    let tenant = m.create_tenant(tenant_id).await.map_err(api_error)?;
+    Ok((StatusCode::CREATED, Json(tenant_info_of(&m, &tenant))))
 }
 
 async fn tenant_info(
@@ -123,7 +131,7 @@ async fn tenant_info(
     Path(tenant_id): Path<String>,
 ) -> Result<Json<TenantInfo>, ApiError> {
     let tenant = tenant(&m, &tenant_id)?;
-    Ok(Json(tenant_info_of(&tenant)))
+    Ok(Json(tenant_info_of(&m, &tenant)))
 }
 
 /// What the API says of a timeline; `with_logical_size` computes the
@@ -161,6 +169,7 @@ pub fn timeline_info(timeline: &Timeline, with_logical_size: bool) -> anyhow::Re
         },
         physical_size,
         pg_version: timeline.pg_version.as_str().parse::<u32>().unwrap_or(0) * 10000,
+        ingest_paused: timeline.ingest_paused(),
     })
 }
 
@@ -183,10 +192,10 @@ async fn list_timelines(
 async fn create_timeline(
     State(m): State<Manager>,
     Path(tenant_id): Path<String>,
-    body: Result<Json<TimelineCreateRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<TimelineCreateRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<TimelineInfo>), ApiError> {
     let tenant = tenant(&m, &tenant_id)?;
-    let Json(request) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(request) = body?;
     if let Some(v) = request.pg_version {
         if v != 15 && v / 10000 != 15 {
             return Err(ApiError::new(
@@ -224,8 +233,9 @@ struct DetailQuery {
 async fn timeline_info_handler(
     State(m): State<Manager>,
     Path((tenant_id, timeline_id)): Path<(String, String)>,
-    Query(query): Query<DetailQuery>,
+    query: Result<Query<DetailQuery>, QueryRejection>,
 ) -> Result<Json<TimelineInfo>, ApiError> {
+    let Query(query) = query?;
     let tenant = tenant(&m, &tenant_id)?;
     let timeline_id: TimelineId = parse(&timeline_id)?;
     let timeline = tenant
@@ -269,23 +279,27 @@ async fn delete_timeline(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant = tenant(&m, &tenant_id)?;
     let timeline_id: TimelineId = parse(&timeline_id)?;
-    tokio::task::block_in_place(|| m.delete_timeline(&tenant, timeline_id)).map_err(api_error)?;
-    if let Some(remote) = m.remote() {
-        crate::remote_timeline::delete_timeline(remote, tenant.tenant_id, timeline_id)
-            .await
-            .map_err(|e| api_error(e.context("deleting the timeline from remote storage")))?;
-    }
+    m.delete_timeline(&tenant, timeline_id)
+        .await
+        .map_err(api_error)?;
     Ok(Json(serde_json::json!({ "deleted": true })))
 }
 
-/// `POST /v1/tenant/{t}/attach`: download the tenant from remote storage.
+/// `POST /v1/tenant/{t}/attach` (optional body `{"generation": N}`):
+/// download the tenant from remote storage.
 async fn attach_tenant(
     State(m): State<Manager>,
     Path(tenant_id): Path<String>,
+    body: Result<Option<Json<TenantAttachRequest>>, JsonRejection>,
 ) -> Result<(StatusCode, Json<TenantInfo>), ApiError> {
     let tenant_id: TenantId = parse(&tenant_id)?;
-    let tenant = m.attach_tenant(tenant_id).await.map_err(api_error)?;
-    Ok((StatusCode::CREATED, Json(tenant_info_of(&tenant))))
+    let request = body?.map(|Json(b)| b).unwrap_or_default();
+    let generation = request.generation.map(Generation);
+    let tenant = m
+        .attach_tenant(tenant_id, generation)
+        .await
+        .map_err(api_error)?;
+    Ok((StatusCode::CREATED, Json(tenant_info_of(&m, &tenant))))
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -317,10 +331,12 @@ fn detach_timeout(seconds: Option<f64>) -> Result<std::time::Duration, ApiError>
 async fn detach_tenant(
     State(m): State<Manager>,
     Path(tenant_id): Path<String>,
-    query: axum::extract::Query<DetachQuery>,
+    query: Result<Query<DetachQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let tenant_id: TenantId = parse(&tenant_id)?;
-    let timeout = detach_timeout(query.timeout_seconds)?;
+    let timeout = detach_timeout(query?.timeout_seconds)?;
+    // An unknown tenant is a 404 here: the manager's error for it is a
+    // plain one, which would be a 500.
+    let tenant_id = tenant(&m, &tenant_id)?.tenant_id;
     m.detach_tenant(tenant_id, timeout)
         .await
         .map_err(api_error)?;
@@ -330,6 +346,15 @@ async fn detach_tenant(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_openapi_document_describes_every_route() {
+        let problems = daemon_utils::openapi_mismatches(OPENAPI_SPEC, api_routes().listed());
+        assert!(
+            problems.is_empty(),
+            "docs/openapi/pageserver.json: {problems:#?}"
+        );
+    }
 
     #[test]
     fn detach_timeouts_outside_a_day_are_refused_not_a_panic() {

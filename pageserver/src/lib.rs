@@ -51,8 +51,20 @@ pub struct PageServerConf {
     pub pg_bin_dir: PathBuf,
     /// OS user that runs initdb when the pageserver runs as root.
     pub pg_os_user: String,
-    /// Page service connections at most.
+    /// Page service sessions at most; more are refused with an error.
     pub max_connections: usize,
+    /// Page service connections still starting up (startup packet and
+    /// authentication) at most; beyond, the oldest is closed. They do not
+    /// count in `max_connections`, so sockets that never start up cannot
+    /// keep clients out.
+    pub max_unauthenticated_connections: usize,
+    /// Seconds a connection has, from its accept, to send its startup packet
+    /// and authenticate before it is closed.
+    pub startup_timeout_seconds: f64,
+    /// Seconds a session may stay silent between queries before it is
+    /// closed (0: never). A `pagestream` is not timed (compute_fs keeps idle
+    /// ones in its pool); TCP keepalives notice a peer that vanished.
+    pub idle_timeout_seconds: f64,
     /// Size at which the open in-memory layer is written to a layer file.
     pub open_layer_max_bytes: usize,
     /// Bytes of WAL after which the open in-memory layer is written to a
@@ -87,6 +99,10 @@ impl Default for PageServerConf {
             pg_bin_dir: PathBuf::from("/usr/lib/postgresql/15/bin"),
             pg_os_user: "postgres".into(),
             max_connections: 1000,
+            max_unauthenticated_connections:
+                pq_proto::query_server::DEFAULT_MAX_PENDING_CONNECTIONS,
+            startup_timeout_seconds: pq_proto::query_server::DEFAULT_STARTUP_TIMEOUT.as_secs_f64(),
+            idle_timeout_seconds: pq_proto::query_server::DEFAULT_IDLE_TIMEOUT.as_secs_f64(),
             open_layer_max_bytes: tenant::timeline::DEFAULT_OPEN_LAYER_MAX_BYTES,
             checkpoint_distance: tenant::timeline::DEFAULT_CHECKPOINT_DISTANCE,
             image_partition_keys: tenant::timeline::DEFAULT_IMAGE_PARTITION_KEYS,
@@ -102,6 +118,13 @@ impl Default for PageServerConf {
 pub async fn run(conf: PageServerConf, cancel: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&conf.workdir)
         .with_context(|| format!("creating the working directory {}", conf.workdir.display()))?;
+    conf.background.check()?;
+    let page_service_config =
+        pq_proto::ServerConfig::new(page_service::SERVICE_NAME, conf.max_connections).with_limits(
+            conf.max_unauthenticated_connections,
+            conf.startup_timeout_seconds,
+            conf.idle_timeout_seconds,
+        )?;
     let auth = daemon_utils::load_verifier(conf.auth_public_key.as_deref())?;
     let token = auth::token_from_env();
     let broker = match &conf.broker_endpoint {
@@ -165,11 +188,11 @@ pub async fn run(conf: PageServerConf, cancel: CancellationToken) -> anyhow::Res
         conf.listen_pg_addr,
         conf.listen_http_addr
     );
-    let page_service = tokio::spawn(page_service::serve(
+    let page_service = tokio::spawn(page_service::serve_with(
         pg_listener,
         manager.clone(),
         basebackup::basebackup_at,
-        conf.max_connections,
+        page_service_config,
         auth,
         cancel.clone(),
     ));

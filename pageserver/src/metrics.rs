@@ -3,9 +3,11 @@
 
 use std::sync::OnceLock;
 
-use prometheus::{IntCounter, Registry};
+use prometheus::{IntCounter, IntGauge, Registry};
 
 pub struct Metrics {
+    /// Timelines whose ingest waits for a failed flush to succeed.
+    pub ingest_paused_timelines: IntGauge,
     /// WAL records that change a page with neither an image nor a Rust redo.
     pub unhandled_wal_records: IntCounter,
     /// Reads that failed on a version such a record made unreadable.
@@ -19,12 +21,19 @@ pub struct Metrics {
     /// Layers deleted from remote storage (after an index without them).
     pub remote_layers_deleted: IntCounter,
     pub remote_bytes_downloaded: IntCounter,
+    /// Tenants found to have a newer generation attached elsewhere.
+    pub remote_stale_tenants: IntCounter,
 }
 
 impl Metrics {
     fn new() -> Metrics {
         let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
         Metrics {
+            ingest_paused_timelines: IntGauge::new(
+                "pageserver_ingest_paused_timelines",
+                "Timelines whose WAL ingest is paused because writing a layer file failed (a full disk, say)",
+            )
+            .expect("valid metric"),
             unhandled_wal_records: counter(
                 "pageserver_unhandled_wal_records_total",
                 "WAL records changing a page with neither an image nor a Rust redo (the page becomes unreadable)",
@@ -61,6 +70,10 @@ impl Metrics {
                 "pageserver_remote_bytes_downloaded_total",
                 "Layer bytes downloaded from remote storage (attach)",
             ),
+            remote_stale_tenants: counter(
+                "pageserver_remote_stale_tenants_total",
+                "Tenants found to have a newer generation attached elsewhere: this pageserver stopped uploading and deleting anything of them",
+            ),
         }
     }
 
@@ -76,9 +89,11 @@ impl Metrics {
             &self.remote_upload_failures,
             &self.remote_layers_deleted,
             &self.remote_bytes_downloaded,
+            &self.remote_stale_tenants,
         ] {
             registry.register(Box::new(c.clone()))?;
         }
+        registry.register(Box::new(self.ingest_paused_timelines.clone()))?;
         Ok(())
     }
 }

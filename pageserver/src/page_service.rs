@@ -7,7 +7,10 @@
 //!   stream goes on; a malformed one ends the stream with an error.
 //! * `basebackup <tenant_id> <timeline_id> [lsn] [lazy]`: CopyOut of a tar
 //!   of PGDATA at the LSN (default: the last record ingested); with `lazy`,
-//!   logged relations are listed with their sizes instead of sent.
+//!   logged relations are listed with their sizes instead of sent. The tar
+//!   is streamed as it is produced, in CopyData chunks of at most
+//!   [`STREAM_CHUNK_SIZE`] bytes; a failure after the COPY began ends it
+//!   with an ErrorResponse instead of CopyDone.
 //!
 //! With authentication on, a connection sends a token as its password (a
 //! bad one is refused, `FATAL 28P01`) and a command on a tenant the token
@@ -30,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 use utils::{Lsn, TenantId, TimelineId};
 
-use crate::basebackup::RelationData;
+use crate::basebackup::{BasebackupStream, RelationData, STREAM_CHUNK_SIZE, STREAM_QUEUE_DEPTH};
 use crate::key::SlruKind;
 use crate::tenant::timeline::Timeline;
 
@@ -98,7 +101,8 @@ fn parse_command(query: &str) -> anyhow::Result<Command> {
     }
 }
 
-/// Serve the page service until `cancel` fires, `max_connections` at once.
+/// Serve the page service until `cancel` fires, `max_connections` at once,
+/// with the default timeouts.
 pub async fn serve(
     listener: TcpListener,
     timelines: Arc<dyn TimelineLookup>,
@@ -107,12 +111,29 @@ pub async fn serve(
     auth: Option<Arc<JwtVerifier>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    let config = ServerConfig::new(SERVICE_NAME, max_connections);
+    serve_with(listener, timelines, basebackup, config, auth, cancel).await
+}
+
+/// Names the page service in refusals ("too many connections to this pageserver").
+pub const SERVICE_NAME: &str = "pageserver";
+
+/// Serve the page service until `cancel` fires, within the connection
+/// limits and timeouts of `config`. The idle timeout applies between
+/// queries only: a `pagestream` connection may be quiet for long.
+pub async fn serve_with(
+    listener: TcpListener,
+    timelines: Arc<dyn TimelineLookup>,
+    basebackup: BasebackupFn,
+    config: ServerConfig,
+    auth: Option<Arc<JwtVerifier>>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let handler = Arc::new(PageService {
         timelines,
         basebackup,
         auth,
     });
-    let config = ServerConfig::new("pageserver", max_connections);
     pq_proto::query_server::serve(listener, handler, config, cancel).await
 }
 
@@ -199,19 +220,28 @@ where
     if let Some(lsn) = lsn {
         timeline.wait_lsn(lsn, WAIT_LSN_TIMEOUT).await?;
     }
-    // Build the tar off the runtime, then stream it.
-    let tar = tokio::task::spawn_blocking(move || {
-        let mut tar = Vec::new();
-        basebackup(&timeline, lsn, data, &mut tar).map(|()| tar)
-    })
-    .await
-    .context("base backup task")??;
-    info!("sending a base backup of {} bytes", tar.len());
+    // The tar is produced off the runtime and sent a chunk at a time as it
+    // is produced; the producer waits while the client is slow to read.
+    let mut stream = BasebackupStream::spawn(STREAM_CHUNK_SIZE, STREAM_QUEUE_DEPTH, move |out| {
+        basebackup(&timeline, lsn, data, out)
+    });
+    // The COPY begins with the first chunk: a backup refused before it
+    // (an LSN out of range, below the GC horizon) is a plain error.
+    let mut next = stream.next_chunk().await?;
     pgb.write_message(&BeMessage::CopyOutResponse(Format::Binary))
         .await?;
-    for chunk in tar.chunks(256 * 1024) {
-        pgb.write_message(&BeMessage::CopyData(chunk)).await?;
+    let mut sent = 0u64;
+    while let Some(chunk) = next {
+        pgb.write_message(&BeMessage::CopyData(&chunk)).await?;
+        sent += chunk.len() as u64;
+        // A failure from here on ends the COPY with an error response (no
+        // CopyDone): the client never takes what it got for a whole tar.
+        next = stream
+            .next_chunk()
+            .await
+            .with_context(|| format!("base backup failed after {sent} bytes were sent"))?;
     }
+    info!("sent a base backup of {sent} bytes");
     pgb.write_message(&BeMessage::CopyDone).await?;
     pgb.write_message(&BeMessage::CommandComplete("COPY 0"))
         .await?;
@@ -288,7 +318,15 @@ async fn handle_request(timeline: &Arc<Timeline>, request: &Request) -> anyhow::
     let timeline = timeline.clone();
     let request = request.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<Response> {
-        Ok(match request {
+        // GetLatestPage reads at the newest LSN, never below the horizon.
+        let read_lsn = match request {
+            Request::GetLatestPage { .. } => timeline.last_record_lsn().max(lsn),
+            _ => lsn,
+        };
+        // Before the read and again after it: a GC that raised the horizon
+        // above it meanwhile may have removed layers it used.
+        timeline.check_readable_at(read_lsn)?;
+        let response = match request {
             Request::Exists { rel, .. } => {
                 Response::Exists(timeline.rel_exists(rel_tag(&rel)?, lsn)?)
             }
@@ -304,15 +342,16 @@ async fn handle_request(timeline: &Arc<Timeline>, request: &Request) -> anyhow::
             }
             Request::GetLatestPage { rel, block, .. } => {
                 // At or after the requested LSN (waited for above).
-                let latest = timeline.last_record_lsn().max(lsn);
-                Response::Page(timeline.get_rel_page(rel_tag(&rel)?, block, latest)?)
+                Response::Page(timeline.get_rel_page(rel_tag(&rel)?, block, read_lsn)?)
             }
             Request::DbSize { db_oid, .. } => Response::DbSize(timeline.db_size(db_oid, lsn)?),
             Request::GetSlruSegment { kind, segment, .. } => {
                 let kind = SlruKind::from_u32(kind as u32).context("invalid SLRU kind")?;
                 Response::SlruSegment(timeline.get_slru_segment(kind, segment, lsn)?)
             }
-        })
+        };
+        timeline.check_readable_at(read_lsn)?;
+        Ok(response)
     })
     .await
     .context("page read task")?

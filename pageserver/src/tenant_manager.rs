@@ -1,6 +1,12 @@
 //! The tenants of this pageserver: loaded from `<workdir>/tenants` at start,
 //! created and removed through the HTTP API, each timeline with its WAL
-//! receiver when a storage broker is configured.
+//! receiver when a storage broker is configured and its uploader when
+//! remote storage is.
+//!
+//! Each tenant has a generation (docs/remote-storage.md), kept in
+//! `<tenant dir>/generation`: 1 for a tenant created here, the attach's
+//! for an attached one. Its uploaders share a [`RemoteTenant`] that says
+//! whether a newer generation has been attached elsewhere.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,15 +17,16 @@ use anyhow::{bail, Context};
 use postgres_format::PgMajorVersion;
 use remote_storage::GenericRemoteStorage;
 use storage_broker::BrokerClient;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 use utils::{Lsn, TenantId, TimelineId};
 
 use crate::import_datadir::{end_of_wal, import_datadir};
 use crate::page_service::TimelineLookup;
-use crate::remote_timeline;
+use crate::remote_timeline::{self, Generation, RemoteTenant, RemoteTimeline};
 use crate::tenant::timeline::{RecordLsn, Timeline, TimelineConf};
-use crate::tenant::{Tenant, TenantState};
+use crate::tenant::{Tenant, TenantError, TenantState};
 
 /// How PostgreSQL's `initdb` is run to bootstrap timelines.
 #[derive(Clone, Debug)]
@@ -37,11 +44,21 @@ pub struct TenantManager {
     broker: Option<BrokerClient>,
     remote: Option<GenericRemoteStorage>,
     tenants: RwLock<HashMap<TenantId, Arc<Tenant>>>,
+    /// Each tenant's generation, and whether it is stale.
+    generations: RwLock<HashMap<TenantId, Arc<RemoteTenant>>>,
     /// The WAL receiver and uploader of each timeline.
-    receivers: Mutex<HashMap<(TenantId, TimelineId), CancellationToken>>,
+    tasks: Mutex<HashMap<(TenantId, TimelineId), TimelineTasks>>,
     /// Tenants being attached.
     attaching: Mutex<std::collections::HashSet<TenantId>>,
     cancel: CancellationToken,
+}
+
+/// A timeline's tasks: cancelled together; the uploader is waited for
+/// when the timeline's remote objects are about to change (deletion,
+/// detach), so that none of its uploads lands afterwards.
+struct TimelineTasks {
+    cancel: CancellationToken,
+    uploader: Option<JoinHandle<()>>,
 }
 
 /// Why attaching or detaching a tenant failed.
@@ -57,6 +74,16 @@ pub enum AttachError {
     Broken { tenant_id: TenantId, reason: String },
     #[error("tenant {tenant_id}: remote storage is behind ({detail}); try again")]
     NotUploaded { tenant_id: TenantId, detail: String },
+    #[error(
+        "tenant {tenant_id}: generation {requested} is not above the highest in remote storage ({highest}); attach with a higher generation, or without one to take the next"
+    )]
+    GenerationTooLow {
+        tenant_id: TenantId,
+        requested: u32,
+        highest: u32,
+    },
+    #[error("invalid generation: {0}")]
+    BadGeneration(String),
 }
 
 impl TenantManager {
@@ -73,6 +100,7 @@ impl TenantManager {
         std::fs::create_dir_all(&tenants_dir)
             .with_context(|| format!("creating {}", tenants_dir.display()))?;
         let mut tenants = HashMap::new();
+        let mut generations = HashMap::new();
         for entry in std::fs::read_dir(&tenants_dir)? {
             let entry = entry?;
             let Some(tenant_id) = entry
@@ -83,6 +111,12 @@ impl TenantManager {
                 continue;
             };
             let tenant = Tenant::load(workdir, tenant_id, conf.clone());
+            match load_generation(&entry.path()) {
+                Ok(generation) => {
+                    generations.insert(tenant_id, RemoteTenant::new(tenant_id, generation));
+                }
+                Err(e) => tenant.set_broken(format!("{e:#}")),
+            }
             match tenant.state() {
                 TenantState::Active => {
                     info!(%tenant_id, "loaded tenant with {} timelines", tenant.timelines().len())
@@ -98,11 +132,15 @@ impl TenantManager {
             broker,
             remote,
             tenants: RwLock::new(tenants),
-            receivers: Mutex::new(HashMap::new()),
+            generations: RwLock::new(generations),
+            tasks: Mutex::new(HashMap::new()),
             attaching: Mutex::new(Default::default()),
             cancel,
         });
         for tenant in manager.list() {
+            if tenant.state() != TenantState::Active {
+                continue;
+            }
             for timeline in tenant.timelines() {
                 manager.start_timeline_tasks(&tenant, &timeline);
             }
@@ -130,15 +168,63 @@ impl TenantManager {
             .cloned()
     }
 
-    pub fn create_tenant(&self, tenant_id: TenantId) -> anyhow::Result<Arc<Tenant>> {
-        let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
-        if tenants.contains_key(&tenant_id) {
+    /// The tenant's generation and staleness; `None` for a tenant that is
+    /// not here (or broken before its generation was read).
+    pub fn remote_tenant(&self, tenant_id: TenantId) -> Option<Arc<RemoteTenant>> {
+        self.generations
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&tenant_id)
+            .cloned()
+    }
+
+    /// A new tenant, generation 1. Refused (409) if remote storage already
+    /// has a tenant of this id: that one is to be attached, and a second
+    /// tenant at its generation would overwrite its objects.
+    pub async fn create_tenant(&self, tenant_id: TenantId) -> anyhow::Result<Arc<Tenant>> {
+        if self.get(tenant_id).is_some() {
             bail!(AlreadyExists(format!("tenant {tenant_id} already exists")));
         }
-        let tenant = Tenant::create(&self.workdir, tenant_id, self.conf.clone())?;
-        tenants.insert(tenant_id, tenant.clone());
-        info!(%tenant_id, "created tenant");
-        Ok(tenant)
+        if let Some(remote) = &self.remote {
+            let listing = remote_timeline::list_tenant(remote, tenant_id)
+                .await
+                .context("looking for the tenant in remote storage")?;
+            if !listing.is_empty() {
+                bail!(AlreadyExists(format!(
+                    "tenant {tenant_id} exists in remote storage (generation {}): attach it instead",
+                    listing.highest_generation().unwrap_or_default().0
+                )));
+            }
+        }
+        tokio::task::block_in_place(|| {
+            let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+            if tenants.contains_key(&tenant_id) {
+                bail!(AlreadyExists(format!("tenant {tenant_id} already exists")));
+            }
+            let tenant = Tenant::create(&self.workdir, tenant_id, self.conf.clone())?;
+            remote_timeline::write_local_generation(tenant.dir(), Generation::FIRST)?;
+            self.generations
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(tenant_id, RemoteTenant::new(tenant_id, Generation::FIRST));
+            tenants.insert(tenant_id, tenant.clone());
+            info!(%tenant_id, "created tenant");
+            Ok(tenant)
+        })
+    }
+
+    /// A new empty root timeline whose history begins at `start`, with its
+    /// tasks: for callers that write its records themselves (tests).
+    pub fn create_root_timeline(
+        &self,
+        tenant: &Arc<Tenant>,
+        timeline_id: TimelineId,
+        pg_version: PgMajorVersion,
+        start: RecordLsn,
+    ) -> anyhow::Result<Arc<Timeline>> {
+        let timeline = tenant.create_root_timeline(timeline_id, pg_version, start)?;
+        self.start_timeline_tasks(tenant, &timeline);
+        Ok(timeline)
     }
 
     /// A new timeline from a fresh `initdb`, imported at its end of WAL.
@@ -204,14 +290,91 @@ impl TenantManager {
         Ok(timeline)
     }
 
-    pub fn delete_timeline(&self, tenant: &Tenant, timeline_id: TimelineId) -> anyhow::Result<()> {
-        if !tenant.children(timeline_id).is_empty() {
-            // Refused below; keep its tasks.
-            tenant.delete_timeline(timeline_id)?;
+    /// Delete a timeline here and in remote storage. Its uploader is
+    /// stopped and waited for first, so that no upload of it lands once
+    /// the deletion has begun; then, remotely, the tombstone; then the
+    /// local directory; then the rest of the remote objects
+    /// ([`remote_timeline::finish_timeline_deletion`]). If that last part
+    /// fails, the error says so and a retry (or the next attach) finishes
+    /// it. Refused with a child timeline, and when this pageserver's
+    /// generation of the tenant is stale (nothing is deleted then).
+    pub async fn delete_timeline(
+        &self,
+        tenant: &Arc<Tenant>,
+        timeline_id: TimelineId,
+    ) -> anyhow::Result<()> {
+        let tenant_id = tenant.tenant_id;
+        let children: Vec<TimelineId> = tenant
+            .children(timeline_id)
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect();
+        if !children.is_empty() {
+            return Err(TenantError::HasChildren {
+                timeline_id,
+                children,
+            }
+            .into());
         }
-        self.stop_timeline_tasks(tenant.tenant_id, timeline_id);
-        tenant.delete_timeline(timeline_id)?;
+        let Some(remote) = self.remote.clone() else {
+            self.stop_timeline_tasks(tenant_id, timeline_id).await;
+            tokio::task::block_in_place(|| tenant.delete_timeline(timeline_id))?;
+            return Ok(());
+        };
+        let remote_tenant = self
+            .remote_tenant(tenant_id)
+            .with_context(|| format!("tenant {tenant_id} has no generation"))?;
+        if let Some(stale) = remote_tenant.stale_error() {
+            return Err(stale.into());
+        }
+        if let Err(e) = tenant.get_timeline(timeline_id) {
+            // A deletion that failed after the local directory went:
+            // finish the remote part.
+            let not_found = matches!(e, TenantError::NotFound(_));
+            if not_found
+                && remote
+                    .download(&remote_timeline::tombstone_path(tenant_id, timeline_id))
+                    .await
+                    .is_ok()
+            {
+                remote_tenant.check_current(&remote).await?;
+                remote_timeline::finish_timeline_deletion(&remote, tenant_id, timeline_id).await?;
+                info!(%tenant_id, %timeline_id, "finished deleting the timeline from remote storage");
+                return Ok(());
+            }
+            return Err(e.into());
+        }
+        self.stop_timeline_tasks(tenant_id, timeline_id).await;
+        if let Err(e) =
+            remote_timeline::mark_timeline_deleted(&remote, &remote_tenant, timeline_id).await
+        {
+            // Nothing was deleted: the timeline goes on.
+            self.restart_timeline_tasks(tenant, timeline_id);
+            return Err(e.context("marking the timeline deleted in remote storage"));
+        }
+        if let Err(e) = tokio::task::block_in_place(|| tenant.delete_timeline(timeline_id)) {
+            // E.g. a child timeline appeared meanwhile: take the tombstone
+            // back, so that attach does not skip a timeline that stays.
+            let tombstone = remote_timeline::tombstone_path(tenant_id, timeline_id);
+            if let Err(e) = remote.delete(&tombstone).await {
+                warn!(%tenant_id, %timeline_id, "removing {tombstone} after a failed deletion: {e}");
+            }
+            self.restart_timeline_tasks(tenant, timeline_id);
+            return Err(e.into());
+        }
+        remote_timeline::finish_timeline_deletion(&remote, tenant_id, timeline_id)
+            .await
+            .context(
+                "the timeline is deleted here and marked deleted in remote storage, but removing its remote objects failed: retry the deletion to finish it (an attach finishes it too)",
+            )?;
+        info!(%tenant_id, %timeline_id, "deleted the timeline, locally and from remote storage");
         Ok(())
+    }
+
+    fn restart_timeline_tasks(&self, tenant: &Arc<Tenant>, timeline_id: TimelineId) {
+        if let Ok(timeline) = tenant.get_timeline(timeline_id) {
+            self.start_timeline_tasks(tenant, &timeline);
+        }
     }
 
     /// The remote storage, if configured.
@@ -222,49 +385,77 @@ impl TenantManager {
     /// Start the timeline's WAL receiver (with a broker) and uploader (with
     /// remote storage).
     fn start_timeline_tasks(&self, tenant: &Arc<Tenant>, timeline: &Arc<Timeline>) {
+        let (tenant_id, timeline_id) = (timeline.tenant_id, timeline.timeline_id);
         let cancel = self.cancel.child_token();
-        self.receivers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((timeline.tenant_id, timeline.timeline_id), cancel.clone());
         if let Some(broker) = &self.broker {
-            let span = info_span!("walreceiver", tenant_id = %timeline.tenant_id, timeline_id = %timeline.timeline_id);
+            let span = info_span!("walreceiver", %tenant_id, %timeline_id);
             tokio::spawn(
                 crate::walreceiver::run(timeline.clone(), broker.clone(), cancel.clone())
                     .instrument(span),
             );
         }
-        if let Some(remote) = &self.remote {
-            let span = info_span!("uploader", tenant_id = %timeline.tenant_id, timeline_id = %timeline.timeline_id);
-            tokio::spawn(
-                remote_timeline::run_uploader(
-                    tenant.clone(),
-                    timeline.clone(),
-                    remote.clone(),
-                    cancel,
-                )
-                .instrument(span),
-            );
-        }
-    }
-
-    fn stop_timeline_tasks(&self, tenant_id: TenantId, timeline_id: TimelineId) {
-        if let Some(cancel) = self
-            .receivers
+        let uploader = match (&self.remote, self.remote_tenant(tenant_id)) {
+            (Some(remote), Some(remote_tenant)) => {
+                let span = info_span!("uploader", %tenant_id, %timeline_id);
+                Some(tokio::spawn(
+                    remote_timeline::run_uploader(
+                        tenant.clone(),
+                        timeline.clone(),
+                        remote.clone(),
+                        remote_tenant,
+                        cancel.clone(),
+                    )
+                    .instrument(span),
+                ))
+            }
+            (Some(_), None) => {
+                warn!(%tenant_id, %timeline_id, "the tenant has no generation: not uploading");
+                None
+            }
+            (None, _) => None,
+        };
+        let previous = self
+            .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&(tenant_id, timeline_id))
-        {
-            cancel.cancel();
+            .insert((tenant_id, timeline_id), TimelineTasks { cancel, uploader });
+        if let Some(previous) = previous {
+            previous.cancel.cancel();
         }
     }
 
-    /// Attach a tenant from remote storage: download every timeline's
-    /// index and layers into a temporary directory, rename it into place,
-    /// load the tenant and start its timelines. A missing or malformed
-    /// index leaves the tenant registered as broken (nothing is written
-    /// locally).
-    pub async fn attach_tenant(&self, tenant_id: TenantId) -> anyhow::Result<Arc<Tenant>> {
+    /// Cancel the timeline's tasks and wait for its uploader to end (it
+    /// finishes the remote operation under way, if any).
+    async fn stop_timeline_tasks(&self, tenant_id: TenantId, timeline_id: TimelineId) {
+        let tasks = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(tenant_id, timeline_id));
+        let Some(tasks) = tasks else {
+            return;
+        };
+        tasks.cancel.cancel();
+        if let Some(uploader) = tasks.uploader {
+            if let Err(e) = uploader.await {
+                warn!(%tenant_id, %timeline_id, "the uploader task failed: {e}");
+            }
+        }
+    }
+
+    /// Attach a tenant from remote storage with `generation` (default: the
+    /// highest in remote storage + 1; one not above it is refused): write
+    /// the generation's marker, then download every timeline's newest
+    /// index and its layers into a temporary directory, rename it into
+    /// place, load the tenant and start its timelines. A timeline with a
+    /// tombstone is skipped, and its deletion finished. A missing or
+    /// malformed index leaves the tenant registered as broken (nothing is
+    /// written locally).
+    pub async fn attach_tenant(
+        &self,
+        tenant_id: TenantId,
+        generation: Option<Generation>,
+    ) -> anyhow::Result<Arc<Tenant>> {
         let remote = self.remote.clone().ok_or(AttachError::NoRemoteStorage(
             "attach downloads the tenant from it",
         ))?;
@@ -275,7 +466,9 @@ impl TenantManager {
                 return Err(AttachError::AlreadyExists(tenant_id).into());
             }
         }
-        let result = self.attach_inner(&remote, tenant_id, &final_dir).await;
+        let result = self
+            .attach_inner(&remote, tenant_id, generation, &final_dir)
+            .await;
         self.attaching
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -287,18 +480,53 @@ impl TenantManager {
         &self,
         remote: &GenericRemoteStorage,
         tenant_id: TenantId,
+        requested: Option<Generation>,
         final_dir: &Path,
     ) -> anyhow::Result<Arc<Tenant>> {
         let started = std::time::Instant::now();
-        let timelines = remote_timeline::list_timelines(remote, tenant_id).await?;
-        if timelines.is_empty() {
+        let before = remote_timeline::list_tenant(remote, tenant_id).await?;
+        if before.is_empty() {
             return Err(AttachError::NotFound(tenant_id).into());
         }
+        let highest = before.highest_generation().unwrap_or_default();
+        let generation = match requested {
+            Some(Generation::LEGACY) => {
+                return Err(AttachError::BadGeneration("generations start at 1".into()).into())
+            }
+            Some(g) if g <= highest => {
+                return Err(AttachError::GenerationTooLow {
+                    tenant_id,
+                    requested: g.0,
+                    highest: highest.0,
+                }
+                .into())
+            }
+            Some(g) => g,
+            None => highest.next().ok_or_else(|| {
+                AttachError::BadGeneration(format!("none is left above {}", highest.0))
+            })?,
+        };
+        // The marker first: an uploader of an older generation deletes
+        // only after checking for it, so the indexes read below name only
+        // layers that stay.
+        remote_timeline::write_marker(remote, tenant_id, generation).await?;
+        let listing = remote_timeline::list_tenant(remote, tenant_id).await?;
+        if let Some(newer) = listing.markers.last().filter(|g| **g > generation) {
+            return Err(AttachError::GenerationTooLow {
+                tenant_id,
+                requested: generation.0,
+                highest: newer.0,
+            }
+            .into());
+        }
+        let timelines = remote_timeline::load_timelines(remote, tenant_id, &listing).await?;
         let mut indexes = Vec::new();
-        for (timeline_id, index) in timelines {
-            match index {
-                Ok(index) => indexes.push((timeline_id, index)),
-                Err(e) => {
+        let mut deleted = Vec::new();
+        for (timeline_id, timeline) in timelines {
+            match timeline {
+                RemoteTimeline::Live { index, .. } => indexes.push((timeline_id, index)),
+                RemoteTimeline::Deleted => deleted.push(timeline_id),
+                RemoteTimeline::Broken(e) => {
                     let reason = format!("timeline {timeline_id}: {e:#}");
                     warn!(%tenant_id, "attach failed, tenant is broken: {reason}");
                     let tenant =
@@ -311,11 +539,26 @@ impl TenantManager {
                 }
             }
         }
+        for timeline_id in deleted {
+            // Best effort: a deletion cut short; the next attach retries.
+            match remote_timeline::finish_timeline_deletion(remote, tenant_id, timeline_id).await {
+                Ok(()) => {
+                    info!(%tenant_id, %timeline_id, "finished deleting a timeline found with a tombstone")
+                }
+                Err(e) => {
+                    warn!(%tenant_id, %timeline_id, "skipping a timeline being deleted; finishing its deletion failed: {e:#}")
+                }
+            }
+        }
         let tmp = final_dir.with_extension("___attaching");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
         }
         let download = async {
+            let timelines_dir = tmp.join("timelines");
+            tokio::fs::create_dir_all(&timelines_dir)
+                .await
+                .with_context(|| format!("creating {}", timelines_dir.display()))?;
             let mut bytes = 0;
             for (timeline_id, index) in &indexes {
                 let dir = tmp.join("timelines").join(timeline_id.to_string());
@@ -332,6 +575,11 @@ impl TenantManager {
                 .await
                 .with_context(|| format!("downloading timeline {timeline_id}"))?;
             }
+            let tmp = tmp.clone();
+            tokio::task::spawn_blocking(move || {
+                remote_timeline::write_local_generation(&tmp, generation)
+            })
+            .await??;
             anyhow::Ok(bytes)
         };
         let bytes = match download.await {
@@ -355,6 +603,12 @@ impl TenantManager {
         if let TenantState::Broken(reason) = tenant.state() {
             return Err(AttachError::Broken { tenant_id, reason }.into());
         }
+        let remote_tenant = RemoteTenant::new(tenant_id, generation);
+        remote_tenant.set_marker_written();
+        self.generations
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant_id, remote_tenant);
         for timeline in tenant.timelines() {
             if let Some((_, index)) = indexes.iter().find(|(id, _)| *id == timeline.timeline_id) {
                 timeline.set_remote_consistent_lsn(index.metadata.disk_consistent.last);
@@ -367,14 +621,16 @@ impl TenantManager {
         for timeline in tenant.timelines() {
             self.start_timeline_tasks(&tenant, &timeline);
         }
-        info!(%tenant_id, "attached {} timelines, {bytes} bytes of layers, in {:?}", indexes.len(), started.elapsed());
+        info!(%tenant_id, generation = generation.0, "attached {} timelines, {bytes} bytes of layers, in {:?}", indexes.len(), started.elapsed());
         Ok(tenant)
     }
 
     /// Detach a tenant: flush its timelines, wait (up to `timeout`) until
-    /// remote storage holds everything flushed, stop its tasks and remove
-    /// its local directory. A broken tenant is only forgotten: its local
-    /// files (if any) stay.
+    /// remote storage holds everything flushed, stop its tasks (waiting
+    /// for its uploaders) and remove its local directory. A tenant whose
+    /// generation is stale is not waited for: its uploads stopped for good
+    /// and the newer generation owns the remote copy. A broken tenant is
+    /// only forgotten: its local files (if any) stay.
     pub async fn detach_tenant(
         &self,
         tenant_id: TenantId,
@@ -389,7 +645,13 @@ impl TenantManager {
             .get(tenant_id)
             .with_context(|| format!("tenant {tenant_id} not found"))?;
         let active = tenant.state() == TenantState::Active;
-        if active {
+        let stale = self
+            .remote_tenant(tenant_id)
+            .and_then(|r| r.newer_generation());
+        if let Some(newer) = stale {
+            info!(%tenant_id, "generation {} has been attached elsewhere: detaching without waiting for uploads", newer.0);
+        }
+        if active && stale.is_none() {
             let timelines = tenant.timelines();
             tokio::task::block_in_place(|| -> anyhow::Result<()> {
                 for timeline in &timelines {
@@ -425,9 +687,14 @@ impl TenantManager {
             }
         }
         for timeline in tenant.timelines() {
-            self.stop_timeline_tasks(tenant_id, timeline.timeline_id);
+            self.stop_timeline_tasks(tenant_id, timeline.timeline_id)
+                .await;
         }
         self.tenants
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&tenant_id);
+        self.generations
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&tenant_id);
@@ -469,6 +736,21 @@ impl TimelineLookup for TenantManager {
             .with_context(|| format!("tenant {tenant_id} not found"))?;
         Ok(tenant.get_timeline(timeline_id)?)
     }
+}
+
+/// The generation in a tenant directory; a directory without the file (a
+/// tenant from before generations) takes generation 1 and gets the file.
+fn load_generation(dir: &Path) -> anyhow::Result<Generation> {
+    if let Some(generation) = remote_timeline::read_local_generation(dir)? {
+        return Ok(generation);
+    }
+    info!(
+        "{} has no {} file (a tenant from before generations): it takes generation 1",
+        dir.display(),
+        remote_timeline::GENERATION_FILE_NAME
+    );
+    remote_timeline::write_local_generation(dir, Generation::FIRST)?;
+    Ok(Generation::FIRST)
 }
 
 /// "Already exists", for the HTTP layer to map to 409.

@@ -27,6 +27,8 @@ const SWITCH_LAG: u64 = 16 * 1024 * 1024;
 /// ... or when the current one sent nothing for this long while another is ahead.
 const STALL: Duration = Duration::from_secs(10);
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a paused ingest (a failed flush) tries the flush again.
+const FLUSH_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Receive WAL for `timeline` until `cancel` fires.
 pub async fn run(timeline: Arc<Timeline>, broker: BrokerClient, cancel: CancellationToken) {
@@ -162,10 +164,21 @@ async fn stream_from(
     let mut last_data = Instant::now();
     let mut lagging_since: Option<Instant> = None;
     let mut status = tokio::time::interval(STATUS_INTERVAL);
+    let mut flush_retry = tokio::time::interval(FLUSH_RETRY_INTERVAL);
     loop {
+        // While a frozen layer cannot be written (a full disk), read no more
+        // WAL: memory stays bounded, the WAL waits on the safekeepers, and
+        // the status updates keep telling how far behind we are.
+        let paused = timeline.ingest_paused().is_some();
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            message = receiver.recv() => {
+            _ = flush_retry.tick(), if paused => {
+                let timeline = timeline.clone();
+                // A failure is recorded by the timeline and retried here.
+                let _ = tokio::task::spawn_blocking(move || timeline.retry_flush()).await;
+                last_data = Instant::now();
+            }
+            message = receiver.recv(), if !paused => {
                 let Some(data) = message? else { bail!("the safekeeper ended the stream") };
                 match PrimaryMessage::decode(data)? {
                     PrimaryMessage::XLogData(x) => {
@@ -199,7 +212,8 @@ async fn stream_from(
                     }
                     let lagging_long = lagging && lagging_since.get_or_insert_with(Instant::now).elapsed() > STALL / 2;
                     let stalled = ahead > received && last_data.elapsed() > STALL;
-                    if lagging_long || stalled {
+                    // A paused ingest is behind by its own doing.
+                    if !paused && (lagging_long || stalled) {
                         info!(safekeeper = %source.safekeeper_id, "switching: another safekeeper is ahead ({ahead})");
                         return Ok(());
                     }

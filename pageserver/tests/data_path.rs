@@ -19,7 +19,7 @@ use utils::{Lsn, TenantId, TimelineId};
 fn import(pgdata: &Path) -> anyhow::Result<(Timeline, RecordLsn)> {
     let (start, end) = end_of_wal(pgdata)?;
     let at = RecordLsn {
-        last: end.align_up(8),
+        last: end.checked_align_up(8).unwrap(),
         prev: start,
     };
     let timeline = Timeline::new_root(
@@ -446,7 +446,7 @@ fn wal_ingest_matches_postgres(consistency_checking: &str) -> anyhow::Result<()>
         |record| {
             ingest.ingest_record(&timeline, &record)?;
             boundaries.push(RecordLsn {
-                last: record.end_lsn.align_up(8),
+                last: record.end_lsn.checked_align_up(8).unwrap(),
                 prev: record.start_lsn,
             });
             Ok(())

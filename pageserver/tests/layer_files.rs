@@ -543,6 +543,31 @@ fn corruption_is_detected_and_named() {
     );
 }
 
+/// An entry count read from disk never sizes an allocation: a block that
+/// claims more entries than its bytes can hold is refused at open, even
+/// when every checksum and the header's total agree with it.
+#[test]
+fn impossible_entry_counts_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_path, _model, good) = sample_delta(dir.path(), 22);
+    let bad_path = dir.path().join("bad");
+    let f = good.len() - FOOTER_SIZE;
+    let index_offset = u64_at(&good, f) as usize;
+    let mut b = good.clone();
+    let e = index_offset; // block 0
+    let old = u32_at(&b, e + 72) as u64;
+    b[e + 72..e + 76].copy_from_slice(&u32::MAX.to_le_bytes());
+    reseal_index(&mut b);
+    // The header's total follows, so only the per-block check can object.
+    let total = u64_at(&b, 72) - old + u64::from(u32::MAX);
+    b[72..80].copy_from_slice(&total.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..HEADER_SIZE - 4]);
+    b[HEADER_SIZE - 4..HEADER_SIZE].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&bad_path, &b).unwrap();
+    let s = open_err(&bad_path);
+    assert!(s.contains("claims 4294967295 entries"), "{s}");
+}
+
 /// Open, iterate and look up: never a panic. With `check`, any value returned
 /// must be one the model has (corruption must surface as an error); without,
 /// checksums were forged and only the absence of panics is checked.

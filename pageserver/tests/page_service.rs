@@ -200,3 +200,124 @@ async fn page_service_serves_basebackups_and_pages() -> anyhow::Result<()> {
     server.await??;
     Ok(())
 }
+
+/// Pagestream reads below the GC horizon are refused, as base backups are:
+/// GC may have removed the layers such a read needs, and an older image
+/// would answer it with a stale page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pagestream_refuses_reads_below_the_gc_horizon() -> anyhow::Result<()> {
+    use pageserver::key::Key;
+    use pageserver::tenant::timeline::TimelineConf;
+    use pageserver::tenant::Tenant;
+    use pageserver::value::{Value, BLCKSZ};
+    use postgres_format::relfile::{ForkNumber, RelFileNode, RelTag};
+    use utils::Lsn;
+
+    let dir = common::pg_tempdir()?;
+    let pgdata = dir.path().join("initdb");
+    initdb(&pgdata)?;
+    let (start, end) = end_of_wal(&pgdata)?;
+    let (tenant_id, timeline_id) = (TenantId::generate(), TimelineId::generate());
+    let tenant = Tenant::create(&dir.path().join("ps"), tenant_id, TimelineConf::default())?;
+    let timeline = tenant.create_root_timeline(
+        timeline_id,
+        PgMajorVersion::V15,
+        RecordLsn {
+            last: end,
+            prev: start,
+        },
+    )?;
+    import_datadir(&timeline, &pgdata, end, start)?;
+    timeline.flush()?;
+    // A new version of pg_class's block 0, then GC above the import.
+    let tag = RelTag {
+        node: RelFileNode {
+            spc_oid: 1663,
+            db_oid: 1,
+            rel_node: 1259,
+        },
+        fork: ForkNumber::Main,
+    };
+    let old_page = timeline.get_rel_page(tag, 0, end)?;
+    let new_page = bytes::Bytes::from(vec![7u8; BLCKSZ]);
+    let later = Lsn(end.0 + 0x100);
+    timeline.put_batch(
+        later,
+        vec![(Key::rel_block(tag, 0), Value::Image(new_page.clone()))],
+    )?;
+    timeline.advance_last_record(RecordLsn {
+        last: later,
+        prev: end,
+    });
+    timeline.flush()?;
+    timeline.compact_images(later)?;
+    tenant.gc_timeline(timeline_id, later)?;
+    assert_eq!(timeline.gc_horizon(), later);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let cancel = CancellationToken::new();
+    let lookup: Arc<dyn TimelineLookup> = Arc::new(Lookup(HashMap::from([(
+        (tenant_id, timeline_id),
+        timeline.clone(),
+    )])));
+    let server = tokio::spawn(page_service::serve(
+        listener,
+        lookup,
+        basebackup::basebackup_at,
+        16,
+        None,
+        cancel.clone(),
+    ));
+    let rel = RelSpec {
+        spc_oid: 1663,
+        db_oid: 1,
+        rel_node: 1259,
+        fork: 0,
+    };
+    let mut client = connect(&addr).await;
+    {
+        let mut copy = client
+            .copy_both(&format!("pagestream {tenant_id} {timeline_id}"))
+            .await?;
+        let mut ask = async |request: Request| -> anyhow::Result<Response> {
+            copy.send(&request.encode()).await?;
+            copy.flush().await?;
+            let data = copy.recv().await?.context("a response")?;
+            Ok(Response::decode(&data)?)
+        };
+        for request in [
+            Request::GetPage {
+                lsn: end,
+                rel,
+                block: 0,
+            },
+            Request::Nblocks { lsn: end, rel },
+            Request::Exists { lsn: end, rel },
+        ] {
+            let response = ask(request.clone()).await?;
+            assert!(
+                matches!(&response, Response::Error(e) if e.contains("below the GC horizon")),
+                "{request:?} below the horizon answered {response:?} (the page there was {} bytes)",
+                old_page.len()
+            );
+        }
+        let response = ask(Request::GetPage {
+            lsn: later,
+            rel,
+            block: 0,
+        })
+        .await?;
+        assert_eq!(response, Response::Page(new_page.clone()));
+        let response = ask(Request::GetLatestPage {
+            not_modified_since: end,
+            rel,
+            block: 0,
+        })
+        .await?;
+        assert_eq!(response, Response::Page(new_page));
+    }
+    cancel.cancel();
+    server.await??;
+    Ok(())
+}

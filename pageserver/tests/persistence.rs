@@ -757,3 +757,86 @@ fn unreadable_versions_fail_reads_until_an_image() {
     let tl = s.tenant.get_timeline(id).unwrap();
     check(&tl, "reloaded");
 }
+
+/// Branch creation and GC race: a branch whose point passed the horizon
+/// check must have its point retained by any GC that follows, or be refused.
+/// Each round makes the branch point's layers collectable (an image layer
+/// above it), then creates a branch; at the moment its point has passed
+/// the checks (a failpoint), a GC above the branch point starts, and the
+/// branch creation waits for it (a second at most: with branch creation
+/// and GC serialised, the GC waits instead). The branch must read what the
+/// model says at its start, then and after a restart.
+#[test]
+fn branch_creation_and_gc_interleaved() {
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    type Round = (Arc<Tenant>, TimelineId, Lsn);
+    let mut s = setup(11, 16 * 1024);
+    let root = s
+        .tenant
+        .create_root_timeline(tid(1), PgMajorVersion::V15, START)
+        .unwrap();
+    let round: Arc<Mutex<Option<Round>>> = Arc::default();
+    let gc_threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>> = Arc::default();
+    let tenant_id = s.tenant_id.to_string();
+    {
+        let (round, gc_threads) = (round.clone(), gc_threads.clone());
+        utils::failpoint::set(pageserver::tenant::BRANCH_POINT_CHECKED, move |context| {
+            if context != tenant_id {
+                return;
+            }
+            let Some((tenant, timeline_id, horizon)) = round.lock().unwrap().take() else {
+                return;
+            };
+            let (done_tx, done_rx) = mpsc::channel();
+            gc_threads.lock().unwrap().push(std::thread::spawn(move || {
+                tenant.gc_timeline(timeline_id, horizon).unwrap();
+                let _ = done_tx.send(());
+            }));
+            let _ = done_rx.recv_timeout(Duration::from_secs(1));
+        });
+    }
+    for n in 0..4u8 {
+        ingest(&mut s, &root, 12, 0.0);
+        root.flush().unwrap();
+        let at = root.last_record();
+        ingest(&mut s, &root, 12, 0.0);
+        root.flush().unwrap();
+        let horizon = root.disk_consistent_lsn();
+        root.compact_images(horizon).unwrap();
+        *round.lock().unwrap() = Some((s.tenant.clone(), root.timeline_id, horizon));
+
+        let child_id = TimelineId::from_bytes([n + 100; 16]);
+        let child = s
+            .tenant
+            .branch_timeline(root.timeline_id, child_id, at)
+            .unwrap();
+        for t in gc_threads.lock().unwrap().drain(..) {
+            t.join().unwrap();
+        }
+        assert_eq!(root.gc_horizon(), horizon, "the GC ran");
+        s.model
+            .ancestors
+            .insert(child_id, (root.timeline_id, at.last));
+        check_reads(
+            &child,
+            &s.model,
+            at.last,
+            at.last,
+            "branch created during GC",
+        );
+    }
+    utils::failpoint::clear(pageserver::tenant::BRANCH_POINT_CHECKED);
+    // After a restart every branch still reads its start.
+    let children: Vec<(TimelineId, Lsn)> = s.tenant.children(root.timeline_id);
+    assert_eq!(children.len(), 4);
+    drop(root);
+    s.tenant = Tenant::load(&s.workdir, s.tenant_id, conf(16 * 1024));
+    assert_eq!(s.tenant.state(), TenantState::Active);
+    for (id, at) in children {
+        let child = s.tenant.get_timeline(id).unwrap();
+        check_reads(&child, &s.model, at, at, "branch reloaded");
+    }
+}

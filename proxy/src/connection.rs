@@ -96,37 +96,51 @@ fn client_error(code: &'static str, message: impl Into<String>) -> ClientError {
     }
 }
 
-/// Serve one client connection until it ends or `cancel` fires.
+/// Serve one client connection until it ends or `cancel` fires. Its
+/// startup phase (TLS, the startup packet) is `pending`: cut short at the
+/// startup deadline, or closed at once when newer connections need room;
+/// then it takes a session slot or is refused with `53300`.
 pub async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
+    pending: pq_proto::Pending,
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    tcp.set_nodelay(true)?;
     let mut stream: Option<Box<dyn Stream>> = Some(Box::new(tcp));
     let mut buf = BytesMut::new();
-    let startup = tokio::time::timeout(
-        shared.startup_timeout,
-        read_startup(&mut stream, &mut buf, shared.tls.as_ref()),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(client_error(
+    let startup = pending
+        .startup(read_startup(&mut stream, &mut buf, shared.tls.as_ref()))
+        .await;
+    let startup = match startup {
+        Ok(startup) => startup,
+        Err(pq_proto::StartupAborted::Evicted) => {
+            // Can come at any rate: the listener logs them in sum.
+            debug!(%peer, "closed in its startup phase: too many connections were starting up");
+            return Ok(());
+        }
+        Err(pq_proto::StartupAborted::TimedOut(_)) => Err(client_error(
             "08P01",
             "timed out waiting for the startup packet",
-        ))
-    });
+        )),
+    };
     let Some(mut stream) = stream else {
         bail!("the TLS handshake failed");
     };
     let result = match startup {
         Ok(Startup::Cancel(key)) => {
+            drop(pending);
             forward_cancel(&shared, key).await;
             return Ok(());
         }
         Ok(Startup::Session { params, sni, tls }) => match admit(&params, tls, &shared) {
-            Ok(()) => session(&mut stream, params, sni, &shared, &cancel).await,
+            Ok(()) => match pending.establish() {
+                Ok(_slot) => session(&mut stream, params, sni, &shared, &cancel).await,
+                Err(refused) => Err(client_error(
+                    pq_proto::TooManyConnections::SQLSTATE,
+                    refused.to_string(),
+                )),
+            },
             Err(e) => Err(e),
         },
         Err(e) => Err(e),
@@ -140,10 +154,13 @@ pub async fn handle(
             BeMessage::ErrorResponse(&ErrorFields::fatal(e.code, e.message.clone()))
                 .write(&mut out)
                 .context("encoding an ErrorResponse")?;
-            // The client may be gone already.
-            let _ = stream.write_all(&out).await;
-            let _ = stream.flush().await;
-            let _ = stream.shutdown().await;
+            // The client may be gone already, or not reading.
+            let _ = tokio::time::timeout(shared.startup_timeout, async {
+                let _ = stream.write_all(&out).await;
+                let _ = stream.flush().await;
+                let _ = stream.shutdown().await;
+            })
+            .await;
             Ok(())
         }
     }
@@ -306,7 +323,7 @@ async fn session(
                 format!("connecting to the compute at {address}: {e}"),
             )
         })?;
-    let _ = compute.set_nodelay(true);
+    pq_proto::listener::configure_socket(&compute);
     info!(target = %routed.target, endpoint = %woken.endpoint, %address, "relaying");
     let mut startup = BytesMut::new();
     let forwarded = params.iter().filter_map(|(k, v)| {
@@ -369,15 +386,9 @@ async fn relay(
     };
     let to_client = async {
         // The startup phase, message by message, up to ReadyForQuery.
+        let mut body = Vec::new();
         loop {
-            let mut header = [0u8; 5];
-            compute_read.read_exact(&mut header).await?;
-            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-            if !(4..=MAX_STARTUP_REPLY_LEN).contains(&len) {
-                bail!("the compute sent a message of {len} bytes during startup");
-            }
-            let mut body = vec![0u8; len - 4];
-            compute_read.read_exact(&mut body).await?;
+            let header = read_startup_reply(&mut compute_read, &mut body).await?;
             if header[0] == b'K' && body.len() == 8 {
                 let k = CancelKey {
                     process_id: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
@@ -407,6 +418,28 @@ async fn relay(
     result
 }
 
+/// One message of the compute's startup phase: its header, and its body in
+/// `body` (replaced). The body grows as its bytes arrive, not by the length
+/// the header claims.
+async fn read_startup_reply<R: AsyncRead + Unpin>(
+    compute: &mut R,
+    body: &mut Vec<u8>,
+) -> anyhow::Result<[u8; 5]> {
+    body.clear();
+    let mut header = [0u8; 5];
+    compute.read_exact(&mut header).await?;
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if !(4..=MAX_STARTUP_REPLY_LEN).contains(&len) {
+        bail!("the compute sent a message of {len} bytes during startup");
+    }
+    let want = (len - 4) as u64;
+    compute.take(want).read_to_end(body).await?;
+    if body.len() as u64 != want {
+        bail!("the compute closed the connection inside a message");
+    }
+    Ok(header)
+}
+
 /// Pass a `CancelRequest` on to the compute whose session has that key;
 /// an unknown key is ignored, as PostgreSQL does.
 async fn forward_cancel(shared: &Shared, key: CancelKey) {
@@ -422,5 +455,66 @@ async fn forward_cancel(shared: &Shared, key: CancelKey) {
         }
         Ok(Err(e)) => warn!(%address, "forwarding a cancel request: {e}"),
         Err(_) => warn!(%address, "forwarding a cancel request timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::ReadBuf;
+
+    use super::*;
+
+    /// Gives `data`, then nothing, ever: a peer gone quiet.
+    struct Quiet(Vec<u8>);
+
+    impl AsyncRead for Quiet {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            out: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if self.0.is_empty() {
+                return Poll::Pending;
+            }
+            let n = self.0.len().min(out.remaining());
+            out.put_slice(&self.0[..n]);
+            self.0.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn header(tag: u8, body_len: usize) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&(body_len as u32 + 4).to_be_bytes());
+        out
+    }
+
+    #[tokio::test]
+    async fn a_claimed_length_is_not_reserved_before_the_bytes_arrive() {
+        // The header claims the most allowed; 10 bytes follow, then silence.
+        let mut data = header(b'S', MAX_STARTUP_REPLY_LEN - 4);
+        data.extend_from_slice(&[1; 10]);
+        let mut body = Vec::new();
+        let mut compute = Quiet(data);
+        let read = read_startup_reply(&mut compute, &mut body);
+        let waited = tokio::time::timeout(Duration::from_millis(100), read).await;
+        assert!(waited.is_err(), "a message without its body is not whole");
+        assert_eq!(body.len(), 10);
+        assert!(body.capacity() < 64 * 1024, "{} bytes", body.capacity());
+
+        // A whole message is read whole.
+        let mut data = header(b'S', 5000);
+        data.extend_from_slice(&[7; 5000]);
+        data.extend_from_slice(&header(b'Z', 1));
+        data.push(b'I');
+        let mut compute = Quiet(data);
+        let got = read_startup_reply(&mut compute, &mut body).await.unwrap();
+        assert_eq!((got[0], body.len()), (b'S', 5000));
+        assert!(body.iter().all(|&b| b == 7));
+        let got = read_startup_reply(&mut compute, &mut body).await.unwrap();
+        assert_eq!((got[0], &body[..]), (b'Z', &b"I"[..]));
     }
 }

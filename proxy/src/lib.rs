@@ -44,9 +44,17 @@ pub struct ProxyConf {
     /// Refuse clients that do not start with TLS (needs the certificate
     /// and key).
     pub require_tls: bool,
-    /// Client connections at most.
+    /// Client sessions at most (counted from the startup packet on); more
+    /// are refused with `53300`.
     pub max_connections: usize,
-    /// Seconds a client has to send its startup packet.
+    /// Client connections still starting up (TLS handshake, startup packet)
+    /// at most; beyond, the oldest is closed. They do not count in
+    /// `max_connections`, so sockets that never start up cannot keep
+    /// clients out. Authentication is the compute's, after the startup
+    /// packet: its `authentication_timeout` bounds it.
+    pub max_unauthenticated_connections: usize,
+    /// Seconds a client has, from its accept, to finish TLS and send its
+    /// startup packet.
     pub startup_timeout_seconds: f64,
     /// Seconds to wait for a compute to wake (a cold start included).
     pub wake_timeout_seconds: f64,
@@ -67,6 +75,7 @@ impl Default for ProxyConf {
             tls_key_path: None,
             require_tls: false,
             max_connections: 1000,
+            max_unauthenticated_connections: 100,
             startup_timeout_seconds: 10.0,
             wake_timeout_seconds: 120.0,
             connect_timeout_seconds: 10.0,
@@ -102,6 +111,10 @@ fn tls_acceptor(conf: &ProxyConf) -> anyhow::Result<Option<tokio_rustls::TlsAcce
 
 /// Runs the proxy until `cancel` fires.
 pub async fn run(conf: ProxyConf, cancel: CancellationToken) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        conf.max_unauthenticated_connections >= 1,
+        "max_unauthenticated_connections must be at least 1"
+    );
     let seconds = |s: f64| Duration::from_secs_f64(s.max(0.001));
     let shared = Arc::new(Shared {
         control_plane: ControlPlane::new(
@@ -146,13 +159,14 @@ pub async fn run(conf: ProxyConf, cancel: CancellationToken) -> anyhow::Result<(
         conf.control_plane_api
     );
     let http_task = tokio::spawn(http.serve(http_listener, Router::new(), cancel.clone()));
-    // Refused at once: a client that requires TLS still reads why.
     let pg_listener = pq_proto::Listener::new(
         pg_listener,
-        "proxy",
-        conf.max_connections,
-        pq_proto::Refusal::Immediately,
-        shared.startup_timeout,
+        pq_proto::ListenerConfig {
+            service: "proxy",
+            max_connections: conf.max_connections,
+            max_pending: conf.max_unauthenticated_connections,
+            startup_timeout: shared.startup_timeout,
+        },
     );
     loop {
         let accepted = tokio::select! {
@@ -166,12 +180,11 @@ pub async fn run(conf: ProxyConf, cancel: CancellationToken) -> anyhow::Result<(
             },
         };
         shared.metrics.connections.inc();
-        let (tcp, peer, permit) = (accepted.stream, accepted.peer, accepted.permit);
+        let (tcp, peer, pending) = (accepted.stream, accepted.peer, accepted.pending);
         let (shared, cancel) = (shared.clone(), cancel.clone());
         tokio::spawn(
             async move {
-                let _permit = permit;
-                if let Err(e) = connection::handle(tcp, peer, shared, cancel).await {
+                if let Err(e) = connection::handle(tcp, peer, pending, shared, cancel).await {
                     info!("connection ended: {e:#}");
                 }
             }

@@ -45,6 +45,17 @@ struct Cli {
     /// Seconds to wait for a compute to wake [default: 120]
     #[arg(long = "wake-timeout", value_name = "SECONDS")]
     wake_timeout_seconds: Option<f64>,
+    /// Client sessions at most; more are refused [default: 1000]
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Client connections still starting up (TLS, startup packet) at most;
+    /// beyond, the oldest is closed [default: 100]
+    #[arg(long, value_name = "N")]
+    max_unauthenticated_connections: Option<usize>,
+    /// Seconds a client has to finish TLS and send its startup packet
+    /// [default: 10]
+    #[arg(long = "startup-timeout", value_name = "SECONDS")]
+    startup_timeout_seconds: Option<f64>,
 }
 
 fn main() -> ExitCode {
@@ -59,7 +70,10 @@ fn main() -> ExitCode {
                 listen_pg_addr,
                 listen_http_addr,
                 control_plane_api,
-                wake_timeout_seconds
+                wake_timeout_seconds,
+                max_connections,
+                max_unauthenticated_connections,
+                startup_timeout_seconds
             );
             if cli.tls_cert_path.is_some() {
                 conf.tls_cert_path = cli.tls_cert_path;

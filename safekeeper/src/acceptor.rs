@@ -126,8 +126,27 @@ pub enum AcceptorError {
         end: Lsn,
         write_lsn: Lsn,
     },
+    #[error(
+        "proposer's {what} {lsn} is beyond the greatest LSN a timeline may reach ({MAX_PEER_LSN})"
+    )]
+    LsnOutOfRange { what: &'static str, lsn: Lsn },
+    #[error("append of {len} bytes at {begin} claims to end at {end}")]
+    AppendLength { begin: Lsn, end: Lsn, len: usize },
     #[error(transparent)]
     Storage(#[from] anyhow::Error),
+}
+
+/// The greatest LSN a proposer may name: 2^62 (4 EiB of WAL, beyond any
+/// real timeline). Adding a segment or a message to an LSN below it can
+/// never overflow, so no state a proposer makes this safekeeper persist
+/// can break its arithmetic later.
+pub const MAX_PEER_LSN: Lsn = Lsn(1 << 62);
+
+fn check_lsn(what: &'static str, lsn: Lsn) -> Result<(), AcceptorError> {
+    if lsn > MAX_PEER_LSN {
+        return Err(AcceptorError::LsnOutOfRange { what, lsn });
+    }
+    Ok(())
 }
 
 /// Take the proposer's value if the timeline has none (0) yet, else require
@@ -263,6 +282,11 @@ impl<C: ControlStore, W: WalStore> Acceptor<C, W> {
     }
 
     fn elected(&mut self, e: ProposerElected) -> Result<(), AcceptorError> {
+        check_lsn("start_streaming_at", e.start_streaming_at)?;
+        check_lsn("timeline_start_lsn", e.timeline_start_lsn)?;
+        for entry in &e.term_history.0 {
+            check_lsn("term history LSN", entry.lsn)?;
+        }
         if e.term < self.state.term {
             return Err(AcceptorError::StaleTerm {
                 received: e.term,
@@ -314,6 +338,17 @@ impl<C: ControlStore, W: WalStore> Acceptor<C, W> {
     }
 
     fn append(&mut self, a: AppendRequest) -> Result<(), AcceptorError> {
+        check_lsn("begin_lsn", a.begin_lsn)?;
+        check_lsn("end_lsn", a.end_lsn)?;
+        check_lsn("commit_lsn", a.commit_lsn)?;
+        check_lsn("truncate_lsn", a.truncate_lsn)?;
+        if a.begin_lsn.checked_add(a.wal_data.len() as u64) != Some(a.end_lsn) {
+            return Err(AcceptorError::AppendLength {
+                begin: a.begin_lsn,
+                end: a.end_lsn,
+                len: a.wal_data.len(),
+            });
+        }
         if a.term < self.state.term {
             return Err(AcceptorError::StaleTerm {
                 received: a.term,

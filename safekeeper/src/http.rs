@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use axum::{Json, Router};
-use daemon_utils::ApiError;
+use daemon_utils::{ApiError, ApiRoutes};
 use safekeeper_api::models::{TimelineCreateRequest, TimelineStatus};
 use utils::{TenantId, TimelineId};
 
@@ -33,15 +33,21 @@ where
         .map_err(|e: T::Err| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
+/// The API's OpenAPI document, served at `GET /v1/openapi.json`.
+pub const OPENAPI_SPEC: &str = include_str!("../../docs/openapi/safekeeper.json");
+
 pub fn routes(timelines: Arc<GlobalTimelines>) -> Router {
-    Router::new()
-        .route("/v1/timeline", get(list))
-        .route("/v1/tenant/{tenant_id}/timeline", post(create))
-        .route(
-            "/v1/tenant/{tenant_id}/timeline/{timeline_id}",
-            get(status).delete(delete),
-        )
-        .with_state(timelines)
+    api_routes().with_state(timelines)
+}
+
+/// The routes, listed: a unit test compares them with [`OPENAPI_SPEC`].
+fn api_routes() -> ApiRoutes<Arc<GlobalTimelines>> {
+    const TIMELINE: &str = "/v1/tenant/{tenant_id}/timeline/{timeline_id}";
+    ApiRoutes::new(OPENAPI_SPEC)
+        .get("/v1/timeline", list)
+        .post("/v1/tenant/{tenant_id}/timeline", create)
+        .get(TIMELINE, status)
+        .delete(TIMELINE, delete)
 }
 
 async fn list(State(timelines): State<Arc<GlobalTimelines>>) -> Json<Vec<TimelineStatus>> {
@@ -51,10 +57,10 @@ async fn list(State(timelines): State<Arc<GlobalTimelines>>) -> Json<Vec<Timelin
 async fn create(
     State(timelines): State<Arc<GlobalTimelines>>,
     Path(tenant_id): Path<String>,
-    body: Result<Json<TimelineCreateRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<TimelineCreateRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<TimelineStatus>), ApiError> {
     let tenant_id: TenantId = parse(&tenant_id)?;
-    let Json(request) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(request) = body?;
     let timeline = tokio::task::block_in_place(|| timelines.create(tenant_id, &request))?;
     Ok((StatusCode::CREATED, Json(timeline.status())))
 }
@@ -76,4 +82,18 @@ async fn delete(
         (parse(&tenant_id)?, parse(&timeline_id)?);
     tokio::task::block_in_place(|| timelines.delete(tenant_id, timeline_id))?;
     Ok(Json(serde_json::json!({ "deleted": true })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_describes_every_route() {
+        let problems = daemon_utils::openapi_mismatches(OPENAPI_SPEC, api_routes().listed());
+        assert!(
+            problems.is_empty(),
+            "docs/openapi/safekeeper.json: {problems:#?}"
+        );
+    }
 }

@@ -48,8 +48,23 @@ pub struct SafeKeeperConf {
     pub listen_pg_addr: String,
     /// HTTP management API address.
     pub listen_http_addr: String,
-    /// WAL service connections at most; more are refused with an error.
+    /// WAL service sessions at most; more are refused with an error.
     pub max_connections: usize,
+    /// WAL service connections still starting up (startup packet and
+    /// authentication) at most; beyond, the oldest is closed. They do not
+    /// count in `max_connections`, so sockets that never start up cannot
+    /// keep clients out.
+    pub max_unauthenticated_connections: usize,
+    /// Seconds a connection has, from its accept, to send its startup packet
+    /// and authenticate before it is closed.
+    pub startup_timeout_seconds: f64,
+    /// Seconds a session may stay silent between queries before it is
+    /// closed (0: never). Streams (`START_WAL_PUSH`, `START_REPLICATION`)
+    /// are not timed; TCP keepalives notice a peer that vanished.
+    pub idle_timeout_seconds: f64,
+    /// Bytes of WAL one walproposer connection may have received and not
+    /// yet written: reading from it pauses at this.
+    pub wal_push_queue_bytes: usize,
     /// Storage broker to publish active timelines to (`host:port` or
     /// `http://host:port`); none: timelines are not published.
     pub broker_endpoint: Option<String>,
@@ -80,6 +95,11 @@ impl Default for SafeKeeperConf {
             listen_pg_addr: "127.0.0.1:5454".into(),
             listen_http_addr: "127.0.0.1:7676".into(),
             max_connections: 1000,
+            max_unauthenticated_connections:
+                pq_proto::query_server::DEFAULT_MAX_PENDING_CONNECTIONS,
+            startup_timeout_seconds: pq_proto::query_server::DEFAULT_STARTUP_TIMEOUT.as_secs_f64(),
+            idle_timeout_seconds: pq_proto::query_server::DEFAULT_IDLE_TIMEOUT.as_secs_f64(),
+            wal_push_queue_bytes: receive_wal::DEFAULT_QUEUE_BYTES,
             broker_endpoint: None,
             advertise_pg_addr: None,
             advertise_http_addr: None,
@@ -92,6 +112,16 @@ impl Default for SafeKeeperConf {
 
 /// Runs the safekeeper until `cancel` fires.
 pub async fn run(conf: SafeKeeperConf, cancel: CancellationToken) -> anyhow::Result<()> {
+    let server_config = pq_proto::ServerConfig::new("safekeeper", conf.max_connections)
+        .with_limits(
+            conf.max_unauthenticated_connections,
+            conf.startup_timeout_seconds,
+            conf.idle_timeout_seconds,
+        )?;
+    anyhow::ensure!(
+        conf.wal_push_queue_bytes >= 1,
+        "wal_push_queue_bytes must be at least 1"
+    );
     std::fs::create_dir_all(&conf.datadir)
         .with_context(|| format!("creating the data directory {}", conf.datadir.display()))?;
     let remote = match &conf.remote_storage {
@@ -170,9 +200,13 @@ pub async fn run(conf: SafeKeeperConf, cancel: CancellationToken) -> anyhow::Res
     let wal_service = tokio::spawn(wal_service::serve(
         pg_listener,
         timelines.clone(),
-        conf.max_connections,
-        conf.testing_wal_write_bytes_per_second
-            .map(|bytes_per_second| receive_wal::WriteThrottle { bytes_per_second }),
+        server_config,
+        receive_wal::ReceiveConf {
+            queue_bytes: conf.wal_push_queue_bytes,
+            throttle: conf
+                .testing_wal_write_bytes_per_second
+                .map(|bytes_per_second| receive_wal::WriteThrottle { bytes_per_second }),
+        },
         auth,
         cancel.clone(),
     ));

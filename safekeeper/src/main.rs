@@ -55,6 +55,21 @@ struct Cli {
     /// file [default: none, nobody is asked]
     #[arg(long, value_name = "PATH")]
     auth_public_key: Option<std::path::PathBuf>,
+    /// WAL service sessions at most; more are refused [default: 1000]
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// WAL service connections still starting up (startup packet and
+    /// authentication) at most; beyond, the oldest is closed [default: 100]
+    #[arg(long, value_name = "N")]
+    max_unauthenticated_connections: Option<usize>,
+    /// Seconds a connection has to send its startup packet and
+    /// authenticate [default: 30]
+    #[arg(long = "startup-timeout", value_name = "SECONDS")]
+    startup_timeout_seconds: Option<f64>,
+    /// Seconds a session may be silent between queries, 0 for ever
+    /// (streams are not timed) [default: 600]
+    #[arg(long = "idle-timeout", value_name = "SECONDS")]
+    idle_timeout_seconds: Option<f64>,
 }
 
 fn main() -> ExitCode {
@@ -63,7 +78,18 @@ fn main() -> ExitCode {
         safekeeper::SERVICE,
         cli.common.config.as_deref(),
         |conf: &mut SafeKeeperConf| {
-            apply_overrides!(conf, cli, id, datadir, listen_pg_addr, listen_http_addr);
+            apply_overrides!(
+                conf,
+                cli,
+                id,
+                datadir,
+                listen_pg_addr,
+                listen_http_addr,
+                max_connections,
+                max_unauthenticated_connections,
+                startup_timeout_seconds,
+                idle_timeout_seconds
+            );
             if cli.testing_wal_write_bytes_per_second.is_some() {
                 conf.testing_wal_write_bytes_per_second = cli.testing_wal_write_bytes_per_second;
             }

@@ -338,6 +338,12 @@ impl GlobalTimelines {
                 req.wal_seg_size
             )));
         }
+        if let Some(start) = req.start_lsn.filter(|&l| l > crate::acceptor::MAX_PEER_LSN) {
+            return Err(TimelineError::Invalid(format!(
+                "start_lsn {start} is beyond the greatest LSN a timeline may reach ({})",
+                crate::acceptor::MAX_PEER_LSN
+            )));
+        }
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         if map.contains_key(&(tenant_id, timeline_id)) {
             return Err(TimelineError::AlreadyExists(tenant_id, timeline_id));

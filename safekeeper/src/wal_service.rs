@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, Instrument};
 use utils::{Lsn, TenantId, TimelineId};
 
-use crate::receive_wal::WriteThrottle;
+use crate::receive_wal::ReceiveConf;
 use crate::timeline::{GlobalTimelines, Timeline};
 use crate::{receive_wal, send_wal};
 
@@ -173,29 +173,28 @@ fn parse_command(query: &str) -> anyhow::Result<Command> {
     }
 }
 
-/// Accept WAL service connections until `cancel` fires, at most
-/// `max_connections` at once.
+/// Accept WAL service connections until `cancel` fires, within the
+/// connection limits and timeouts of `server`.
 pub async fn serve(
     listener: TcpListener,
     timelines: Arc<GlobalTimelines>,
-    max_connections: usize,
-    throttle: Option<WriteThrottle>,
+    server: ServerConfig,
+    receive: ReceiveConf,
     auth: Option<Arc<JwtVerifier>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let handler = Arc::new(WalService {
         timelines,
-        throttle,
+        receive,
         auth,
     });
-    let config = ServerConfig::new("safekeeper", max_connections);
-    pq_proto::query_server::serve(listener, handler, config, cancel).await
+    pq_proto::query_server::serve(listener, handler, server, cancel).await
 }
 
 /// The WAL service's queries.
 struct WalService {
     timelines: Arc<GlobalTimelines>,
-    throttle: Option<WriteThrottle>,
+    receive: ReceiveConf,
     /// Verifies the token each connection sends as its password.
     auth: Option<Arc<JwtVerifier>>,
 }
@@ -237,10 +236,10 @@ impl QueryHandler<TcpStream> for WalService {
             Command::StartWalPush => {
                 let timeline = conn.timeline(&self.timelines)?;
                 conn.check(&timeline, false)?;
-                let throttle = self.throttle;
+                let receive = self.receive;
                 Ok(QueryOutcome::take_over(move |pgb, cancel| {
                     let span = info_span!("wal_push", tenant_id = %timeline.tenant_id, timeline_id = %timeline.timeline_id);
-                    receive_wal::handle(pgb, timeline, throttle, cancel).instrument(span)
+                    receive_wal::handle(pgb, timeline, receive, cancel).instrument(span)
                 }))
             }
             Command::StartReplication { start } => {

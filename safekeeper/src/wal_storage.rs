@@ -10,6 +10,15 @@
 //! returns, so WAL of an abandoned term can never be read back after a
 //! restart; a restart finds the end of WAL by decoding from a known record
 //! boundary.
+//!
+//! Faults: a segment is allocated on disk (not sparse) when it is created,
+//! before any byte of an append is decoded or written, so a full disk
+//! refuses the append whole and changes nothing; it can be retried once
+//! space returns. A failed write or fsync, as in PostgreSQL, is not
+//! retried: the kernel may have dropped the dirty pages, so a later fsync
+//! that succeeds proves nothing. The WAL storage then refuses every
+//! append, flush and truncation (nothing more is acknowledged) until the
+//! safekeeper restarts and finds the end of WAL again from disk.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -100,6 +109,31 @@ pub struct PhysicalWal {
     /// Segments written since the last fsync.
     dirty: BTreeSet<u64>,
     created_files: bool,
+    /// Why this storage refuses everything: a write or fsync failed.
+    failed: Option<String>,
+    /// A fault to inject next (tests of the failure paths).
+    injected: Option<WalFault>,
+}
+
+/// A fault [`PhysicalWal::inject_fault`] makes the next matching operation
+/// fail with, as the kernel would report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalFault {
+    /// The next fsync of a segment fails (EIO).
+    Fsync,
+    /// The next write into a segment fails (EIO).
+    Write,
+    /// The next segment creation finds the disk full (ENOSPC).
+    DiskFull,
+}
+
+impl WalFault {
+    fn error(self) -> std::io::Error {
+        match self {
+            WalFault::Fsync | WalFault::Write => std::io::Error::from_raw_os_error(libc::EIO),
+            WalFault::DiskFull => std::io::Error::from_raw_os_error(libc::ENOSPC),
+        }
+    }
 }
 
 impl PhysicalWal {
@@ -123,19 +157,67 @@ impl PhysicalWal {
             decoder: None,
             dirty: BTreeSet::new(),
             created_files: false,
+            failed: None,
+            injected: None,
         };
         if !boundary.is_valid() || wal.segment_numbers()?.is_empty() {
             return Ok(wal);
         }
         // Acknowledged flush positions include the padding after the last
         // record (zeros), so the end found again must too.
-        let end = wal.find_end(boundary)?.align_up(MAXALIGN as u64);
+        let end = wal
+            .find_end(boundary)?
+            .checked_align_up(MAXALIGN as u64)
+            .context("the end of WAL lies past the greatest LSN")?;
         wal.reset_at(end)?;
         Ok(wal)
     }
 
     fn segment_numbers(&self) -> anyhow::Result<Vec<u64>> {
         self.reader().segment_numbers()
+    }
+
+    /// Make the next operation that `fault` names fail (for tests of the
+    /// failure paths; nothing else calls it).
+    #[doc(hidden)]
+    pub fn inject_fault(&mut self, fault: WalFault) {
+        self.injected = Some(fault);
+    }
+
+    fn take_fault(&mut self, fault: WalFault) -> std::io::Result<()> {
+        if self.injected == Some(fault) {
+            self.injected = None;
+            return Err(fault.error());
+        }
+        Ok(())
+    }
+
+    /// Why the storage refuses everything, if a write or fsync failed.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    fn check_usable(&self) -> anyhow::Result<()> {
+        match &self.failed {
+            Some(reason) => bail!(
+                "the WAL storage in {} stopped after a failed write or fsync ({reason}); \
+                 restart the safekeeper to find the end of WAL on disk again",
+                self.dir.display()
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// Stop using the storage for good: what the kernel holds for it
+    /// cannot be trusted to reach the disk.
+    fn fail(&mut self, error: anyhow::Error) -> anyhow::Error {
+        let reason = format!("{error:#}");
+        tracing::error!(
+            "WAL storage in {} failed, acknowledging nothing more until a restart: {reason}",
+            self.dir.display()
+        );
+        self.failed = Some(reason);
+        error
     }
 
     fn segment_path(&self, segno: u64) -> PathBuf {
@@ -170,7 +252,8 @@ impl PhysicalWal {
     /// end as MAXALIGNed (a commit waits for `XactLastRecEnd`, which is).
     fn durable_record_end(&self) -> Lsn {
         self.written_record_lsn
-            .align_up(MAXALIGN as u64)
+            .checked_align_up(MAXALIGN as u64)
+            .unwrap_or(self.write_lsn)
             .min(self.write_lsn)
     }
 
@@ -188,14 +271,30 @@ impl PhysicalWal {
         match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(file) => Ok(Some(file)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                    .with_context(|| format!("creating {}", path.display()))?;
-                file.set_len(self.segment_size as u64)
-                    .with_context(|| format!("sizing {}", path.display()))?;
+                // Allocated in a temporary file renamed into place: a
+                // segment file that exists has all its blocks.
+                let tmp = path.with_extension("tmp");
+                let size = self.segment_size as u64;
+                let allocated = self.take_fault(WalFault::DiskFull).and_then(|()| {
+                    let file = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&tmp)?;
+                    allocate(&file, size)?;
+                    fs::rename(&tmp, &path)?;
+                    Ok(file)
+                });
+                let file = match allocated {
+                    Ok(file) => file,
+                    Err(e) => {
+                        let _ = fs::remove_file(&tmp);
+                        return Err(e).with_context(|| {
+                            format!("creating WAL segment {} ({size} bytes)", path.display())
+                        });
+                    }
+                };
                 self.created_files = true;
                 Ok(Some(file))
             }
@@ -217,15 +316,33 @@ impl PhysicalWal {
         }
     }
 
+    /// Create (allocated on disk) the segments that `len` bytes at `lsn`
+    /// go to. A full disk fails here, before anything is written.
+    fn prepare_segments(&mut self, lsn: Lsn, len: usize) -> anyhow::Result<()> {
+        let Some(last) = lsn.checked_add(len.saturating_sub(1) as u64) else {
+            bail!("WAL of {len} bytes at {lsn} goes past the end of the LSN space");
+        };
+        let first = lsn.segment_number(self.segment_size as u64);
+        for segno in first..=last.segment_number(self.segment_size as u64) {
+            if !self.segment_path(segno).exists() {
+                self.open_segment(segno, true)?;
+            }
+        }
+        Ok(())
+    }
+
     fn write_at(&mut self, mut lsn: Lsn, mut data: &[u8]) -> anyhow::Result<()> {
         while !data.is_empty() {
             let segno = lsn.segment_number(self.segment_size as u64);
             let offset = lsn.segment_offset(self.segment_size as u64) as usize;
             let n = data.len().min(self.segment_size - offset);
-            let file = self.open_segment(segno, true)?.expect("created");
-            file.write_all_at(&data[..n], offset as u64)
-                .with_context(|| format!("writing WAL at {lsn}"))?;
+            let Some(file) = self.open_segment(segno, false)? else {
+                bail!("WAL segment {segno} vanished before WAL at {lsn} was written to it");
+            };
             self.dirty.insert(segno);
+            self.take_fault(WalFault::Write)
+                .and_then(|()| file.write_all_at(&data[..n], offset as u64))
+                .with_context(|| format!("writing WAL at {lsn}"))?;
             lsn += n as u64;
             data = &data[n..];
         }
@@ -239,6 +356,19 @@ impl PhysicalWal {
     }
 }
 
+/// Give `file` `len` bytes allocated on disk (not a sparse file, which
+/// would find the disk full in the middle of a later write).
+fn allocate(file: &File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len).map_err(|_| std::io::Error::other("segment too large"))?;
+    // SAFETY: the descriptor is open for writing for the whole call.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
 impl WalStore for PhysicalWal {
     fn write_lsn(&self) -> Lsn {
         self.write_lsn
@@ -249,12 +379,19 @@ impl WalStore for PhysicalWal {
     }
 
     fn write(&mut self, at: Lsn, data: &[u8]) -> anyhow::Result<()> {
+        self.check_usable()?;
         if at != self.write_lsn {
             bail!(
                 "WAL write at {at} does not continue the WAL written up to {}",
                 self.write_lsn
             );
         }
+        if self.decoder.is_none() {
+            bail!("WAL write at {at} before the log has a start");
+        }
+        // Space first: a full disk refuses the append before the decoder
+        // has seen it, so a retry starts from the same state.
+        self.prepare_segments(at, data.len())?;
         let Some(decoder) = self.decoder.as_mut() else {
             bail!("WAL write at {at} before the log has a start");
         };
@@ -268,7 +405,9 @@ impl WalStore for PhysicalWal {
                 Err(e) => bail!("refusing WAL at {at}: {e}"),
             }
         }
-        self.write_at(at, data)?;
+        if let Err(e) = self.write_at(at, data) {
+            return Err(self.fail(e));
+        }
         crate::metrics::metrics()
             .wal_bytes_written
             .inc_by(data.len() as u64);
@@ -290,20 +429,36 @@ impl WalStore for PhysicalWal {
         let metrics = crate::metrics::metrics();
         let _timer = metrics.wal_flush_seconds.start_timer();
         metrics.wal_flushes.inc();
-        for segno in std::mem::take(&mut self.dirty) {
-            if let Some(file) = self.open_segment(segno, false)? {
-                file.sync_data()
-                    .with_context(|| format!("fsyncing WAL segment {segno}"))?;
+        self.check_usable()?;
+        // A segment leaves the dirty set only once its fsync succeeded; a
+        // failed fsync stops the storage (see the module's documentation).
+        let dirty: Vec<u64> = self.dirty.iter().copied().collect();
+        for segno in dirty {
+            let synced = self.open_segment(segno, false).and_then(|file| {
+                if let Some(file) = file {
+                    self.take_fault(WalFault::Fsync)
+                        .and_then(|()| file.sync_data())
+                        .with_context(|| format!("fsyncing WAL segment {segno}"))?;
+                }
+                Ok(())
+            });
+            if let Err(e) = synced {
+                return Err(self.fail(e));
             }
+            self.dirty.remove(&segno);
         }
-        if std::mem::take(&mut self.created_files) {
-            self.fsync_dir()?;
+        if self.created_files {
+            if let Err(e) = self.fsync_dir() {
+                return Err(self.fail(e));
+            }
+            self.created_files = false;
         }
         self.flush_lsn = self.durable_record_end();
         Ok(())
     }
 
     fn truncate(&mut self, at: Lsn) -> anyhow::Result<()> {
+        self.check_usable()?;
         let segno = at.segment_number(self.segment_size as u64);
         let offset = at.segment_offset(self.segment_size as u64) as usize;
         if let Some(file) = self.open_segment(segno, true)? {

@@ -759,6 +759,66 @@ async fn terms_never_go_backwards() {
     sk.stop().await;
 }
 
+/// LSNs near the top of the LSN space are refused before anything is
+/// written: accepted, they would be persisted, and every later append's
+/// arithmetic on them would overflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lsns_past_the_greatest_are_refused() {
+    let sk = Safekeeper::start("lsn-range", 100).await;
+    let (tenant, timeline) = sk.new_timeline().await;
+    let top = Lsn(u64::MAX - 3);
+    let cases: Vec<(ProposerMessage, &str)> = vec![
+        (
+            ProposerMessage::Elected(ProposerElected {
+                term: 5,
+                start_streaming_at: top,
+                term_history: history(&[(5, top)]),
+                timeline_start_lsn: X,
+            }),
+            "start_streaming_at FFFFFFFF/FFFFFFFC is beyond the greatest LSN",
+        ),
+        (
+            ProposerMessage::Elected(ProposerElected {
+                term: 5,
+                start_streaming_at: X,
+                term_history: history(&[(5, X)]),
+                timeline_start_lsn: top,
+            }),
+            "timeline_start_lsn FFFFFFFF/FFFFFFFC is beyond",
+        ),
+    ];
+    for (message, expected) in cases {
+        refused_after_greeting(&sk, tenant, timeline, 1, &[message], expected).await;
+    }
+    // Elected properly, an append whose commit LSN is past the top is
+    // refused too, and the timeline goes on.
+    let mut client = sk.connect(tenant, timeline).await;
+    let mut copy = client.copy_both("START_WAL_PUSH").await.unwrap();
+    ask(&mut copy, &greeting(tenant, timeline, 1)).await;
+    assert!(vote(&mut copy, 5).await.vote_given);
+    send(&mut copy, &elected(5, &[(5, X)])).await;
+    send(
+        &mut copy,
+        &ProposerMessage::Append(AppendRequest {
+            term: 5,
+            begin_lsn: X,
+            end_lsn: X,
+            commit_lsn: top,
+            truncate_lsn: Lsn(0),
+            wal_data: bytes::Bytes::new(),
+        }),
+    )
+    .await;
+    expect_refusal(&mut copy, "commit_lsn FFFFFFFF/FFFFFFFC is beyond").await;
+    drop(client);
+    sk.settle(tenant, timeline).await;
+    let status = sk.status(tenant, timeline).await;
+    assert_eq!(status.term, 5);
+    assert_eq!(status.commit_lsn, Lsn(0));
+    greeting_works(&sk, tenant, timeline, 5).await;
+    sk.stop().await;
+}
+
 // ---------------------------------------------------------------------------
 // 5. Two proposers: the deposed one is refused
 // ---------------------------------------------------------------------------
@@ -908,6 +968,16 @@ async fn http_api_refuses_bad_requests() {
         .unwrap();
     let message = json_error(resp, StatusCode::BAD_REQUEST).await;
     assert!(message.contains("WAL segment size 12345"), "{message}");
+    // A start LSN no later arithmetic could add to.
+    let resp = sk
+        .http
+        .post(&create_url)
+        .json(&json!({ "timeline_id": t2.to_string(), "pg_version": PG_VERSION, "wal_seg_size": SEG, "start_lsn": "FFFFFFFF/FFFFFFFF" }))
+        .send()
+        .await
+        .unwrap();
+    let message = json_error(resp, StatusCode::BAD_REQUEST).await;
+    assert!(message.contains("beyond the greatest LSN"), "{message}");
     // Not JSON at all.
     let resp = sk
         .http

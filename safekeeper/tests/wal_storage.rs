@@ -75,20 +75,26 @@ fn flush_lsn_follows_complete_records() {
             .max()
             .unwrap_or(start);
         // The record's end, MAXALIGNed once the padding arrived.
-        assert_eq!(wal.flush_lsn(), last.align_up(8).min(written).max(last));
+        assert_eq!(
+            wal.flush_lsn(),
+            last.checked_align_up(8).unwrap().min(written).max(last)
+        );
     }
     assert_eq!(wal.flush_lsn(), *ends.last().unwrap());
     assert!(ends.last().unwrap().segment_number(SEG as u64) > start.segment_number(SEG as u64));
 
     // A restart finds the same end from any earlier record boundary.
     let reopened = PhysicalWal::open(&dir, SEG, V15, ends[10]).unwrap();
-    assert_eq!(reopened.flush_lsn(), ends.last().unwrap().align_up(8));
+    assert_eq!(
+        reopened.flush_lsn(),
+        ends.last().unwrap().checked_align_up(8).unwrap()
+    );
 
     // Truncation: later WAL is gone, and stays gone after a restart.
     wal.truncate(ends[100]).unwrap();
     assert_eq!((wal.write_lsn(), wal.flush_lsn()), (ends[100], ends[100]));
     let reopened = PhysicalWal::open(&dir, SEG, V15, ends[10]).unwrap();
-    assert_eq!(reopened.flush_lsn(), ends[100].align_up(8));
+    assert_eq!(reopened.flush_lsn(), ends[100].checked_align_up(8).unwrap());
     let mut buf = vec![0u8; 64];
     wal.read(ends[100], &mut buf).unwrap();
     assert!(buf.iter().all(|&b| b == 0));
@@ -158,5 +164,137 @@ fn switch_record_counts_only_once_its_padding_is_written() {
         );
     }
     assert_eq!(wal.flush_lsn(), segment_end);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A failed fsync stops the storage: nothing more is acknowledged, not even
+/// after a later fsync that would succeed (the kernel may have dropped the
+/// pages it failed to write), and a restart finds the end of WAL on disk.
+#[test]
+fn failed_fsync_stops_acknowledging_until_a_restart() {
+    use safekeeper::wal_storage::WalFault;
+    let mut rng = StdRng::seed_from_u64(6);
+    let start = Lsn(SEG as u64 + SIZE_OF_XLOG_LONG_PHD as u64);
+    let (bytes, ends) = make_wal(&mut rng, start, 60);
+    let dir = tempdir("fsync");
+    let mut wal = PhysicalWal::open(&dir, SEG, V15, Lsn::INVALID).unwrap();
+    wal.truncate(start).unwrap();
+    let first = (ends[19] - start) as usize;
+    wal.write(start, &bytes[..first]).unwrap();
+    wal.flush().unwrap();
+    assert_eq!(wal.flush_lsn(), ends[19]);
+
+    let second = (ends[39] - start) as usize;
+    wal.write(ends[19], &bytes[first..second]).unwrap();
+    wal.inject_fault(WalFault::Fsync);
+    let err = wal.flush().unwrap_err();
+    assert!(
+        format!("{err:#}").contains("fsyncing WAL segment"),
+        "{err:#}"
+    );
+    assert_eq!(wal.flush_lsn(), ends[19], "nothing more is acknowledged");
+    // No fault is injected any more, yet the storage refuses to go on.
+    let err = wal.flush().unwrap_err();
+    assert!(err.to_string().contains("restart the safekeeper"), "{err}");
+    assert_eq!(wal.flush_lsn(), ends[19]);
+    let err = wal.write(ends[39], &bytes[second..]).unwrap_err();
+    assert!(err.to_string().contains("restart the safekeeper"), "{err}");
+    assert!(wal.truncate(ends[19]).is_err());
+    assert!(wal.failure().is_some());
+
+    // A restart recovers from what is on disk and goes on.
+    let mut wal = PhysicalWal::open(&dir, SEG, V15, ends[0]).unwrap();
+    assert_eq!(wal.flush_lsn(), ends[39].checked_align_up(8).unwrap());
+    let resume = wal.write_lsn();
+    let at = (resume - start) as usize;
+    wal.write(resume, &bytes[at..]).unwrap();
+    wal.flush().unwrap();
+    assert_eq!(wal.flush_lsn(), *ends.last().unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A failed write stops the storage too (PostgreSQL PANICs on it).
+#[test]
+fn failed_write_stops_acknowledging() {
+    use safekeeper::wal_storage::WalFault;
+    let mut rng = StdRng::seed_from_u64(7);
+    let start = Lsn(SEG as u64 + SIZE_OF_XLOG_LONG_PHD as u64);
+    let (bytes, ends) = make_wal(&mut rng, start, 20);
+    let dir = tempdir("write-fail");
+    let mut wal = PhysicalWal::open(&dir, SEG, V15, Lsn::INVALID).unwrap();
+    wal.truncate(start).unwrap();
+    let first = (ends[9] - start) as usize;
+    wal.write(start, &bytes[..first]).unwrap();
+    wal.flush().unwrap();
+    wal.inject_fault(WalFault::Write);
+    assert!(wal.write(ends[9], &bytes[first..]).is_err());
+    assert!(wal.write(ends[9], &bytes[first..]).is_err());
+    assert!(wal.flush().is_err());
+    assert_eq!(wal.flush_lsn(), ends[9]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A full disk refuses an append whole, before the decoder has seen it:
+/// the same append succeeds once space returns, and the WAL decodes as
+/// one log (the decoder never runs ahead of the disk).
+#[test]
+fn full_disk_refuses_an_append_whole_and_it_can_be_retried() {
+    use safekeeper::wal_storage::WalFault;
+    let mut rng = StdRng::seed_from_u64(8);
+    let start = Lsn(SEG as u64 + SIZE_OF_XLOG_LONG_PHD as u64);
+    let (bytes, ends) = make_wal(&mut rng, start, 400);
+    let dir = tempdir("enospc");
+    let mut wal = PhysicalWal::open(&dir, SEG, V15, Lsn::INVALID).unwrap();
+    wal.truncate(start).unwrap();
+    // Up to the last record that ends in the first segment.
+    let seg_end = Lsn((start.segment_number(SEG as u64) + 1) * SEG as u64);
+    let i = ends.iter().rposition(|&e| e < seg_end).unwrap();
+    let split = (ends[i] - start) as usize;
+    wal.write(start, &bytes[..split]).unwrap();
+    wal.flush().unwrap();
+
+    // The next append crosses into a new segment: the disk is full.
+    wal.inject_fault(WalFault::DiskFull);
+    let err = wal.write(ends[i], &bytes[split..]).unwrap_err();
+    assert!(format!("{err:#}").contains("No space left"), "{err:#}");
+    assert_eq!(wal.write_lsn(), ends[i], "nothing was written");
+    assert_eq!(wal.flush_lsn(), ends[i]);
+    assert!(wal.failure().is_none(), "a full disk is not a failed write");
+    wal.flush().unwrap();
+    assert_eq!(wal.flush_lsn(), ends[i]);
+
+    // Space returned: the same append goes through and decodes.
+    wal.write(ends[i], &bytes[split..]).unwrap();
+    wal.flush().unwrap();
+    assert_eq!(wal.flush_lsn(), *ends.last().unwrap());
+    let reopened = PhysicalWal::open(&dir, SEG, V15, ends[0]).unwrap();
+    assert_eq!(
+        reopened.flush_lsn(),
+        ends.last().unwrap().checked_align_up(8).unwrap()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Segments are allocated on disk when created, not sparse: a full disk
+/// shows when a segment is created, never in the middle of a write.
+#[test]
+fn segments_are_allocated_when_created() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempdir("allocated");
+    let mut wal = PhysicalWal::open(&dir, SEG, V15, Lsn::INVALID).unwrap();
+    let start = Lsn(SEG as u64 + SIZE_OF_XLOG_LONG_PHD as u64);
+    wal.truncate(start).unwrap();
+    let segments: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    let md = std::fs::metadata(&segments[0]).unwrap();
+    assert_eq!(md.len(), SEG as u64);
+    assert!(
+        md.blocks() * 512 >= SEG as u64,
+        "{} bytes allocated of {SEG}",
+        md.blocks() * 512
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -39,6 +39,11 @@ pub const SERVICE: ServiceInfo = daemon_utils::service_info!("storage_broker");
 
 /// The largest channel buffer accepted, in messages.
 const MAX_BUFFER: usize = 1 << 24;
+/// The most bytes one ring may hold at its limits (buffer × message size).
+const MAX_RING_BYTES: usize = 1 << 30;
+/// The message size limit, by default: a real message (two ids, eight
+/// numbers, two `host:port` strings) is a few hundred bytes.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4096;
 
 /// `storage_broker.toml`: every key is optional.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,6 +62,14 @@ pub struct BrokerConf {
     /// Messages kept for the subscribers to one timeline (about ten seconds
     /// of its publications at the default).
     pub timeline_buffer: usize,
+    /// The largest message accepted, encoded, in bytes (requests too); a
+    /// publish stream that sends a larger one ends with
+    /// `RESOURCE_EXHAUSTED`, before the message is buffered. With the
+    /// buffers, it bounds the broker's memory: a ring holds at most
+    /// `buffer × max_message_bytes` of messages (128 MiB for all timelines
+    /// at the defaults), whatever subscribers lag; each must stay under
+    /// 1 GiB.
+    pub max_message_bytes: usize,
     /// Public key(s) that verify tokens (PEM). Publishing then needs a
     /// `safekeeper` token, subscribing a `pageserver` one (or admin), and
     /// `/metrics` admin; without it, nobody is asked.
@@ -70,6 +83,7 @@ impl Default for BrokerConf {
             max_concurrent_streams: 10_000,
             all_timelines_buffer: 32_768,
             timeline_buffer: 32,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             auth_public_key: None,
         }
     }
@@ -89,7 +103,18 @@ impl BrokerConf {
                 (1..=MAX_BUFFER).contains(&value),
                 "{name} must be between 1 and {MAX_BUFFER}, not {value}"
             );
+            let bytes = value.saturating_mul(self.max_message_bytes);
+            anyhow::ensure!(
+                bytes <= MAX_RING_BYTES,
+                "{name} of {value} messages of up to max_message_bytes = {} bytes could hold {bytes} bytes, more than the {MAX_RING_BYTES} allowed: lower one of them",
+                self.max_message_bytes
+            );
         }
+        anyhow::ensure!(
+            self.max_message_bytes >= 256,
+            "max_message_bytes must be at least 256 (a message with its ids and addresses), not {}",
+            self.max_message_bytes
+        );
         Ok(())
     }
 }
@@ -119,12 +144,47 @@ pub async fn serve(
     health
         .set_serving::<proto::broker_service_server::BrokerServiceServer<server::Broker>>()
         .await;
-    let grpc = tonic::service::Routes::new(proto::broker_service_server::BrokerServiceServer::new(
-        broker,
-    ))
+    // The limit is checked on each message's header, before its body is
+    // buffered.
+    let max_message_bytes = conf.max_message_bytes;
+    let grpc = tonic::service::Routes::new(
+        proto::broker_service_server::BrokerServiceServer::new(broker)
+            .max_decoding_message_size(max_message_bytes),
+    )
     .add_service(health_service)
     .into_axum_router();
     http.with_grpc(grpc)
         .serve(listener, Router::new(), cancel)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rings_are_bounded_in_bytes() {
+        BrokerConf::default().validate().unwrap();
+        let big_messages = BrokerConf {
+            max_message_bytes: 64 * 1024,
+            ..BrokerConf::default()
+        };
+        let err = big_messages.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("all_timelines_buffer of 32768 messages"),
+            "{err}"
+        );
+        // Fewer messages of that size fit.
+        BrokerConf {
+            all_timelines_buffer: 1024,
+            ..big_messages
+        }
+        .validate()
+        .unwrap();
+        let tiny = BrokerConf {
+            max_message_bytes: 100,
+            ..BrokerConf::default()
+        };
+        assert!(tiny.validate().is_err());
+    }
 }

@@ -6,7 +6,10 @@
 //! and a subscriber that falls a whole ring behind loses the oldest messages
 //! (counted and logged; safekeepers republish every second, so the next
 //! message supersedes the lost ones). A timeline's channel exists only while
-//! it has subscribers.
+//! it has subscribers. Messages are at most `max_message_bytes` (checked by
+//! the gRPC decoder on the message's header, before its body is buffered),
+//! so a ring holds at most its length times that many bytes, however far
+//! its subscribers lag.
 
 use std::collections::hash_map::{Entry, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -92,6 +95,7 @@ struct Shared {
     timeline_buffer: usize,
     streams: Arc<Semaphore>,
     max_streams: usize,
+    max_message_bytes: usize,
     metrics: Metrics,
     auth: Option<Arc<JwtVerifier>>,
     cancel: CancellationToken,
@@ -115,6 +119,7 @@ impl Broker {
             timeline_buffer: conf.timeline_buffer,
             streams: Arc::new(Semaphore::new(conf.max_concurrent_streams)),
             max_streams: conf.max_concurrent_streams,
+            max_message_bytes: conf.max_message_bytes,
             metrics: Metrics::register(registry)?,
             auth,
             cancel,
@@ -170,6 +175,19 @@ impl Broker {
     }
 }
 
+/// The gRPC decoder's refusal of a message over the size limit
+/// (`OUT_OF_RANGE`), told as what it is; other errors as they are.
+fn publish_error(status: Status, max_message_bytes: usize) -> Status {
+    if status.code() == tonic::Code::OutOfRange {
+        Status::resource_exhausted(format!(
+            "message too large: the storage broker accepts messages of at most {max_message_bytes} bytes ({})",
+            status.message()
+        ))
+    } else {
+        status
+    }
+}
+
 fn invalid_argument(err: InvalidMessage) -> Status {
     Status::invalid_argument(err.to_string())
 }
@@ -197,7 +215,13 @@ impl BrokerService for Broker {
             let message = match message {
                 Ok(Some(message)) => message,
                 Ok(None) => break Ok(Response::new(proto::Empty {})),
-                Err(status) => break Err(status),
+                Err(status) => {
+                    let status = publish_error(status, self.0.max_message_bytes);
+                    if status.code() == tonic::Code::ResourceExhausted {
+                        warn!("refusing a publish stream: {}", status.message());
+                    }
+                    break Err(status);
+                }
             };
             if safekeeper_id.is_none() {
                 info!("safekeeper {} started publishing", message.safekeeper_id);

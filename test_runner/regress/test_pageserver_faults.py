@@ -6,14 +6,17 @@ safekeeper it streams from is killed."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from fixtures.compute import Compute
 from fixtures.lsn import lsn_int, lsn_str
-from fixtures.neon_fixtures import NeonEnv
+from fixtures.neon_fixtures import NeonEnv, NeonEnvBuilder
 from fixtures.pg import VanillaPostgres
-from fixtures.utils import wait_until
+from fixtures.utils import metric_value, wait_until
 
 # Debug builds ingest slowly: pgbench -s 5 with wal_consistency_checking is
 # a few hundred MB of WAL.
@@ -264,3 +267,74 @@ def test_wal_receiver_switches_safekeepers(neon_env: NeonEnv):
 
     again = restart(neon_env, main, "again", walproposer=False)
     assert again.pg.sql("SELECT count(*), count(DISTINCT i) FROM t") == "6000|6000"
+
+
+def mount_tmpfs(path: Path, size_bytes: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)], check=True)
+
+
+def resize_tmpfs(path: Path, size_bytes: int) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size_bytes}", str(path)], check=True)
+
+
+def used_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root")
+def test_full_disk_pauses_ingest_until_space_returns(neon_env_builder: NeonEnvBuilder):
+    """The pageserver's disk fills while it ingests: writing an in-memory
+    layer fails with ENOSPC. Ingest pauses (memory stays bounded, the error
+    is reported in the timeline's detail and a metric) instead of piling up
+    frozen layers; once space returns it resumes by itself, and a compute
+    started afterwards reads exactly what was committed."""
+    workdir = neon_env_builder.out / "pageserver"
+    mount_tmpfs(workdir, 1 << 30)
+    try:
+        # Small in-memory layers: flushes come often.
+        neon_env_builder.pageserver_config = (
+            "open_layer_max_bytes = 2097152\ncheckpoint_distance = 4194304\n"
+            "[background]\ninterval_seconds = 3600\n")
+        env = neon_env_builder.init_start()
+        ps = env.pageserver
+        tenant, timeline = new_timeline(env)
+        main = env.compute("main", tenant, timeline)
+        main.pg.sql("CREATE TABLE t (id int, payload text)")
+        ingested(env, main)
+        r = ps.http("POST", f"/v1/tenant/{tenant}/timeline/{timeline}/checkpoint")
+        assert r.status_code == 200, r.text
+
+        # Leave 1 MB free: the next layer files cannot be written.
+        resize_tmpfs(workdir, used_bytes(workdir) + (1 << 20))
+        main.pg.sql("INSERT INTO t SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 100000) g")
+        target = main.insert_lsn()
+
+        def paused() -> str:
+            detail = ps.timeline(tenant, timeline)
+            assert detail.get("ingest_paused"), detail
+            return detail["ingest_paused"]
+        reason = wait_until("ingest to pause on the full disk", paused, INGEST_TIMEOUT)
+        assert "No space left" in reason, reason
+        assert metric_value(ps.http("GET", "/metrics").text, "pageserver_ingest_paused_timelines") == 1
+        stuck = lsn_int(ps.timeline(tenant, timeline)["last_record_lsn"])
+        assert stuck < target
+        # Paused means paused: nothing more is read while the disk is full.
+        for _ in range(3):
+            r = ps.http("GET", "/v1/status")
+            assert r.status_code == 200
+        assert lsn_int(ps.timeline(tenant, timeline)["last_record_lsn"]) <= stuck + (8 << 20)
+        assert ps.running
+
+        # Space returns: ingest resumes without a restart.
+        resize_tmpfs(workdir, 1 << 30)
+        ps.wait_for_lsn(tenant, timeline, target, INGEST_TIMEOUT)
+        assert not ps.timeline(tenant, timeline).get("ingest_paused")
+        assert metric_value(ps.http("GET", "/metrics").text, "pageserver_ingest_paused_timelines") == 0
+        expected = main.pg.sql("SELECT count(*), sum(hashtext(payload)) FROM t")
+        again = restart(env, main, "again")
+        assert again.pg.sql("SELECT count(*), sum(hashtext(payload)) FROM t") == expected
+    finally:
+        neon_env_builder.cleanup()
+        subprocess.run(["umount", "-l", str(workdir)], check=False)

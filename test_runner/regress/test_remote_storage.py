@@ -1,7 +1,11 @@
 """Pageserver layers in a real S3-protocol server: uploads with an index per
-timeline, attach after the local directory is lost, detach, an object
-store that is down for a while, a broken index, and remote deletion of the
-layers GC removed."""
+timeline, attach after the local directory is lost, detach, generations on
+attach, an object store that is down for a while, a broken index, and
+remote deletion of the layers GC removed.
+
+Object names carry the generation of the pageserver that wrote them
+(docs/remote-storage.md): ``index_part.json-<8 hex digits>`` and
+``<layer name>-<8 hex digits>``."""
 
 from __future__ import annotations
 
@@ -35,8 +39,23 @@ def timeline_keys(s3: S3Server, tenant: str, timeline: str) -> list[str]:
     return s3.keys(f"{PREFIX}/tenants/{tenant}/timelines/{timeline}/")
 
 
+def index_key(s3: S3Server, tenant: str, timeline: str) -> str:
+    """The key of the timeline's current index: the highest generation's."""
+    def generation(key: str) -> int:
+        suffix = key.rsplit("/", 1)[1].removeprefix("index_part.json")
+        return int(suffix[1:], 16) if suffix else 0
+    keys = [k for k in timeline_keys(s3, tenant, timeline) if k.rsplit("/", 1)[1].startswith("index_part.json")]
+    assert keys, f"no index for {tenant}/{timeline}"
+    return max(keys, key=generation)
+
+
 def index(s3: S3Server, tenant: str, timeline: str) -> dict:
-    return json.loads(s3.get(f"{PREFIX}/tenants/{tenant}/timelines/{timeline}/index_part.json"))
+    return json.loads(s3.get(index_key(s3, tenant, timeline)))
+
+
+def layer_object(name: str, layer: dict) -> str:
+    """The object name of a layer an index names."""
+    return f"{name}-{layer['generation']:08x}" if layer["generation"] else name
 
 
 def wait_uploaded(env: NeonEnv, tenant: str, timeline: str, timeout: float = 120) -> int:
@@ -88,8 +107,10 @@ def test_attach_after_losing_the_local_directory(s3_env: NeonEnv):
     # Every layer the index names is in the bucket, with its size.
     idx = index(s3, tenant, timeline)
     keys = timeline_keys(s3, tenant, timeline)
+    assert idx["version"] == 2 and index_key(s3, tenant, timeline).endswith("/index_part.json-00000001")
+    assert s3.keys(f"{PREFIX}/tenants/{tenant}/generations/") == [f"{PREFIX}/tenants/{tenant}/generations/00000001"]
     for name, layer in idx["layers"].items():
-        key = f"{PREFIX}/tenants/{tenant}/timelines/{timeline}/{name}"
+        key = f"{PREFIX}/tenants/{tenant}/timelines/{timeline}/{layer_object(name, layer)}"
         assert key in keys
         assert s3.client.head_object(Bucket=s3.bucket, Key=key)["ContentLength"] == layer["file_size"]
     assert lsn_int(idx["disk_consistent_lsn"]) == uploaded
@@ -102,6 +123,7 @@ def test_attach_after_losing_the_local_directory(s3_env: NeonEnv):
     assert ps.http("GET", f"/v1/tenant/{tenant}").status_code == 404
     r = ps.http("POST", f"/v1/tenant/{tenant}/attach")
     assert r.status_code == 201, r.text
+    assert r.json()["generation"] == 2, r.text
     r = ps.http("POST", f"/v1/tenant/{tenant}/attach")
     assert r.status_code == 409, r.text
     info = ps.timeline(tenant, timeline)
@@ -124,8 +146,16 @@ def test_attach_after_losing_the_local_directory(s3_env: NeonEnv):
     assert r.status_code == 200, r.text
     assert not (ps.workdir / "tenants" / tenant).exists()
     assert ps.http("GET", f"/v1/tenant/{tenant}").status_code == 404
-    r = ps.http("POST", f"/v1/tenant/{tenant}/attach")
+    # A generation not above the highest in the bucket is refused; the
+    # control plane's higher one is taken.
+    r = ps.http("POST", f"/v1/tenant/{tenant}/attach", json={"generation": 2})
+    assert r.status_code == 409, r.text
+    assert "not above the highest" in r.json()["error"], r.text
+    assert not (ps.workdir / "tenants" / tenant).exists()
+    r = ps.http("POST", f"/v1/tenant/{tenant}/attach", json={"generation": 7})
     assert r.status_code == 201, r.text
+    assert r.json()["generation"] == 7, r.text
+    assert (ps.workdir / "tenants" / tenant / "generation").read_text().strip() == "00000007"
     synced = env.sync_safekeepers(tenant, timeline)
     third = env.compute("third", tenant, timeline, lsn=synced)
     assert third.pg.sql(QUERY) == before
@@ -176,7 +206,7 @@ def test_broken_or_missing_index(s3_env: NeonEnv):
 
     # A malformed index found at start: the tenant is broken, nothing local
     # is deleted and the index is not overwritten.
-    key = f"{PREFIX}/tenants/{tenant}/timelines/{timeline}/index_part.json"
+    key = index_key(s3, tenant, timeline)
     s3.put(key, b'{"version": 1, "metadata": "zz"')
     assert ps.stop() == 0
     ps.start()
@@ -228,7 +258,9 @@ pitr_bytes = 2097152
         ps.wait_for_lsn(tenant, timeline, compute.insert_lsn())
 
     def bucket_layers() -> set[str]:
-        return {k.rsplit("/", 1)[1] for k in timeline_keys(s3, tenant, timeline)} - {"index_part.json"}
+        """The layer objects in the bucket (every object but the index)."""
+        return {k.rsplit("/", 1)[1] for k in timeline_keys(s3, tenant, timeline)} - \
+            {index_key(s3, tenant, timeline).rsplit("/", 1)[1]}
 
     def gc_cutoff() -> int:
         return lsn_int(ps.timeline(tenant, timeline)["gc_cutoff_lsn"])
@@ -246,7 +278,7 @@ pitr_bytes = 2097152
     def only_indexed():
         idx = index(s3, tenant, timeline)
         names = bucket_layers()
-        indexed = set(idx["layers"])
+        indexed = {layer_object(name, layer) for name, layer in idx["layers"].items()}
         # Raised (and shown on timeout) while they differ.
         assert names == indexed and names, \
             f"not indexed: {sorted(names - indexed)}; indexed, not in the bucket: {sorted(indexed - names)}"
@@ -257,8 +289,14 @@ pitr_bytes = 2097152
                lambda: ps.metric("pageserver_remote_layers_deleted_total") > 0, 60)
     wait_until("the bucket to hold exactly the indexed layers", only_indexed, 60)
     assert ps.metric("pageserver_remote_index_uploads_total") > 2
-    # Local and remote agree.
-    local = {p.name for p in (ps.workdir / "tenants" / tenant / "timelines" / timeline).iterdir()
-             if p.name != "metadata"}
-    idx = index(s3, tenant, timeline)
-    assert set(idx["layers"]) <= local
+    # Local and remote agree: the index names only layers the pageserver
+    # has (background GC may still be removing some, which the next upload
+    # round follows).
+    def index_within_local():
+        local = {p.name for p in (ps.workdir / "tenants" / tenant / "timelines" / timeline).iterdir()
+                 if p.name != "metadata"}
+        idx = index(s3, tenant, timeline)
+        assert set(idx["layers"]) <= local, f"indexed, not local: {sorted(set(idx['layers']) - local)}"
+        return True
+
+    wait_until("the index to name only local layers", index_within_local, 60)

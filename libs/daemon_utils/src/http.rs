@@ -25,6 +25,7 @@ use tower::Service;
 use tracing::{info, warn};
 use utils::NodeId;
 
+use crate::openapi::OPENAPI_PATH;
 use crate::ServiceInfo;
 
 /// Requests served at once; more get `503` at once instead of queueing.
@@ -44,6 +45,10 @@ const TCP_KEEPALIVE_RETRIES: u32 = 3;
 /// Label for requests that matched no route: keeps the metric's cardinality
 /// bounded whatever paths clients try.
 const UNMATCHED: &str = "unmatched";
+
+/// The routes every daemon serves beside its own.
+pub(crate) const STATUS_PATH: &str = "/v1/status";
+pub(crate) const METRICS_PATH: &str = "/metrics";
 
 /// An error answered as `{"error": "..."}` with a status code.
 #[derive(Debug)]
@@ -73,6 +78,28 @@ impl From<anyhow::Error> for ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}"))
     }
 }
+
+/// A request body, query string or path that does not parse is the
+/// caller's mistake: 400 with axum's reason, as JSON like every error
+/// (axum's own rejections are plain text).
+macro_rules! bad_request_from {
+    ($($rejection:ty),+) => {
+        $(
+            impl From<$rejection> for ApiError {
+                fn from(rejection: $rejection) -> Self {
+                    Self::new(StatusCode::BAD_REQUEST, rejection.body_text())
+                }
+            }
+        )+
+    };
+}
+
+bad_request_from!(
+    axum::extract::rejection::JsonRejection,
+    axum::extract::rejection::QueryRejection,
+    axum::extract::rejection::PathRejection,
+    axum::extract::rejection::StringRejection
+);
 
 /// Binds a TCP listener; the error names what it is for and the address.
 pub async fn bind_listener(what: &str, addr: &str) -> anyhow::Result<TcpListener> {
@@ -221,7 +248,8 @@ impl HttpServer {
         self
     }
 
-    /// Every request but `GET /v1/status` needs a bearer token that
+    /// Every request but `GET /v1/status` and `GET /v1/openapi.json`
+    /// ([`crate::ApiRoutes`]) needs a bearer token that
     /// `verifier` accepts and that opens what `policy` says the request
     /// needs (`/metrics`: admin). Refusals are 401 (no valid token) or 403
     /// (a valid token that does not open this), before any handler runs.
@@ -274,8 +302,8 @@ impl HttpServer {
         let auth = self.auth.clone();
         let server = Arc::new(self);
         let http = Router::new()
-            .route("/v1/status", get(status))
-            .route("/metrics", get(metrics))
+            .route(STATUS_PATH, get(status))
+            .route(METRICS_PATH, get(metrics))
             .with_state(server)
             .merge(routes)
             .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -393,15 +421,16 @@ async fn metrics(State(server): State<Arc<HttpServer>>) -> Result<Response, ApiE
     Ok(([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response())
 }
 
-/// Refuses a request whose token does not open what it needs.
+/// Refuses a request whose token does not open what it needs. The status
+/// and the OpenAPI document are public.
 async fn authenticate(State(auth): State<Arc<AuthState>>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
     let access = match route.as_deref() {
-        Some("/v1/status") if req.method() == Method::GET => Access::Public,
-        Some("/metrics") => Access::Admin,
+        Some(STATUS_PATH | OPENAPI_PATH) if req.method() == Method::GET => Access::Public,
+        Some(METRICS_PATH) => Access::Admin,
         _ => {
             let (mut parts, body) = req.into_parts();
             let params: Vec<(String, String)> =
@@ -715,6 +744,33 @@ mod tests {
             ),
             "{metrics}"
         );
+
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_openapi_document_is_public() {
+        let (_, public) = auth::generate_key_pair();
+        let verifier = Arc::new(JwtVerifier::from_pem(&public).unwrap());
+        let listener = bind_listener("HTTP", "127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let routes = crate::ApiRoutes::new(r#"{"openapi":"3.0.3"}"#)
+            .get("/v1/private", || async { "private" })
+            .with_state(());
+        let server = HttpServer::new(SERVICE)
+            .unwrap()
+            .with_auth(verifier, tenant_routes_policy());
+        let task = tokio::spawn(server.serve(listener, routes, cancel.clone()));
+
+        assert_eq!(
+            http_get(addr, OPENAPI_PATH).await,
+            (200, r#"{"openapi":"3.0.3"}"#.to_owned())
+        );
+        assert_eq!(http_get(addr, "/v1/private").await.0, 401);
+        let (code, _) = http_post(addr, OPENAPI_PATH, "application/json").await;
+        assert_eq!(code, 401, "only GET is public");
 
         cancel.cancel();
         task.await.unwrap().unwrap();

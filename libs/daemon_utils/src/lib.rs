@@ -9,10 +9,14 @@
 //! * [`HttpServer`]: the management API server with `GET /v1/status` and
 //!   `GET /metrics` on every daemon, over HTTP/1 and HTTP/2, optionally with a
 //!   gRPC service on the same port.
+//! * [`ApiRoutes`]: a daemon's own routes, listed, with its OpenAPI
+//!   document at `GET /v1/openapi.json` ([`openapi_mismatches`] checks the
+//!   document against the routes).
 
 mod config;
 mod http;
 mod launch;
+mod openapi;
 
 pub use config::load_config;
 pub use http::{
@@ -20,6 +24,7 @@ pub use http::{
     RouteRequest, MAX_CONCURRENT_REQUESTS,
 };
 pub use launch::{init_tracing, launch, shutdown_on_signals, CommonArgs, ServiceInfo};
+pub use openapi::{openapi_mismatches, ApiRoutes, OPENAPI_PATH};
 pub use tokio_util::sync::CancellationToken;
 
 /// The [`ServiceInfo`] of the calling crate: `service_info!("pageserver")`.

@@ -16,6 +16,25 @@ pub struct TenantInfo {
     /// `active`, or `broken: <reason>`.
     pub state: String,
     pub timelines: usize,
+    /// The tenant's generation on this pageserver (see
+    /// docs/remote-storage.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u32>,
+    /// Set when a newer generation of the tenant has been attached
+    /// elsewhere: this pageserver then uploads and deletes nothing of it
+    /// any more (it still serves reads from its local copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newer_generation: Option<u32>,
+}
+
+/// `POST /v1/tenant/{tenant_id}/attach` (the body is optional).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantAttachRequest {
+    /// The generation to attach with, above every generation the tenant
+    /// had in remote storage (else 409). Default: the highest found + 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u32>,
 }
 
 /// `POST /v1/tenant/{tenant_id}/timeline`: bootstrap a new timeline (no
@@ -56,4 +75,8 @@ pub struct TimelineInfo {
     /// Bytes of this timeline's layer files.
     pub physical_size: u64,
     pub pg_version: u32,
+    /// Set while WAL ingest is paused because writing a layer file failed
+    /// (a full disk, say): the error. Ingest resumes once a retry succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_paused: Option<String>,
 }

@@ -19,7 +19,9 @@ use utils::Lsn;
 /// The LSN at which a record written after `end` (the end of the previous
 /// record) begins: MAXALIGNed, and past the page header at a page boundary.
 pub fn next_record_lsn(end: Lsn, segment_size: usize) -> Lsn {
-    let aligned = end.align_up(MAXALIGN as u64);
+    let aligned = end
+        .checked_align_up(MAXALIGN as u64)
+        .expect("a record written by this process ends below the greatest LSN");
     if aligned.block_offset(XLOG_BLCKSZ as u64) != 0 {
         aligned
     } else if aligned.segment_offset(segment_size as u64) == 0 {

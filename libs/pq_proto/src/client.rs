@@ -102,8 +102,9 @@ impl Row {
 
 /// Parses one backend message. The type byte comes back beside the message
 /// because `postgres-protocol` has no `CopyBothResponse`: that one is
-/// returned as a `CopyOutResponse` (same layout) with tag `W`.
-pub(crate) fn parse_backend(
+/// returned as a `CopyOutResponse` (same layout) with tag `W`. Public for
+/// the fuzz targets.
+pub fn parse_backend(
     buf: &mut BytesMut,
     max_len: usize,
 ) -> Result<Option<(u8, Message)>, ProtocolError> {
@@ -121,7 +122,8 @@ pub(crate) fn parse_backend(
     }
 }
 
-pub(crate) fn error_fields(mut fields: PgErrorFields<'_>) -> Result<ErrorFields, ClientError> {
+/// The fields of an `ErrorResponse` or `NoticeResponse` from a server.
+pub fn error_fields(mut fields: PgErrorFields<'_>) -> Result<ErrorFields, ClientError> {
     let mut e = ErrorFields::error("", "");
     let (mut severity, mut localized_severity) = (None, None);
     while let Some(field) = fields.next().map_err(invalid)? {

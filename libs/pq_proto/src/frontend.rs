@@ -218,8 +218,9 @@ fn known_tag(tag: u8) -> Result<(), ProtocolError> {
 
 /// Parses one message from the front of `buf`, whose body may be at most
 /// `max_len` bytes. `Ok(None)` means more bytes are needed; an unknown type
-/// byte or a bad length is reported before the body arrives.
-pub(crate) fn parse_message(
+/// byte or a bad length is reported before the body arrives. Public for the
+/// fuzz targets; servers read messages with [`crate::PostgresBackend`].
+pub fn parse_message(
     buf: &mut BytesMut,
     max_len: usize,
 ) -> Result<Option<FeMessage>, ProtocolError> {

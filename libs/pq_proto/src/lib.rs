@@ -13,8 +13,9 @@
 //! * [`client`]: [`Client`], a client connection over TCP built on the
 //!   `postgres-protocol` crate: authentication (trust, cleartext, MD5,
 //!   SCRAM-SHA-256), simple queries, COPY OUT and COPY BOTH streams.
-//! * [`listener`]: accepting connections up to a limit, refusing the rest
-//!   with `53300`.
+//! * [`listener`]: accepting connections with TCP keepalives, a budget of
+//!   connections starting up (the oldest evicted beyond it, each with a
+//!   startup deadline) and one of sessions (the rest refused with `53300`).
 //! * [`query_server`]: a whole server for simple-query daemons: startup,
 //!   the authentication hook, the query loop, error replies and
 //!   cancellation, around a [`QueryHandler`].
@@ -45,7 +46,9 @@ pub use frontend::{
     parse_startup, ExtendedMessage, FeMessage, ReplicationMode, StartupPacket, StartupParams,
     StartupRequest,
 };
-pub use listener::{Accepted, Listener, Refusal};
+pub use listener::{
+    Accepted, Listener, ListenerConfig, Pending, StartupAborted, TooManyConnections,
+};
 pub use query_server::{
     auth_refusal, authenticate_with_token, QueryError, QueryHandler, QueryOutcome, ServerConfig,
 };

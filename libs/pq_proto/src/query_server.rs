@@ -6,21 +6,32 @@
 //!
 //! A connection goes through:
 //!
-//! 1. the startup packet, within the startup timeout (`SSLRequest` and
-//!    `GSSENCRequest` are answered `N`); a `CancelRequest` cancels the
-//!    running query of the connection whose key it quotes;
+//! 1. the startup packet (`SSLRequest` and `GSSENCRequest` are answered
+//!    `N`); a `CancelRequest` cancels the running query of the connection
+//!    whose key it quotes;
 //! 2. [`QueryHandler::startup`] on the startup parameters, then
 //!    [`QueryHandler::authenticate`] (the hook where authentication
-//!    belongs); a refusal is sent as `FATAL` and closes the connection;
-//! 3. `AuthenticationOk`, the parameters of [`ServerConfig::parameters`],
-//!    `BackendKeyData` and `ReadyForQuery`;
+//!    belongs); a refusal is sent as `FATAL` and closes the connection.
+//!    Steps 1 and 2 are the startup phase: it must end within
+//!    [`ServerConfig::startup_timeout`] of the accept, and at most
+//!    [`ServerConfig::max_pending_connections`] connections are in it at
+//!    once (beyond, the oldest is closed; see [`crate::listener`]). A
+//!    connection that times out or is evicted is closed without a word, as
+//!    PostgreSQL does at its `authentication_timeout`;
+//! 3. a session slot ([`ServerConfig::max_connections`]; beyond, `FATAL
+//!    53300`), then `AuthenticationOk`, the parameters of
+//!    [`ServerConfig::parameters`], `BackendKeyData` and `ReadyForQuery`;
 //! 4. the query loop: each simple `Query` goes to [`QueryHandler::query`].
 //!    A failed query is answered with its error and `ReadyForQuery` and the
 //!    session goes on (`FATAL` errors end it); a query cancelled by a
-//!    `CancelRequest` fails with `57014`. A handler may take the connection
-//!    over (COPY streams that read and write at once): the connection ends
-//!    when the stream does. Other messages than `Query` and `Terminate` are
-//!    refused with an error.
+//!    `CancelRequest` fails with `57014`. A session that sends nothing for
+//!    [`ServerConfig::idle_timeout`] between queries is closed with `FATAL
+//!    57P05`. A handler may take the connection over (COPY streams that
+//!    read and write at once): the connection ends when the stream does,
+//!    and the idle timeout no longer applies (a pagestream or replication
+//!    stream may be quiet for long; TCP keepalives notice a peer that
+//!    vanished). Other messages than `Query` and `Terminate` are refused
+//!    with an error.
 //!
 //! Shutdown (the `cancel` token of [`serve`]) stops accepting and ends every
 //! connection at its next message, and every stream that watches it.
@@ -35,7 +46,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::listener::{Listener, Refusal};
+use crate::listener::{Listener, ListenerConfig, Pending};
 use crate::{
     BeMessage, CancelKey, ErrorFields, FeMessage, PostgresBackend, ProtocolError, StartupParams,
     StartupRequest, TransactionStatus,
@@ -205,27 +216,45 @@ pub trait QueryHandler<S>: Send + Sync + 'static {
     ) -> impl Future<Output = Result<QueryOutcome<S>, QueryError>> + Send;
 }
 
+/// Connections in their startup phase at once, by default.
+pub const DEFAULT_MAX_PENDING_CONNECTIONS: usize = 100;
+/// Time to start up and authenticate, by default.
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Silence between queries before a session is closed, by default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Settings of a [`serve`]d port.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// Names the daemon in errors: "too many connections to this pageserver".
     pub service: &'static str,
+    /// Established sessions at once.
     pub max_connections: usize,
-    /// A connection must send its startup packet within this time (as
-    /// PostgreSQL's `authentication_timeout`), or it is closed.
+    /// Connections in their startup phase at once; beyond, the oldest is
+    /// closed.
+    pub max_pending_connections: usize,
+    /// A connection must send its startup packet and authenticate within
+    /// this time of its accept (as PostgreSQL's `authentication_timeout`),
+    /// or it is closed.
     pub startup_timeout: Duration,
+    /// A session silent this long between queries is closed (`None`:
+    /// never). Streams a handler took over are not timed.
+    pub idle_timeout: Option<Duration>,
     /// `ParameterStatus` sent after authentication.
     pub parameters: Vec<(&'static str, &'static str)>,
 }
 
 impl ServerConfig {
-    /// The defaults: 30 s to start up, the parameters a client library
-    /// expects from a PostgreSQL 15 server.
+    /// The defaults: 100 connections starting up at once, 30 s to start
+    /// up, 10 minutes of silence between queries, the parameters a client
+    /// library expects from a PostgreSQL 15 server.
     pub fn new(service: &'static str, max_connections: usize) -> ServerConfig {
         ServerConfig {
             service,
             max_connections,
-            startup_timeout: Duration::from_secs(30),
+            max_pending_connections: DEFAULT_MAX_PENDING_CONNECTIONS,
+            startup_timeout: DEFAULT_STARTUP_TIMEOUT,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             parameters: vec![
                 ("server_version", "15.0"),
                 ("server_encoding", "UTF8"),
@@ -234,6 +263,38 @@ impl ServerConfig {
                 ("integer_datetimes", "on"),
             ],
         }
+    }
+}
+
+impl ServerConfig {
+    /// These limits, from a daemon's settings: `startup_timeout_seconds`
+    /// must be positive, `idle_timeout_seconds` 0 means never.
+    pub fn with_limits(
+        mut self,
+        max_pending_connections: usize,
+        startup_timeout_seconds: f64,
+        idle_timeout_seconds: f64,
+    ) -> anyhow::Result<ServerConfig> {
+        anyhow::ensure!(
+            max_pending_connections >= 1,
+            "max_unauthenticated_connections must be at least 1"
+        );
+        self.max_pending_connections = max_pending_connections;
+        self.startup_timeout = Duration::try_from_secs_f64(startup_timeout_seconds)
+            .ok()
+            .filter(|t| !t.is_zero())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "startup_timeout_seconds must be a positive number of seconds, not {startup_timeout_seconds}"
+                )
+            })?;
+        let idle = Duration::try_from_secs_f64(idle_timeout_seconds).map_err(|_| {
+            anyhow::anyhow!(
+                "idle_timeout_seconds must be a number of seconds (0: never), not {idle_timeout_seconds}"
+            )
+        })?;
+        self.idle_timeout = (!idle.is_zero()).then_some(idle);
+        Ok(self)
     }
 }
 
@@ -296,10 +357,12 @@ where
 {
     let listener = Listener::new(
         listener,
-        config.service,
-        config.max_connections,
-        Refusal::AfterStartup,
-        config.startup_timeout,
+        ListenerConfig {
+            service: config.service,
+            max_connections: config.max_connections,
+            max_pending: config.max_pending_connections,
+            startup_timeout: config.startup_timeout,
+        },
     );
     let server = Arc::new(Server {
         handler,
@@ -321,10 +384,18 @@ where
         let span = info_span!("connection", service = server.config.service, peer = %accepted.peer);
         tokio::spawn(
             async move {
-                let _permit = accepted.permit;
                 let pgb = PostgresBackend::new(accepted.stream);
-                if let Err(e) = server.connection(pgb, cancel).await {
-                    info!("connection ended: {e:#}");
+                if let Err(e) = server.connection(pgb, accepted.pending, cancel).await {
+                    // Evictions can come at any rate: the listener logs
+                    // them in sum. (Timeouts come at most max_pending per
+                    // startup timeout.)
+                    let evicted = e.downcast_ref::<crate::listener::StartupAborted>()
+                        == Some(&crate::listener::StartupAborted::Evicted);
+                    if evicted {
+                        debug!("connection ended: {e:#}");
+                    } else {
+                        info!("connection ended: {e:#}");
+                    }
                 }
             }
             .instrument(span),
@@ -342,41 +413,77 @@ impl<H> Server<H> {
     async fn connection<S>(
         &self,
         mut pgb: PostgresBackend<S>,
+        pending: Pending,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()>
     where
         H: QueryHandler<S>,
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let startup = tokio::time::timeout(self.config.startup_timeout, pgb.read_startup())
-            .await
-            .map_err(|_| anyhow::anyhow!("no startup packet within the startup timeout"))?;
-        let params = match startup {
-            Ok(StartupRequest::Startup(params)) => params,
-            Ok(StartupRequest::Cancel(key)) => {
-                self.registry.cancel(key);
-                return Ok(());
-            }
-            Err(e) => {
-                let error = QueryError::fatal(e.sqlstate(), format!("invalid startup packet: {e}"));
-                let _ = send_error(&mut pgb, &error).await;
-                return Err(anyhow::Error::new(e).context("reading the startup packet"));
+        // The startup phase, errors included, within the startup deadline:
+        // a client that does not read its error cannot hold the slot.
+        let started = pending.startup(self.start_session(&mut pgb)).await;
+        let mut session = match started {
+            Err(aborted) => return Err(aborted.into()),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(session))) => session,
+        };
+        let _slot = match pending.establish() {
+            Ok(slot) => slot,
+            Err(refused) => {
+                let error = QueryError::fatal(
+                    crate::listener::TooManyConnections::SQLSTATE,
+                    refused.to_string(),
+                );
+                let sent = send_error(&mut pgb, &error);
+                let _ = tokio::time::timeout(self.config.startup_timeout, sent).await;
+                return Err(refused.into());
             }
         };
-        let mut session = match self.begin_session(&mut pgb, &params).await {
-            Ok(session) => session,
-            Err(error) => {
-                let _ = send_error(&mut pgb, &error).await;
-                anyhow::bail!("refused: {}", error.message);
-            }
-        };
+        pgb.write_message(&BeMessage::AuthenticationOk).await?;
+        for &(name, value) in &self.config.parameters {
+            pgb.write_message(&BeMessage::ParameterStatus { name, value })
+                .await?;
+        }
         let key = self.registry.register(shutdown.child_token());
         let result = self.query_loop(&mut session, pgb, key, &shutdown).await;
         self.registry.remove(key);
         result
     }
 
-    async fn begin_session<S>(
+    /// The startup packet, then the handler's startup and authentication:
+    /// the session, or `None` for a cancel request. Refusals are sent.
+    async fn start_session<S>(
+        &self,
+        pgb: &mut PostgresBackend<S>,
+    ) -> anyhow::Result<Option<H::Session>>
+    where
+        H: QueryHandler<S>,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let params = match pgb.read_startup().await {
+            Ok(StartupRequest::Startup(params)) => params,
+            Ok(StartupRequest::Cancel(key)) => {
+                self.registry.cancel(key);
+                return Ok(None);
+            }
+            Err(e) => {
+                let error = QueryError::fatal(e.sqlstate(), format!("invalid startup packet: {e}"));
+                let _ = send_error(pgb, &error).await;
+                return Err(anyhow::Error::new(e).context("reading the startup packet"));
+            }
+        };
+        match self.authenticate(pgb, &params).await {
+            Ok(session) => Ok(Some(session)),
+            Err(error) => {
+                let _ = send_error(pgb, &error).await;
+                anyhow::bail!("refused: {}", error.message);
+            }
+        }
+    }
+
+    async fn authenticate<S>(
         &self,
         pgb: &mut PostgresBackend<S>,
         params: &StartupParams,
@@ -387,11 +494,6 @@ impl<H> Server<H> {
     {
         let mut session = self.handler.startup(params)?;
         self.handler.authenticate(&mut session, pgb).await?;
-        pgb.write_message(&BeMessage::AuthenticationOk).await?;
-        for &(name, value) in &self.config.parameters {
-            pgb.write_message(&BeMessage::ParameterStatus { name, value })
-                .await?;
-        }
         Ok(session)
     }
 
@@ -413,7 +515,22 @@ impl<H> Server<H> {
             pgb.flush().await?;
             let message = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                m = pgb.read_message() => m?,
+                m = read_within(&mut pgb, self.config.idle_timeout) => m,
+            };
+            let message = match message {
+                Some(m) => m?,
+                None => {
+                    let error = QueryError::fatal(
+                        "57P05",
+                        "terminating connection due to idle-session timeout",
+                    );
+                    let sent = send_error(&mut pgb, &error);
+                    let _ = tokio::time::timeout(Duration::from_secs(1), sent).await;
+                    anyhow::bail!(
+                        "closed after {:?} without a query (the idle timeout)",
+                        self.config.idle_timeout.unwrap_or_default()
+                    );
+                }
             };
             let query = match message {
                 None | Some(FeMessage::Terminate) => return Ok(()),
@@ -454,6 +571,17 @@ impl<H> Server<H> {
                 }
             }
         }
+    }
+}
+
+/// The next message, or `None` if none came within `timeout`.
+async fn read_within<S: AsyncRead + Unpin>(
+    pgb: &mut PostgresBackend<S>,
+    timeout: Option<Duration>,
+) -> Option<Result<Option<FeMessage>, ProtocolError>> {
+    match timeout {
+        Some(timeout) => tokio::time::timeout(timeout, pgb.read_message()).await.ok(),
+        None => Some(pgb.read_message().await),
     }
 }
 

@@ -8,6 +8,11 @@ use crate::ProtocolError;
 /// Bytes of outgoing messages buffered before they are written out.
 pub(crate) const WRITE_BUFFER_LIMIT: usize = 64 * 1024;
 
+/// Room made in a read buffer at a time. A message's buffer grows as its
+/// bytes arrive, never by the length its header claims: a peer that claims
+/// a 16 MiB message and sends nothing more costs one chunk, not 16 MiB.
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
+
 /// A cursor over one message body; every read checks the remaining length.
 pub(crate) struct Reader {
     buf: Bytes,
@@ -120,7 +125,8 @@ pub(crate) fn put_cstr(buf: &mut BytesMut, s: &str) -> Result<(), ProtocolError>
 /// Parses the 5-byte header of a tagged message at the front of `buf`
 /// (type byte, then a length that counts itself but not the type byte) and
 /// checks its length. Returns the tag and the whole message size once all of
-/// it is buffered; otherwise reserves room for it and returns `None`.
+/// it is buffered; otherwise makes room for the next chunk of it (at most
+/// [`READ_CHUNK`]) and returns `None`.
 pub(crate) fn tagged_frame(
     buf: &mut BytesMut,
     max_body: usize,
@@ -145,7 +151,7 @@ pub(crate) fn tagged_frame(
     }
     let total = body + 5;
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        buf.reserve((total - buf.len()).min(READ_CHUNK));
         return Ok(None);
     }
     Ok(Some((tag, total)))
@@ -175,6 +181,101 @@ where
             } else {
                 Err(ProtocolError::UnexpectedEof)
             };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use tokio::io::ReadBuf;
+
+    use super::*;
+    use crate::frontend::parse_message;
+
+    /// Yields `data` a few bytes at a time, then nothing, ever (a peer that
+    /// went quiet with its connection open).
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            out: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let at = self.at;
+            let n = (self.data.len() - at).min(out.remaining()).min(4096);
+            if n == 0 {
+                return Poll::Pending;
+            }
+            out.put_slice(&self.data[at..at + n]);
+            self.at += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Reads from a peer whose header claims `claimed` body bytes and that
+    /// sends `sent` of them; returns the read buffer's capacity.
+    async fn capacity_after(claimed: usize, sent: usize) -> usize {
+        let mut data = vec![b'd'];
+        data.extend_from_slice(&(claimed as i32 + 4).to_be_bytes());
+        data.resize(5 + sent, 0xab);
+        let mut peer = Trickle { data, at: 0 };
+        let mut buf = BytesMut::new();
+        let read = read_frame(
+            &mut peer,
+            &mut buf,
+            crate::DEFAULT_MAX_MESSAGE_LEN,
+            parse_message,
+        );
+        let result = tokio::time::timeout(Duration::from_millis(100), read).await;
+        assert!(result.is_err(), "the message cannot be complete");
+        assert_eq!(buf.len(), 5 + sent);
+        buf.capacity()
+    }
+
+    #[tokio::test]
+    async fn a_claimed_length_reserves_nothing_before_the_bytes_arrive() {
+        let claimed = crate::DEFAULT_MAX_MESSAGE_LEN - 16;
+        let capacity = capacity_after(claimed, 0).await;
+        assert!(
+            capacity <= 2 * READ_CHUNK,
+            "{capacity} bytes reserved for nothing"
+        );
+        // The buffer grows with what arrives, not with what is claimed.
+        let sent = 300 * 1024;
+        let capacity = capacity_after(claimed, sent).await;
+        assert!(
+            capacity <= 2 * (sent + READ_CHUNK),
+            "{capacity} bytes for {sent}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_read_in_chunks_is_whole() {
+        let body: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let mut data = vec![b'd'];
+        data.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        data.extend_from_slice(&body);
+        let mut peer = Trickle { data, at: 0 };
+        let mut buf = BytesMut::new();
+        let message = read_frame(
+            &mut peer,
+            &mut buf,
+            crate::DEFAULT_MAX_MESSAGE_LEN,
+            parse_message,
+        )
+        .await
+        .unwrap();
+        match message {
+            Some(crate::FeMessage::CopyData(got)) => assert_eq!(&got[..], &body[..]),
+            other => panic!("expected CopyData, got {other:?}"),
         }
     }
 }

@@ -6,12 +6,18 @@
 //! `.` or `..` components. Uploads replace an object whole (a reader sees
 //! the old or the new object, never a part); a missing object is
 //! [`RemoteError::NotFound`]; deleting a missing object succeeds.
+//!
+//! [`GenericRemoteStorage::with_hook`] wraps a storage so that a test can
+//! see, delay or fail each operation before it reaches the backend.
 
 mod local_fs;
 mod s3;
 
 use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -131,6 +137,44 @@ pub enum RemoteError {
 pub enum GenericRemoteStorage {
     LocalFs(LocalFs),
     S3(S3Bucket),
+    /// Another storage behind a hook (see [`GenericRemoteStorage::with_hook`]).
+    Hooked(Arc<Hooked>),
+}
+
+/// An operation about to be sent to a storage, as a hook sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Upload(RemotePath),
+    Download(RemotePath),
+    /// A listing under the prefix (everything if `None`).
+    List(Option<RemotePath>),
+    /// One request deleting these objects.
+    Delete(Vec<RemotePath>),
+}
+
+impl Operation {
+    /// Whether the operation touches an object at or below `prefix` (a
+    /// listing: whether it lists inside `prefix`).
+    pub fn touches(&self, prefix: &RemotePath) -> bool {
+        match self {
+            Operation::Upload(p) | Operation::Download(p) => p.starts_with(prefix),
+            Operation::List(p) => p.as_ref().is_none_or(|p| p.starts_with(prefix)),
+            Operation::Delete(paths) => paths.iter().any(|p| p.starts_with(prefix)),
+        }
+    }
+}
+
+/// What a hook returns: the operation goes ahead when the future yields
+/// `Ok`, and fails with the error otherwise (the backend is not called).
+pub type HookFuture = Pin<Box<dyn Future<Output = Result<(), RemoteError>> + Send>>;
+
+/// A hook called before every operation of a wrapped storage.
+pub type Hook = Arc<dyn Fn(Operation) -> HookFuture + Send + Sync>;
+
+/// A storage whose operations first go through a hook.
+pub struct Hooked {
+    inner: GenericRemoteStorage,
+    hook: Hook,
 }
 
 impl fmt::Debug for GenericRemoteStorage {
@@ -138,6 +182,7 @@ impl fmt::Debug for GenericRemoteStorage {
         match self {
             GenericRemoteStorage::LocalFs(l) => write!(f, "local directory {}", l.root().display()),
             GenericRemoteStorage::S3(s) => write!(f, "{s}"),
+            GenericRemoteStorage::Hooked(h) => write!(f, "{:?} (with a hook)", h.inner),
         }
     }
 }
@@ -165,11 +210,22 @@ impl GenericRemoteStorage {
         })
     }
 
+    /// This storage with `hook` called before each of its operations:
+    /// for tests, which use it to watch, delay or fail operations (a crash
+    /// between two operations is every operation after it failing).
+    pub fn with_hook(self, hook: Hook) -> GenericRemoteStorage {
+        GenericRemoteStorage::Hooked(Arc::new(Hooked { inner: self, hook }))
+    }
+
     /// Store `data` as `path`, replacing any object there.
     pub async fn upload(&self, path: &RemotePath, data: Bytes) -> Result<(), RemoteError> {
         match self {
             GenericRemoteStorage::LocalFs(l) => l.upload(path, data).await,
             GenericRemoteStorage::S3(s) => s.upload(path, data).await,
+            GenericRemoteStorage::Hooked(h) => {
+                (h.hook)(Operation::Upload(path.clone())).await?;
+                Box::pin(h.inner.upload(path, data)).await
+            }
         }
     }
 
@@ -185,6 +241,10 @@ impl GenericRemoteStorage {
         match self {
             GenericRemoteStorage::LocalFs(l) => l.download(path).await,
             GenericRemoteStorage::S3(s) => s.download(path).await,
+            GenericRemoteStorage::Hooked(h) => {
+                (h.hook)(Operation::Download(path.clone())).await?;
+                Box::pin(h.inner.download(path)).await
+            }
         }
     }
 
@@ -210,6 +270,10 @@ impl GenericRemoteStorage {
         let mut out = match self {
             GenericRemoteStorage::LocalFs(l) => l.list(prefix).await?,
             GenericRemoteStorage::S3(s) => s.list(prefix).await?,
+            GenericRemoteStorage::Hooked(h) => {
+                (h.hook)(Operation::List(prefix.cloned())).await?;
+                Box::pin(h.inner.list(prefix)).await?
+            }
         };
         out.sort();
         Ok(out)
@@ -227,6 +291,10 @@ impl GenericRemoteStorage {
         match self {
             GenericRemoteStorage::LocalFs(l) => l.delete_many(paths).await,
             GenericRemoteStorage::S3(s) => s.delete_many(paths).await,
+            GenericRemoteStorage::Hooked(h) => {
+                (h.hook)(Operation::Delete(paths.to_vec())).await?;
+                Box::pin(h.inner.delete_many(paths)).await
+            }
         }
     }
 }
@@ -320,5 +388,46 @@ mod tests {
         storage.delete(&a).await.unwrap();
         assert!(storage.list(Some(&tenants)).await.unwrap().is_empty());
         assert_eq!(storage.list(None).await.unwrap(), vec![c]);
+    }
+
+    #[tokio::test]
+    async fn a_hook_sees_every_operation_and_can_fail_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let storage = GenericRemoteStorage::LocalFs(LocalFs::new(dir.path()).unwrap()).with_hook(
+            Arc::new(move |op: Operation| {
+                let fail = matches!(&op, Operation::Delete(_));
+                log.lock().unwrap().push(op);
+                Box::pin(async move {
+                    if fail {
+                        Err(RemoteError::Other(anyhow::anyhow!("injected")))
+                    } else {
+                        Ok(())
+                    }
+                })
+            }),
+        );
+        let a = RemotePath::new("t/a").unwrap();
+        let t = RemotePath::new("t").unwrap();
+        storage.upload(&a, Bytes::from_static(b"x")).await.unwrap();
+        assert_eq!(&storage.download(&a).await.unwrap()[..], b"x");
+        assert_eq!(storage.list(Some(&t)).await.unwrap(), vec![a.clone()]);
+        // A failed operation never reaches the backend.
+        assert!(storage.delete(&a).await.is_err());
+        assert_eq!(storage.list(None).await.unwrap(), vec![a.clone()]);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec![
+                Operation::Upload(a.clone()),
+                Operation::Download(a.clone()),
+                Operation::List(Some(t.clone())),
+                Operation::Delete(vec![a.clone()]),
+                Operation::List(None),
+            ]
+        );
+        assert!(seen.iter().all(|op| op.touches(&t)));
+        assert!(!Operation::Upload(a).touches(&RemotePath::new("u").unwrap()));
     }
 }

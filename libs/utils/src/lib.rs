@@ -5,8 +5,10 @@
 //! * [`id::NodeId`]: the id of a pageserver or safekeeper node.
 //! * [`bytes_reader::Reader`]: a bounds-checked cursor for decoding
 //!   untrusted bytes.
+//! * [`failpoint`]: named points where a test can force an interleaving.
 
 pub mod bytes_reader;
+pub mod failpoint;
 pub mod id;
 pub mod lsn;
 

@@ -43,10 +43,12 @@ impl Lsn {
         self.0 / segment_size
     }
 
-    /// Round up to a multiple of `alignment` (a power of two).
-    pub fn align_up(self, alignment: u64) -> Lsn {
+    /// Round up to a multiple of `alignment` (a power of two); `None` if
+    /// that lies past the greatest LSN.
+    pub fn checked_align_up(self, alignment: u64) -> Option<Lsn> {
         debug_assert!(alignment.is_power_of_two());
-        Lsn((self.0 + alignment - 1) & !(alignment - 1))
+        let mask = alignment.checked_sub(1)?;
+        Some(Lsn(self.0.checked_add(mask)? & !mask))
     }
 
     /// Add, returning `None` on overflow.
@@ -168,8 +170,14 @@ mod tests {
         assert_eq!(lsn.block_offset(8192), 0x10);
         assert_eq!(lsn.segment_offset(16 << 20), 0x2010);
         assert_eq!(lsn.segment_number(16 << 20), 1);
-        assert_eq!(Lsn(9).align_up(8), Lsn(16));
-        assert_eq!(Lsn(16).align_up(8), Lsn(16));
+        assert_eq!(Lsn(9).checked_align_up(8), Some(Lsn(16)));
+        assert_eq!(Lsn(16).checked_align_up(8), Some(Lsn(16)));
+        // Near the top of the LSN space rounding up has nowhere to go.
+        assert_eq!(Lsn(u64::MAX - 3).checked_align_up(8), None);
+        assert_eq!(
+            Lsn(u64::MAX - 7).checked_align_up(8),
+            Some(Lsn(u64::MAX - 7))
+        );
         assert_eq!(Lsn(5).checked_sub(Lsn(6)), None);
         assert_eq!(Lsn::MAX.checked_add(1), None);
     }

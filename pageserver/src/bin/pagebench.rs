@@ -119,7 +119,15 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rel = parse_rel(&cli.rel)?;
     let started = Instant::now();
-    let until = started + Duration::from_secs_f64(cli.seconds);
+    let seconds = Duration::try_from_secs_f64(cli.seconds).map_err(|_| {
+        anyhow::anyhow!(
+            "--seconds must be a non-negative number, not {}",
+            cli.seconds
+        )
+    })?;
+    let until = started
+        .checked_add(seconds)
+        .context("--seconds is too large")?;
     let workers =
         (0..cli.connections.max(1)).map(|i| worker(&cli, rel, cli.seed + i as u64, until));
     let results = futures_util::future::join_all(workers).await;

@@ -27,6 +27,10 @@ use crate::tenant::timeline::{
 };
 use metadata::{fsync_dir, MetadataError, TimelineMetadata};
 
+/// Failpoint: a branch point passed its checks and the branch is not
+/// created yet (context: the tenant id).
+pub const BRANCH_POINT_CHECKED: &str = "tenant::branch_point_checked";
+
 /// Suffix of a timeline directory being created.
 const TEMP_SUFFIX: &str = ".___temp";
 
@@ -73,6 +77,10 @@ pub struct Tenant {
     conf: TimelineConf,
     state: Mutex<TenantState>,
     timelines: Mutex<HashMap<TimelineId, Arc<Timeline>>>,
+    /// Held by branch creation and by GC for their whole run, so that GC
+    /// sees every branch point whose check passed against the old horizon,
+    /// and a branch point is checked against the horizon GC last set.
+    gc_branch_lock: Mutex<()>,
 }
 
 /// `<workdir>/tenants/<tenant_id>`.
@@ -131,6 +139,7 @@ impl Tenant {
             conf,
             state: Mutex::new(TenantState::Active),
             timelines: Mutex::new(HashMap::new()),
+            gc_branch_lock: Mutex::new(()),
         }))
     }
 
@@ -151,6 +160,7 @@ impl Tenant {
             conf,
             state: Mutex::new(TenantState::Broken(reason)),
             timelines: Mutex::new(HashMap::new()),
+            gc_branch_lock: Mutex::new(()),
         })
     }
 
@@ -167,6 +177,7 @@ impl Tenant {
             conf,
             state: Mutex::new(TenantState::Active),
             timelines: Mutex::new(HashMap::new()),
+            gc_branch_lock: Mutex::new(()),
         };
         if let Err(e) = tenant.load_timelines() {
             warn!("tenant {tenant_id} is broken: {e}");
@@ -326,8 +337,13 @@ impl Tenant {
         at: RecordLsn,
     ) -> Result<Arc<Timeline>, TenantError> {
         self.check_active()?;
+        let _gc = self
+            .gc_branch_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let ancestor = self.get_timeline(ancestor_id)?;
         ancestor.check_branch_point(at)?;
+        utils::failpoint::hit(BRANCH_POINT_CHECKED, &self.tenant_id.to_string());
         let pg_version = ancestor.pg_version;
         self.create_timeline(
             timeline_id,
@@ -356,12 +372,18 @@ impl Tenant {
     }
 
     /// GC of one timeline at `horizon`, keeping what its children's branch
-    /// points need.
+    /// points need. Runs under the lock branch creation takes: a branch is
+    /// either created before (and its point retained) or checked after
+    /// (against the raised horizon).
     pub fn gc_timeline(
         &self,
         timeline_id: TimelineId,
         horizon: Lsn,
     ) -> Result<Vec<LayerName>, TenantError> {
+        let _branching = self
+            .gc_branch_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let timeline = self.get_timeline(timeline_id)?;
         let retain: Vec<Lsn> = self
             .children(timeline_id)

@@ -178,7 +178,9 @@ impl WalIngest {
             m.put_shutdown_checkpoint(start)?;
         }
         m.commit(RecordLsn {
-            last: end.align_up(MAXALIGN as u64),
+            last: end
+                .checked_align_up(MAXALIGN as u64)
+                .with_context(|| format!("the record at {start} ends past the greatest LSN"))?,
             prev: start,
         })
         .with_context(|| format!("storing the WAL record at {start}"))?;

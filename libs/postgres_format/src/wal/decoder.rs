@@ -61,6 +61,8 @@ pub enum WalDecodeError {
     UnexpectedContinuation { page: Lsn },
     #[error("cannot start decoding at {lsn}: it lies inside a WAL page header")]
     InvalidStart { lsn: Lsn },
+    #[error("WAL at {lsn} runs past the greatest LSN")]
+    LsnOverflow { lsn: Lsn },
 }
 
 impl WalDecodeError {
@@ -176,9 +178,14 @@ impl WalStreamDecoder {
         result
     }
 
-    fn consume(&mut self, n: usize) {
+    fn consume(&mut self, n: usize) -> Result<(), WalDecodeError> {
+        let lsn = self
+            .lsn
+            .checked_add(n as u64)
+            .ok_or(WalDecodeError::LsnOverflow { lsn: self.lsn })?;
         self.input.advance(n);
-        self.lsn += n as u64;
+        self.lsn = lsn;
+        Ok(())
     }
 
     fn decode_next(&mut self) -> Result<Option<RawRecord>, WalDecodeError> {
@@ -199,7 +206,7 @@ impl WalStreamDecoder {
                     if n == 0 {
                         return Ok(None);
                     }
-                    self.consume(n);
+                    self.consume(n)?;
                     if n == segment_left {
                         self.state = State::BetweenRecords;
                     }
@@ -214,15 +221,19 @@ impl WalStreamDecoder {
                         return Ok(None);
                     }
                     *remaining -= n as u32;
-                    self.consume(n);
+                    self.consume(n)?;
                 }
                 State::BetweenRecords => {
-                    let padding = (self.lsn.align_up(MAXALIGN as u64) - self.lsn) as usize;
+                    let aligned = self
+                        .lsn
+                        .checked_align_up(MAXALIGN as u64)
+                        .ok_or(WalDecodeError::LsnOverflow { lsn: self.lsn })?;
+                    let padding = (aligned.0 - self.lsn.0) as usize;
                     if padding > 0 {
                         if self.input.len() < padding {
                             return Ok(None);
                         }
-                        self.consume(padding);
+                        self.consume(padding)?;
                         continue;
                     }
                     // xl_tot_len: a MAXALIGNed position leaves at least 8 bytes on the page.
@@ -262,7 +273,7 @@ impl WalStreamDecoder {
                         *header_checked = true;
                     }
                     let complete = buf.len() == *total as usize;
-                    self.consume(n);
+                    self.consume(n)?;
                     if complete {
                         return self.finish_record().map(Some);
                     }
@@ -326,7 +337,7 @@ impl WalStreamDecoder {
             State::BetweenRecords | State::SkippingToSegmentEnd => {}
         }
         self.at_start = false;
-        self.consume(size);
+        self.consume(size)?;
         Ok(true)
     }
 
@@ -357,7 +368,9 @@ impl WalStreamDecoder {
             // part of the switch record.
             let offset = end_lsn.segment_offset(self.segment_size as u64);
             if offset != 0 {
-                end_lsn += self.segment_size as u64 - offset;
+                end_lsn = end_lsn
+                    .checked_add(self.segment_size as u64 - offset)
+                    .ok_or(WalDecodeError::LsnOverflow { lsn: end_lsn })?;
                 self.state = State::SkippingToSegmentEnd;
             }
         }

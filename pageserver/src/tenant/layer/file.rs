@@ -717,7 +717,11 @@ impl LayerFile {
             c => return Err(bad(format!("unknown compression {c}"))),
         };
         let raw = Bytes::from(raw);
-        let mut entries = Vec::with_capacity(meta.entry_count as usize);
+        // Checked against the block's size when the file was opened;
+        // bounded again here so that no count read from disk sizes an
+        // allocation beyond the bytes at hand.
+        let mut entries =
+            Vec::with_capacity((meta.entry_count as usize).min(raw.len() / ENTRY_HEADER_SIZE));
         let mut r = Reader::new(&raw, "data block");
         while r.remaining() > 0 {
             let pos = r.position();
@@ -755,6 +759,12 @@ impl LayerFile {
     }
 }
 
+/// The most bytes a block of `raw_len` bytes may take stored: LZ4's worst
+/// case for incompressible data is slightly larger than the input.
+fn max_stored_len(raw_len: usize) -> usize {
+    raw_len + raw_len / 255 + 16
+}
+
 fn validate_index(header: &Header, index: &[BlockMeta]) -> Result<(), String> {
     let mut offset = HEADER_SIZE as u64;
     let mut entries = 0u64;
@@ -770,9 +780,21 @@ fn validate_index(header: &Header, index: &[BlockMeta]) -> Result<(), String> {
             return Err(format!("block {i} is empty"));
         }
         if m.raw_len as usize > MAX_RAW_BLOCK
+            || m.stored_len as usize > max_stored_len(m.raw_len as usize)
             || (m.compression == COMPRESSION_NONE && m.raw_len != m.stored_len)
         {
-            return Err(format!("block {i} has impossible length {}", m.raw_len));
+            return Err(format!(
+                "block {i} has impossible lengths: {} bytes stored, {} raw",
+                m.stored_len, m.raw_len
+            ));
+        }
+        // Every entry has a header: a count that cannot fit is corrupt
+        // (and must not size an allocation).
+        if m.entry_count as usize > m.raw_len as usize / ENTRY_HEADER_SIZE {
+            return Err(format!(
+                "block {i} claims {} entries in {} bytes",
+                m.entry_count, m.raw_len
+            ));
         }
         if m.first > m.last || prev_last.is_some_and(|p| p >= m.first) {
             return Err(format!("block {i} is out of order"));

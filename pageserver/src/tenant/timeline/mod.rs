@@ -122,6 +122,9 @@ pub enum ReadError {
     },
     #[error("timeline is shutting down")]
     ShuttingDown,
+    /// GC may have removed what a read at this LSN needs.
+    #[error("cannot read at {lsn}: below the GC horizon {horizon}")]
+    BelowGcHorizon { lsn: Lsn, horizon: Lsn },
     /// A layer file could not be read.
     #[error(transparent)]
     Layer(#[from] LayerError),
@@ -207,6 +210,10 @@ pub struct Timeline {
     remote_consistent: Mutex<Lsn>,
     /// Deltas stored since each key's last whole version (see `chains`).
     delta_chains: Mutex<chains::DeltaChains>,
+    /// Why the last flush failed (a full disk, say), until one succeeds:
+    /// ingest pauses while frozen layers wait for it
+    /// ([`Timeline::ingest_paused`]).
+    flush_error: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -249,6 +256,7 @@ impl Timeline {
             partitioning: Mutex::new(Vec::new()),
             remote_consistent: Mutex::new(Lsn::INVALID),
             delta_chains: Mutex::new(chains::DeltaChains::default()),
+            flush_error: Mutex::new(None),
         }
     }
 

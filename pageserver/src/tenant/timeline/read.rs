@@ -33,6 +33,18 @@ impl Timeline {
         }
     }
 
+    /// Refuse a read at `lsn` below the GC horizon: GC may have removed
+    /// what it needs, and an older image would answer it stale. GC raises
+    /// the horizon before it removes anything, so a read checked again
+    /// after it completed was not affected by any removal.
+    pub fn check_readable_at(&self, lsn: Lsn) -> Result<(), ReadError> {
+        let horizon = self.gc_horizon();
+        if lsn < horizon {
+            return Err(ReadError::BelowGcHorizon { lsn, horizon });
+        }
+        Ok(())
+    }
+
     /// This timeline's own values of `key` at LSNs `<= lsn`, newest first,
     /// appended to `out` down to an image; `true` if an image was reached.
     fn collect_own(

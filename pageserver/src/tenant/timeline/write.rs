@@ -83,8 +83,9 @@ impl Timeline {
 
     /// The record ending at `record.last` is fully ingested. On a timeline
     /// with a directory, an open layer past its size limit is then frozen
-    /// and written; a failure to write is logged, and the frozen layer
-    /// stays in memory and is written by the next flush.
+    /// and written; a failure to write (a full disk) keeps the frozen layer
+    /// in memory and pauses ingest ([`Timeline::ingest_paused`]) until a
+    /// retry ([`Timeline::retry_flush`]) writes it.
     pub fn advance_last_record(&self, record: RecordLsn) {
         let advanced = self.last_record.send_if_modified(|current| {
             if record.last > current.last {
@@ -103,13 +104,29 @@ impl Timeline {
                 self.timeline_id
             );
             self.freeze(self.last_record());
-            if let Err(e) = self.flush_frozen() {
-                error!(
-                    "timeline {}: flushing the in-memory layer failed (will retry): {e}",
-                    self.timeline_id
-                );
-            }
+            // A failure is recorded (and logged) by `flush_frozen`.
+            let _ = self.flush_frozen();
         }
+    }
+
+    /// Why ingest must wait, if it must: a frozen layer could not be
+    /// written (the last flush failed). Ingesting more would only pile up
+    /// memory; the WAL stays on the safekeepers, and the compute, seeing
+    /// the pageserver fall behind, slows down.
+    pub fn ingest_paused(&self) -> Option<String> {
+        let frozen = !self
+            .layers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .frozen
+            .is_empty();
+        let error = lock(&self.flush_error).clone();
+        error.filter(|_| frozen)
+    }
+
+    /// Try again to write the frozen layers (after a failed flush).
+    pub fn retry_flush(&self) -> Result<(), StorageError> {
+        self.flush_frozen()
     }
 
     /// Whether the open layer holds `open_layer_max_bytes` or spans
@@ -146,6 +163,33 @@ impl Timeline {
     }
 
     fn flush_frozen(&self) -> Result<(), StorageError> {
+        let result = self.flush_frozen_layers();
+        let mut error = lock(&self.flush_error);
+        match &result {
+            Ok(()) => {
+                if error.take().is_some() {
+                    info!(
+                        "timeline {}: flushing works again; ingest resumes",
+                        self.timeline_id
+                    );
+                    crate::metrics::get().ingest_paused_timelines.dec();
+                }
+            }
+            Err(e) => {
+                if error.is_none() {
+                    error!(
+                        "timeline {}: writing an in-memory layer failed, pausing ingest until a retry succeeds: {e}",
+                        self.timeline_id
+                    );
+                    crate::metrics::get().ingest_paused_timelines.inc();
+                }
+                *error = Some(e.to_string());
+            }
+        }
+        result
+    }
+
+    fn flush_frozen_layers(&self) -> Result<(), StorageError> {
         let dir = self.dir_or_err()?;
         let _guard = lock(&self.flush_lock);
         loop {
