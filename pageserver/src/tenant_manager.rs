@@ -37,6 +37,9 @@ pub struct InitdbConf {
     pub pg_os_user: String,
 }
 
+/// The most an attach may raise a tenant's generation by.
+const MAX_GENERATION_STEP: u32 = 1 << 20;
+
 pub struct TenantManager {
     workdir: PathBuf,
     conf: TimelineConf,
@@ -499,6 +502,15 @@ impl TenantManager {
                     requested: g.0,
                     highest: highest.0,
                 }
+                .into())
+            }
+            // One call may not use up the generation space: a tenant
+            // attached at the last generation could never be attached again.
+            Some(g) if g.0 - highest.0 > MAX_GENERATION_STEP => {
+                return Err(AttachError::BadGeneration(format!(
+                    "generation {} is more than {MAX_GENERATION_STEP} above the highest in remote storage ({})",
+                    g.0, highest.0
+                ))
                 .into())
             }
             Some(g) => g,

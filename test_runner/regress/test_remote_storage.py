@@ -152,6 +152,11 @@ def test_attach_after_losing_the_local_directory(s3_env: NeonEnv):
     assert r.status_code == 409, r.text
     assert "not above the highest" in r.json()["error"], r.text
     assert not (ps.workdir / "tenants" / tenant).exists()
+    # ... and so is one that would use up the generations in one step.
+    r = ps.http("POST", f"/v1/tenant/{tenant}/attach", json={"generation": 4294967295})
+    assert r.status_code == 400, r.text
+    assert "more than 1048576 above the highest" in r.json()["error"], r.text
+    assert not (ps.workdir / "tenants" / tenant).exists()
     r = ps.http("POST", f"/v1/tenant/{tenant}/attach", json={"generation": 7})
     assert r.status_code == 201, r.text
     assert r.json()["generation"] == 7, r.text
