@@ -39,6 +39,8 @@ address=$("$neon_local" endpoint list | awk '$1 == "main" { print $2 }')
 port=${address##*:}
 proxy=$(awk '/^\[/ { section = $0 } section == "[proxy]" && $1 == "listen_pg_addr" { gsub(/"/, "", $3); print $3 }' "$repo/config")
 proxy_port=${proxy##*:}
+serverless=$(awk '/^\[/ { section = $0 } section == "[proxy]" && $1 == "listen_serverless_addr" { gsub(/"/, "", $3); print $3 }' "$repo/config")
+serverless=${serverless:-127.0.0.1:4444}
 cat <<MSG
 
 Everything runs: the storage broker, the pageserver, the safekeepers, and a
@@ -52,6 +54,11 @@ suspends it when idle, as the role 'neon' (its password is in
 $password_file):
 
     psql "postgresql://neon:$password@127.0.0.1:${proxy_port:-5432}/postgres?options=branch%3Dmain"
+
+or over HTTP (and WebSocket), as Neon's serverless driver does
+(docs/proxy.md shows how to point the driver and Drizzle at it):
+
+    curl -s http://$serverless/sql -H "Neon-Connection-String: postgresql://neon:$password@127.0.0.1/postgres" -d '{"query": "SELECT 1 AS one"}'
 
 Every daemon's API wants a token: \`cargo neon auth token\` prints one
 (docs/authentication.md).

@@ -108,13 +108,14 @@ mod tests {
     #[test]
     fn postgres_refusals_are_conflicts() {
         let refused = |code: &str| {
-            let err = pq_proto::ClientError::Server(pq_proto::ErrorFields {
+            let err = pq_proto::ClientError::Server(Box::new(pq_proto::ErrorFields {
                 severity: "ERROR".into(),
                 code: code.into(),
                 message: "no".into(),
                 detail: None,
                 hint: None,
-            });
+                other: Vec::new(),
+            }));
             let e = anyhow::Error::from(err).context("creating database \"x\"");
             ApiError::from(ComputeError::Failed(e)).status
         };

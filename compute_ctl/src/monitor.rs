@@ -23,11 +23,14 @@ pub struct Observation {
 }
 
 /// Client backends only: not compute_ctl's own sessions, nor the
-/// walproposer's (a walsender), nor background workers.
+/// walproposer's (a walsender), nor background workers. The proxy's
+/// pooled connections count while busy, not while idle (their state
+/// changes still count as activity).
 const QUERY: &str = "\
 SELECT \
   (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
-     AND pid <> pg_backend_pid() AND application_name NOT LIKE 'compute_ctl%'), \
+     AND pid <> pg_backend_pid() AND application_name NOT LIKE 'compute_ctl%' \
+     AND NOT (application_name = 'neon_serverless_pool' AND state = 'idle')), \
   (SELECT coalesce(sum(sessions), 0) FROM pg_stat_database), \
   (SELECT extract(epoch FROM max(state_change)) FROM pg_stat_activity \
      WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
@@ -119,6 +122,15 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_proxy_pool_is_named_as_the_proxy_names_it() {
+        let skipped = format!(
+            "application_name = '{}' AND state = 'idle'",
+            compute_api::spec::SERVERLESS_APPLICATION_NAME
+        );
+        assert!(QUERY.contains(&skipped), "{QUERY}");
+    }
 
     #[test]
     fn activity_rules() {

@@ -79,6 +79,13 @@ pub struct ProxyConf {
     /// Refuse clients that do not use TLS (needs the certificate and key).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub require_tls: bool,
+    /// SQL over HTTP and WebSocket (Neon's serverless driver); empty for
+    /// none.
+    pub listen_serverless_addr: String,
+    /// How long a statement of `POST /sql` may run (the proxy's default
+    /// when unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serverless_statement_timeout: Option<Timeout>,
 }
 
 impl Default for ProxyConf {
@@ -89,6 +96,8 @@ impl Default for ProxyConf {
             tls_cert_path: None,
             tls_key_path: None,
             require_tls: false,
+            listen_serverless_addr: "127.0.0.1:4444".into(),
+            serverless_statement_timeout: None,
         }
     }
 }
@@ -662,10 +671,23 @@ impl LocalEnv {
         if p.require_tls {
             args.push("--require-tls".into());
         }
+        args.push("--listen-serverless".into());
+        args.push(p.listen_serverless_addr.clone().into());
+        if let Some(timeout) = p.serverless_statement_timeout {
+            args.push("--serverless-statement-timeout".into());
+            args.push(timeout.0.as_secs_f64().to_string().into());
+        }
         args.extend(Self::auth_args(repo));
         Daemon {
             name: "proxy".into(),
-            description: format!("proxy at '{}'", self.proxy.listen_pg_addr),
+            description: if p.listen_serverless_addr.is_empty() {
+                format!("proxy at '{}'", p.listen_pg_addr)
+            } else {
+                format!(
+                    "proxy at '{}' (SQL over HTTP and WebSocket at '{}')",
+                    p.listen_pg_addr, p.listen_serverless_addr
+                )
+            },
             service: "proxy",
             binary: self.binaries.proxy.clone(),
             args,

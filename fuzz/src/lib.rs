@@ -51,6 +51,16 @@ pub mod state_file;
 #[path = "../../proxy/src/routing.rs"]
 pub mod routing;
 
+/// `proxy/src/serverless/json.rs`: SQL over HTTP's values (PostgreSQL
+/// text and array literals to JSON, JSON parameters to text).
+#[path = "../../proxy/src/serverless/json.rs"]
+pub mod serverless_json;
+
+/// `proxy/src/serverless/connection_string.rs`: the
+/// `Neon-Connection-String` header.
+#[path = "../../proxy/src/serverless/connection_string.rs"]
+pub mod serverless_connection_string;
+
 /// Store the CRC-32C of `buf[..at]` at `buf[at..at + 4]` (little-endian),
 /// if `buf` is long enough: fuzz targets call this on their input to get
 /// past checksums and exercise what follows them.

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::{BufMut, BytesMut};
@@ -23,9 +23,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::control_plane_client::{ControlPlane, WakeError};
+use crate::compute;
+use crate::control_plane_client::ControlPlane;
 use crate::metrics::Metrics;
-use crate::routing::{route, Target};
+use crate::routing::{route, Routed};
 
 /// A client or compute byte stream (plain TCP or TLS).
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -72,7 +73,7 @@ pub struct Shared {
 }
 
 /// What the startup phase ended with.
-enum Startup {
+pub(crate) enum Startup {
     Session {
         params: StartupParams,
         sni: Option<String>,
@@ -84,12 +85,12 @@ enum Startup {
 /// An error to report to the client as a FATAL ErrorResponse.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-struct ClientError {
-    code: &'static str,
-    message: String,
+pub(crate) struct ClientError {
+    pub code: &'static str,
+    pub message: String,
 }
 
-fn client_error(code: &'static str, message: impl Into<String>) -> ClientError {
+pub(crate) fn client_error(code: &'static str, message: impl Into<String>) -> ClientError {
     ClientError {
         code,
         message: message.into(),
@@ -150,27 +151,37 @@ pub async fn handle(
         Err(e) => {
             info!(%peer, "refusing the connection: {}", e.message);
             shared.metrics.refused.inc();
-            let mut out = BytesMut::new();
-            BeMessage::ErrorResponse(&ErrorFields::fatal(e.code, e.message.clone()))
-                .write(&mut out)
-                .context("encoding an ErrorResponse")?;
-            // The client may be gone already, or not reading.
-            let _ = tokio::time::timeout(shared.startup_timeout, async {
-                let _ = stream.write_all(&out).await;
-                let _ = stream.flush().await;
-                let _ = stream.shutdown().await;
-            })
-            .await;
-            Ok(())
+            let fields = ErrorFields::fatal(e.code, e.message);
+            send_error_and_close(&mut stream, &fields, shared.startup_timeout).await
         }
     }
+}
+
+/// Send `fields` as an ErrorResponse and close the connection, giving up
+/// after `timeout`: the client may be gone already, or not reading.
+pub(crate) async fn send_error_and_close(
+    stream: &mut Box<dyn Stream>,
+    fields: &ErrorFields,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut out = BytesMut::new();
+    BeMessage::ErrorResponse(fields)
+        .write(&mut out)
+        .context("encoding an ErrorResponse")?;
+    let _ = tokio::time::timeout(timeout, async {
+        let _ = stream.write_all(&out).await;
+        let _ = stream.flush().await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+    Ok(())
 }
 
 /// Read startup-phase packets until a `StartupMessage` or `CancelRequest`,
 /// answering `SSLRequest` (`S` and a TLS handshake when TLS is configured,
 /// `N` otherwise) and `GSSENCRequest` (`N`), each at most once. A failed
 /// TLS handshake leaves `stream` empty.
-async fn read_startup(
+pub(crate) async fn read_startup(
     stream: &mut Option<Box<dyn Stream>>,
     buf: &mut BytesMut,
     tls: Option<&TlsAcceptor>,
@@ -253,7 +264,7 @@ async fn read_startup(
 
 /// Refuses, before anything is woken, what the proxy never lets through:
 /// the superuser, and plaintext when TLS is required.
-fn admit(params: &StartupParams, tls: bool, shared: &Shared) -> Result<(), ClientError> {
+pub(crate) fn admit(params: &StartupParams, tls: bool, shared: &Shared) -> Result<(), ClientError> {
     if shared.require_tls && !tls {
         return Err(client_error(
             "28000",
@@ -282,60 +293,31 @@ async fn session(
 ) -> Result<(), ClientError> {
     let routed = route(params.get("options"), sni.as_deref())
         .map_err(|e| client_error("08004", e.to_string()))?;
-    let started = Instant::now();
-    let woken = shared.control_plane.wake(&routed.target).await;
-    shared
-        .metrics
-        .wake_seconds
-        .observe(started.elapsed().as_secs_f64());
-    let woken = woken.map_err(|e| match e {
-        WakeError::NotFound(message) => client_error("3D000", message),
-        WakeError::Failed(_) | WakeError::Unavailable(_) => {
-            shared.metrics.wake_failures.inc();
-            warn!(target = %routed.target, "waking the compute failed: {e}");
-            client_error("57P03", format!("{}: {e}", describe(&routed.target)))
-        }
-    })?;
-    let address: SocketAddr = tokio::net::lookup_host(&woken.address)
-        .await
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| {
-            client_error(
-                "08006",
-                format!(
-                    "the control plane gave an unusable address {:?}",
-                    woken.address
-                ),
-            )
-        })?;
-    let compute = tokio::time::timeout(shared.connect_timeout, TcpStream::connect(address))
-        .await
-        .map_err(|_| {
-            client_error(
-                "08006",
-                format!("connecting to the compute at {address} timed out"),
-            )
-        })?
-        .map_err(|e| {
-            client_error(
-                "08006",
-                format!("connecting to the compute at {address}: {e}"),
-            )
-        })?;
-    pq_proto::listener::configure_socket(&compute);
-    info!(target = %routed.target, endpoint = %woken.endpoint, %address, "relaying");
+    let compute = compute::connect(
+        &shared.control_plane,
+        &shared.metrics,
+        shared.connect_timeout,
+        &routed.target,
+    )
+    .await
+    .map_err(|e| client_error(e.sqlstate(), e.to_string()))?;
+    let address = compute.address;
+    info!(target = %routed.target, endpoint = %compute.endpoint, %address, "relaying");
     let mut startup = BytesMut::new();
-    let forwarded = params.iter().filter_map(|(k, v)| {
-        if k == "options" {
-            routed.options.as_deref().map(|o| (k, o))
-        } else {
-            Some((k, v))
-        }
-    });
-    encode_startup(forwarded, &mut startup);
+    encode_startup(forwarded_params(&params, &routed), &mut startup);
     shared.metrics.active.inc();
-    let result = relay(client, compute, startup, address, shared, cancel).await;
+    let result = relay(
+        client,
+        Relay {
+            compute: compute.stream,
+            address,
+            to_compute: startup,
+            from_compute: BytesMut::new(),
+        },
+        shared,
+        cancel,
+    )
+    .await;
     shared.metrics.active.dec();
     if let Err(e) = result {
         debug!("relay ended: {e:#}");
@@ -343,15 +325,26 @@ async fn session(
     Ok(())
 }
 
-fn describe(target: &Target) -> String {
-    match target {
-        Target::Default => "the default branch".to_owned(),
-        other => other.to_string(),
-    }
+/// The startup parameters passed on to the compute: the client's, with
+/// the routing words taken out of `options`.
+pub(crate) fn forwarded_params<'a>(
+    params: &'a StartupParams,
+    routed: &'a Routed,
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    params.iter().filter_map(|(k, v)| {
+        if k == "options" {
+            routed.options.as_deref().map(|o| (k, o))
+        } else {
+            Some((k, v))
+        }
+    })
 }
 
 /// A protocol 3.0 `StartupMessage` with `params`.
-fn encode_startup<'a>(params: impl Iterator<Item = (&'a str, &'a str)>, out: &mut BytesMut) {
+pub(crate) fn encode_startup<'a>(
+    params: impl Iterator<Item = (&'a str, &'a str)>,
+    out: &mut BytesMut,
+) {
     let start = out.len();
     out.put_i32(0);
     out.put_i32(3 << 16);
@@ -366,17 +359,36 @@ fn encode_startup<'a>(params: impl Iterator<Item = (&'a str, &'a str)>, out: &mu
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
-/// Send the startup packet, then copy both ways until either side ends.
-async fn relay(
+/// A compute connection to relay a client to.
+pub(crate) struct Relay {
+    pub compute: TcpStream,
+    pub address: SocketAddr,
+    /// Bytes for the compute before the client's (the startup packet, or
+    /// what a client pipelined after its password).
+    pub to_compute: BytesMut,
+    /// Bytes of the compute's already read (past an authentication done
+    /// on the client's behalf).
+    pub from_compute: BytesMut,
+}
+
+/// Send `to_compute`, then copy both ways until either side ends. The
+/// compute's messages are read one by one up to the first `ReadyForQuery`,
+/// to learn the session's cancel key; raw bytes are copied after that.
+pub(crate) async fn relay(
     client: &mut Box<dyn Stream>,
-    mut compute: TcpStream,
-    startup: BytesMut,
-    address: SocketAddr,
+    relay: Relay,
     shared: &Shared,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    compute.write_all(&startup).await?;
-    let (mut compute_read, mut compute_write) = compute.split();
+    let Relay {
+        mut compute,
+        address,
+        to_compute,
+        from_compute,
+    } = relay;
+    compute.write_all(&to_compute).await?;
+    let (compute_read, mut compute_write) = compute.split();
+    let mut compute_read = std::io::Cursor::new(from_compute).chain(compute_read);
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let mut key: Option<CancelKey> = None;
     let to_compute = async {
@@ -442,7 +454,7 @@ async fn read_startup_reply<R: AsyncRead + Unpin>(
 
 /// Pass a `CancelRequest` on to the compute whose session has that key;
 /// an unknown key is ignored, as PostgreSQL does.
-async fn forward_cancel(shared: &Shared, key: CancelKey) {
+pub(crate) async fn forward_cancel(shared: &Shared, key: CancelKey) {
     let Some(address) = shared.cancel_map.get(&key) else {
         debug!("cancel request with an unknown key");
         return;

@@ -2,12 +2,15 @@
 //! endpoint a client asks for ([`routing`]), asks the control plane to
 //! wake its compute ([`control_plane_client`]), and relays the connection
 //! ([`connection`]). Authentication passes through to the compute; the
-//! superuser is never let through.
+//! superuser is never let through. The [`serverless`] listener serves the
+//! same computes over HTTP (`POST /sql`) and WebSocket.
 
+pub mod compute;
 pub mod connection;
 pub mod control_plane_client;
 pub mod metrics;
 pub mod routing;
+pub mod serverless;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::connection::{CancelMap, Shared};
 use crate::control_plane_client::ControlPlane;
 use crate::metrics::Metrics;
+use crate::serverless::{Serverless, ServerlessConf};
 
 pub const SERVICE: ServiceInfo = daemon_utils::service_info!("proxy");
 
@@ -63,6 +67,8 @@ pub struct ProxyConf {
     /// Public key(s) that verify tokens (PEM): the management API's
     /// `/metrics` then needs an admin token. Without it, nobody is asked.
     pub auth_public_key: Option<PathBuf>,
+    /// SQL over HTTP and WebSocket (`[serverless]`).
+    pub serverless: ServerlessConf,
 }
 
 impl Default for ProxyConf {
@@ -80,6 +86,7 @@ impl Default for ProxyConf {
             wake_timeout_seconds: 120.0,
             connect_timeout_seconds: 10.0,
             auth_public_key: None,
+            serverless: ServerlessConf::default(),
         }
     }
 }
@@ -115,6 +122,7 @@ pub async fn run(conf: ProxyConf, cancel: CancellationToken) -> anyhow::Result<(
         conf.max_unauthenticated_connections >= 1,
         "max_unauthenticated_connections must be at least 1"
     );
+    conf.serverless.check()?;
     let seconds = |s: f64| Duration::from_secs_f64(s.max(0.001));
     let shared = Arc::new(Shared {
         control_plane: ControlPlane::new(
@@ -150,8 +158,43 @@ pub async fn run(conf: ProxyConf, cancel: CancellationToken) -> anyhow::Result<(
         );
     }
     shared.metrics.register(http.registry())?;
+    let serverless = Arc::new(Serverless {
+        shared: shared.clone(),
+        pool: serverless::pool::Pool::new(
+            conf.serverless.pool_max_connections,
+            seconds(conf.serverless.pool_idle_timeout_seconds),
+        ),
+        max_request_bytes: conf.serverless.max_request_bytes,
+        max_response_bytes: conf.serverless.max_response_bytes,
+        statement_timeout: seconds(conf.serverless.statement_timeout_seconds),
+        requests: prometheus::IntCounter::new(
+            "proxy_serverless_requests_total",
+            "POST /sql requests",
+        )?,
+        websockets: prometheus::IntCounter::new(
+            "proxy_serverless_websocket_sessions_total",
+            "WebSocket sessions",
+        )?,
+        cancel: cancel.clone(),
+    });
+    serverless.pool.metrics.register(http.registry())?;
+    http.registry()
+        .register(Box::new(serverless.requests.clone()))?;
+    http.registry()
+        .register(Box::new(serverless.websockets.clone()))?;
     let pg_listener = bind_listener("PostgreSQL", &conf.listen_pg_addr).await?;
     let http_listener = bind_listener("HTTP", &conf.listen_http_addr).await?;
+    let serverless_task = if conf.serverless.listen_addr.is_empty() {
+        None
+    } else {
+        let listener = bind_listener("serverless", &conf.serverless.listen_addr).await?;
+        Some(tokio::spawn(serverless::serve(
+            listener,
+            conf.serverless.clone(),
+            serverless,
+            cancel.clone(),
+        )))
+    };
     info!(
         "serving clients on {} (TLS {}), waking computes through {}",
         conf.listen_pg_addr,
@@ -192,5 +235,8 @@ pub async fn run(conf: ProxyConf, cancel: CancellationToken) -> anyhow::Result<(
         );
     }
     http_task.await.context("the HTTP server task")??;
+    if let Some(task) = serverless_task {
+        task.await.context("the serverless listener task")??;
+    }
     Ok(())
 }

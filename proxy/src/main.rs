@@ -14,7 +14,9 @@ use proxy::ProxyConf;
 /// asks the control plane to wake that compute and then relays the
 /// connection; authentication passes through to PostgreSQL, and the
 /// superuser (cloud_admin) is always refused. The wake API is called with
-/// the token in NEON_AUTH_TOKEN. Stops on SIGTERM or SIGINT.
+/// the token in NEON_AUTH_TOKEN. The serverless listener takes the same
+/// clients over HTTP (POST /sql, in the shape of Neon's serverless driver)
+/// and WebSocket. Stops on SIGTERM or SIGINT.
 #[derive(Parser, Debug)]
 #[command(name = "proxy", version)]
 struct Cli {
@@ -42,6 +44,13 @@ struct Cli {
     /// Ed25519 public key(s) in this PEM file [default: none]
     #[arg(long, value_name = "PATH")]
     auth_public_key: Option<PathBuf>,
+    /// Address for SQL over HTTP (POST /sql) and WebSocket clients, such as
+    /// Neon's serverless driver; empty for none [default: 127.0.0.1:4444]
+    #[arg(long = "listen-serverless", value_name = "ADDR")]
+    listen_serverless_addr: Option<String>,
+    /// Seconds a statement of POST /sql may run [default: 30]
+    #[arg(long = "serverless-statement-timeout", value_name = "SECONDS")]
+    serverless_statement_timeout_seconds: Option<f64>,
     /// Seconds to wait for a compute to wake [default: 120]
     #[arg(long = "wake-timeout", value_name = "SECONDS")]
     wake_timeout_seconds: Option<f64>,
@@ -83,6 +92,12 @@ fn main() -> ExitCode {
             }
             if cli.require_tls {
                 conf.require_tls = true;
+            }
+            if let Some(addr) = cli.listen_serverless_addr {
+                conf.serverless.listen_addr = addr;
+            }
+            if let Some(seconds) = cli.serverless_statement_timeout_seconds {
+                conf.serverless.statement_timeout_seconds = seconds;
             }
             if cli.auth_public_key.is_some() {
                 conf.auth_public_key = cli.auth_public_key;

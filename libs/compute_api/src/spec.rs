@@ -30,6 +30,11 @@ pub const FORMAT_VERSION: u32 = 1;
 /// not create, alter or drop it.
 pub const SUPERUSER: &str = "cloud_admin";
 
+/// The `application_name` of the proxy's pooled connections (SQL over
+/// HTTP). The compute's activity monitor does not count them while they
+/// are idle: a warm pool does not keep a compute from suspending.
+pub const SERVERLESS_APPLICATION_NAME: &str = "neon_serverless_pool";
+
 /// Settings compute_ctl sets itself: the WAL service depends on them, so a
 /// spec may not change them.
 pub const RESERVED_SETTINGS: &[&str] = &[

@@ -109,8 +109,12 @@ fn put_error_fields(buf: &mut BytesMut, tag: u8, e: &ErrorFields) -> Result<(), 
             (b'D', e.detail.as_ref()),
             (b'H', e.hint.as_ref()),
         ];
-        for (field, value) in fields {
+        let other = e.other.iter().map(|(code, value)| (*code, Some(value)));
+        for (field, value) in fields.into_iter().chain(other) {
             if let Some(value) = value {
+                if field == 0 {
+                    return Err(ProtocolError::Encode("an error field with code 0".into()));
+                }
                 buf.put_u8(field);
                 put_cstr(buf, value)?;
             }

@@ -27,7 +27,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{tcp, TcpStream, ToSocketAddrs};
 
 use crate::wire::{read_frame, tagged_frame, WRITE_BUFFER_LIMIT};
+
+mod extended;
 use crate::{CancelKey, ErrorFields, ProtocolError, DEFAULT_MAX_MESSAGE_LEN};
+pub use extended::{FieldDescription, QueryResult, TextQuery};
 
 /// Errors of client operations.
 #[derive(Debug, thiserror::Error)]
@@ -36,13 +39,17 @@ pub enum ClientError {
     Protocol(#[from] ProtocolError),
     /// The server answered with an `ErrorResponse`.
     #[error("server error: {0}")]
-    Server(ErrorFields),
+    Server(Box<ErrorFields>),
     #[error("authentication failed: {0}")]
     Auth(String),
     #[error("unexpected message {:?} from server", char::from(*.0))]
     Unexpected(u8),
     #[error("connection cannot do that now: {0}")]
     InvalidState(&'static str),
+    /// A query's rows passed the byte limit given with it; the rest was
+    /// not read, so the connection is unusable.
+    #[error("the result is larger than the limit of {0} bytes")]
+    ResultTooLarge(usize),
 }
 
 impl ClientError {
@@ -136,7 +143,7 @@ pub fn error_fields(mut fields: PgErrorFields<'_>) -> Result<ErrorFields, Client
             b'M' => e.message = value,
             b'D' => e.detail = Some(value),
             b'H' => e.hint = Some(value),
-            _ => {}
+            code => e.other.push((code, value)),
         }
     }
     // Servers before 9.6 send only the localized severity.
@@ -146,7 +153,7 @@ pub fn error_fields(mut fields: PgErrorFields<'_>) -> Result<ErrorFields, Client
 
 fn server_error(fields: PgErrorFields<'_>) -> ClientError {
     match error_fields(fields) {
-        Ok(e) => ClientError::Server(e),
+        Ok(e) => ClientError::Server(Box::new(e)),
         Err(e) => e,
     }
 }
@@ -192,6 +199,40 @@ pub async fn connect(
     password: Option<&str>,
 ) -> Result<Client, ClientError> {
     let stream = TcpStream::connect(addr).await?;
+    connect_stream(stream, params, password).await
+}
+
+/// [`connect`] on a TCP connection made by the caller (who chose its
+/// timeout and socket options).
+pub async fn connect_stream(
+    stream: TcpStream,
+    params: &[(&str, &str)],
+    password: Option<&str>,
+) -> Result<Client, ClientError> {
+    let mut client = authenticated(stream, params, password).await?;
+    client.read_until_ready(None).await?;
+    Ok(client)
+}
+
+/// Runs the startup phase on `stream` up to the server's
+/// `AuthenticationOk` and hands the connection back: the socket, and the
+/// bytes already read past `AuthenticationOk` (the start of the server's
+/// `ParameterStatus`, `BackendKeyData` and `ReadyForQuery`). For a proxy
+/// that authenticates on a client's behalf and relays the rest.
+pub async fn authenticate_stream(
+    stream: TcpStream,
+    params: &[(&str, &str)],
+    password: Option<&str>,
+) -> Result<(TcpStream, BytesMut), ClientError> {
+    let client = authenticated(stream, params, password).await?;
+    Ok((client.stream, client.read_buf))
+}
+
+async fn authenticated(
+    stream: TcpStream,
+    params: &[(&str, &str)],
+    password: Option<&str>,
+) -> Result<Client, ClientError> {
     stream.set_nodelay(true)?;
     let mut client = Client {
         stream,
@@ -201,6 +242,7 @@ pub async fn connect(
         parameters: HashMap::new(),
         cancel_key: None,
         ready: false,
+        transaction_status: b'I',
     };
     let mut startup = params.to_vec();
     if !params.iter().any(|(k, _)| *k == "client_encoding") {
@@ -213,7 +255,6 @@ pub async fn connect(
         .find(|(k, _)| *k == "user")
         .map_or("", |(_, v)| v);
     client.authenticate(user, password).await?;
-    client.read_until_ready(None).await?;
     Ok(client)
 }
 
@@ -227,6 +268,9 @@ pub struct Client {
     parameters: HashMap<String, String>,
     cancel_key: Option<CancelKey>,
     ready: bool,
+    /// The status of the last `ReadyForQuery`: `I` idle, `T` in a
+    /// transaction, `E` in a failed one.
+    transaction_status: u8,
 }
 
 impl Client {
@@ -239,6 +283,45 @@ impl Client {
     /// The key from `BackendKeyData`, for a `CancelRequest`.
     pub fn cancel_key(&self) -> Option<CancelKey> {
         self.cancel_key
+    }
+
+    /// Whether the connection is between queries, outside any transaction:
+    /// the last operation completed and the server was idle after it.
+    pub fn is_idle(&self) -> bool {
+        self.ready && self.transaction_status == b'I'
+    }
+
+    /// Whether the connection is between queries (the last operation
+    /// completed), in a transaction or not.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// The transaction status of the last `ReadyForQuery` (`I`, `T` or
+    /// `E`).
+    pub fn transaction_status(&self) -> u8 {
+        self.transaction_status
+    }
+
+    /// Whether the server closed the connection or sent something
+    /// unasked (e.g. a FATAL error before closing it) while it was idle: a
+    /// look at the socket without waiting and without consuming anything.
+    /// A connection kept idle (in a pool) is checked before it is used.
+    pub fn is_closed(&self) -> bool {
+        if !self.read_buf.is_empty() {
+            return true;
+        }
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        // The socket is non-blocking (tokio's), so the peek does not wait.
+        match socket2::SockRef::from(&self.stream).peek(&mut probe) {
+            Ok(_) => true,
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+        }
+    }
+
+    /// The server's address.
+    pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.stream.peer_addr()
     }
 
     /// Sets the largest message body accepted from the server.
@@ -298,8 +381,9 @@ impl Client {
                     .map_err(encode_err)?;
                     self.flush().await?;
                 }
-                (_, Message::ReadyForQuery(_)) => {
+                (_, Message::ReadyForQuery(body)) => {
                     self.ready = true;
+                    self.transaction_status = body.status();
                     return error.map_or(Ok(rows), Err);
                 }
                 (b'W', _) => return Err(ClientError::Unexpected(b'W')),
@@ -438,8 +522,9 @@ impl Client {
     ) -> Result<(), ClientError> {
         loop {
             match self.next().await? {
-                (_, Message::ReadyForQuery(_)) => {
+                (_, Message::ReadyForQuery(body)) => {
                     self.ready = true;
+                    self.transaction_status = body.status();
                     return error.map_or(Ok(()), Err);
                 }
                 (_, Message::BackendKeyData(body)) => {

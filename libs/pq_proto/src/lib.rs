@@ -113,6 +113,11 @@ pub struct ErrorFields {
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
+    /// The other fields, by their one-letter codes in the order sent: `P`
+    /// position, `p` internal position, `q` internal query, `W` where, `s`
+    /// schema, `t` table, `c` column, `d` data type, `n` constraint, `F`
+    /// file, `L` line, `R` routine.
+    pub other: Vec<(u8, String)>,
 }
 
 impl ErrorFields {
@@ -133,7 +138,17 @@ impl ErrorFields {
             message: message.into(),
             detail: None,
             hint: None,
+            other: Vec::new(),
         }
+    }
+
+    /// The value of the field with one-letter code `code` among
+    /// [`other`](Self::other).
+    pub fn other_field(&self, code: u8) -> Option<&str> {
+        self.other
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, v)| v.as_str())
     }
 }
 

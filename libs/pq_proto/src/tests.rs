@@ -275,6 +275,7 @@ fn backend_messages_round_trip() {
     let mut fields = ErrorFields::error("42601", "bad");
     fields.detail = Some("d".into());
     fields.hint = Some("h".into());
+    fields.other = vec![(b'P', "7".into()), (b'n', "t_pkey".into())];
     let Message::ErrorResponse(b) = be_one(BeMessage::ErrorResponse(&fields)).1 else {
         panic!()
     };

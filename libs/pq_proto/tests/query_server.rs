@@ -106,7 +106,7 @@ async fn client(server: &Server) -> Result<Client, ClientError> {
 
 fn server_error<T: std::fmt::Debug>(result: Result<T, ClientError>) -> pq_proto::ErrorFields {
     match result {
-        Err(ClientError::Server(fields)) => fields,
+        Err(ClientError::Server(fields)) => *fields,
         other => panic!("expected a server error, got {other:?}"),
     }
 }
