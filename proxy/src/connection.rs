@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::compute;
 use crate::control_plane_client::ControlPlane;
 use crate::metrics::Metrics;
-use crate::routing::{route, Routed};
+use crate::routing::{route, Routed, Target};
 
 /// A client or compute byte stream (plain TCP or TLS).
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -70,6 +70,22 @@ pub struct Shared {
     pub connect_timeout: Duration,
     /// Refuse sessions that did not start with TLS.
     pub require_tls: bool,
+}
+
+impl Shared {
+    /// Wake the compute of `target` and connect to it.
+    pub async fn connect_compute(
+        &self,
+        target: &Target,
+    ) -> Result<compute::ComputeConnection, compute::ConnectError> {
+        compute::connect(
+            &self.control_plane,
+            &self.metrics,
+            self.connect_timeout,
+            target,
+        )
+        .await
+    }
 }
 
 /// What the startup phase ended with.
@@ -293,14 +309,10 @@ async fn session(
 ) -> Result<(), ClientError> {
     let routed = route(params.get("options"), sni.as_deref())
         .map_err(|e| client_error("08004", e.to_string()))?;
-    let compute = compute::connect(
-        &shared.control_plane,
-        &shared.metrics,
-        shared.connect_timeout,
-        &routed.target,
-    )
-    .await
-    .map_err(|e| client_error(e.sqlstate(), e.to_string()))?;
+    let compute = shared
+        .connect_compute(&routed.target)
+        .await
+        .map_err(|e| client_error(e.sqlstate(), e.to_string()))?;
     let address = compute.address;
     info!(target = %routed.target, endpoint = %compute.endpoint, %address, "relaying");
     let mut startup = BytesMut::new();

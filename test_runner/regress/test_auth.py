@@ -819,6 +819,20 @@ def test_proxy_requires_tls(neon_env_builder: NeonEnvBuilder, pg_bin: PgBin):
     # cloud_admin over TLS: still refused.
     admin = s.psql(s.conninfo(user="cloud_admin", sslmode="require"), "SELECT 1", check=False, password="x")
     assert admin.returncode != 0 and "FATAL" in admin.stderr, admin.stderr
+    # The serverless listener: plain HTTP (and so plain WebSocket) refused,
+    # HTTPS on the same port served.
+    port = s.nl.serverless_port
+    headers = {"Neon-Connection-String": f"postgresql://{ROLE}:{ROLE_PASSWORD}@127.0.0.1/postgres"}
+    body = {"query": "SELECT current_user AS u"}
+    plain_http = requests.post(f"http://127.0.0.1:{port}/sql", json=body, headers=headers, timeout=60)
+    assert plain_http.status_code == 403 and "TLS" in plain_http.json()["message"], plain_http.text
+    upgrade = requests.get(f"http://127.0.0.1:{port}/v2", timeout=60, headers={
+        "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": base64.b64encode(secrets.token_bytes(16)).decode()})
+    assert upgrade.status_code == 403, upgrade.text
+    https = requests.post(f"https://127.0.0.1:{port}/sql", json=body, headers=headers, timeout=120,
+                          verify=str(s.cert))
+    assert https.status_code == 200 and https.json()["rows"] == [{"u": ROLE}], https.text
 
 
 # ---------------------------------------------------------------------------

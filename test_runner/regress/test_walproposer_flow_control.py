@@ -154,9 +154,11 @@ def test_throttled_single_safekeeper(neon_env_builder: NeonEnvBuilder, report_fi
     report_figure(f"throttled safekeeper ({rate >> 20} MiB/s): {wal >> 20} MiB of WAL committed, "
                   f"walproposer peak RSS {peak >> 20} MiB (buffer limit 64 MiB)")
     # The buffer, the queues, the channel from PostgreSQL, the program
-    # and the allocator's slack; without flow control it held all the
-    # WAL the load wrote (378 MiB, asserted above to exceed 300 MiB).
-    assert peak < 64 * 1024 * 1024 + 96 * 1024 * 1024, f"walproposer RSS peaked at {peak} bytes"
+    # and the allocator's slack (about 105 MiB in all, debug build); without
+    # flow control it held all the WAL the load wrote (378 MiB, asserted
+    # above to exceed 300 MiB), and with glibc's default, moving mmap
+    # threshold freed chunks stayed resident (160 to 170 MiB).
+    assert peak < 64 * 1024 * 1024 + 80 * 1024 * 1024, f"walproposer RSS peaked at {peak} bytes"
 
 
 def test_throttled_minority_safekeeper(neon_env_builder: NeonEnvBuilder, report_figure):

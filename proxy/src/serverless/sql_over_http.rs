@@ -478,14 +478,7 @@ async fn checkout(
         .slot(shared.connect_timeout)
         .await
         .map_err(|e| SqlError::new(StatusCode::SERVICE_UNAVAILABLE, "53300", e.to_string()))?;
-    let compute = compute::connect(
-        &shared.control_plane,
-        &shared.metrics,
-        shared.connect_timeout,
-        &routed.target,
-    )
-    .await
-    .map_err(|e| {
+    let compute = shared.connect_compute(&routed.target).await.map_err(|e| {
         let status = match e {
             compute::ConnectError::NotFound(_) => StatusCode::NOT_FOUND,
             _ => StatusCode::SERVICE_UNAVAILABLE,

@@ -32,7 +32,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
-use crate::compute;
 use crate::connection::{
     admit, forward_cancel, forwarded_params, read_startup, relay, send_error_and_close, Relay,
     Startup, Stream,
@@ -257,14 +256,10 @@ async fn login(
     let password = tokio::time::timeout(shared.startup_timeout, read_password(client, buf))
         .await
         .map_err(|_| fatal("08P01", "timed out waiting for the password"))??;
-    let compute = compute::connect(
-        &shared.control_plane,
-        &shared.metrics,
-        shared.connect_timeout,
-        &routed.target,
-    )
-    .await
-    .map_err(|e| fatal(e.sqlstate(), e.to_string()))?;
+    let compute = shared
+        .connect_compute(&routed.target)
+        .await
+        .map_err(|e| fatal(e.sqlstate(), e.to_string()))?;
     info!(target = %routed.target, endpoint = %compute.endpoint, address = %compute.address, "relaying a WebSocket session");
     let address = compute.address;
     let forwarded: Vec<(&str, &str)> = forwarded_params(&params, &routed).collect();

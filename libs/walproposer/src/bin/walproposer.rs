@@ -56,7 +56,25 @@ enum Command {
     },
 }
 
+/// Large allocations (the WAL chunks, up to 128 KiB each) get their own
+/// mappings, returned to the system when freed. By default glibc raises
+/// this threshold after the first large free, and chunks then come from
+/// the heap, whose freed holes stay resident: the process's memory would
+/// grow well past the WAL buffer's byte limit under a long bulk load.
+fn keep_large_allocations_mapped() {
+    const THRESHOLD: libc::c_int = 64 * 1024;
+    // SAFETY: mallopt only sets an allocator parameter; it is called
+    // before any other thread exists.
+    let set = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) };
+    if set != 1 {
+        eprintln!(
+            "walproposer: could not set M_MMAP_THRESHOLD; memory may exceed the buffer limit"
+        );
+    }
+}
+
 fn main() -> ExitCode {
+    keep_large_allocations_mapped();
     let cli = Cli::parse();
     daemon_utils::init_tracing();
     let config = WalproposerConfig {
