@@ -558,7 +558,9 @@ def test_authentication_and_routing(sql: Sql, cluster: Serverless):
     # Routes: options (percent-decoded, also as -c), host label, default branch.
     port_query = "SELECT current_setting('port') AS port, current_user AS u"
     expected = [{"port": steady_port, "u": ROLE}]
-    for conn in [conn_string(f"endpoint={STEADY}"), conn_string(f"-c endpoint={STEADY}"),
+    # What Neon's console hands out, and what tools add (Prisma's pgbouncer): ignored.
+    neon_style = conn_string(f"endpoint={STEADY}") + "&sslmode=require&channel_binding=require&pgbouncer=true"
+    for conn in [conn_string(f"endpoint={STEADY}"), conn_string(f"-c endpoint={STEADY}"), neon_style,
                  conn_string(None, host=f"{STEADY}.localtest.me"),
                  conn_string(None, host=f"{STEADY}.localtest.me:5432"),
                  conn_string(f"endpoint={STEADY}", host="nope.localtest.me"),  # options win

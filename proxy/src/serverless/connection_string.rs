@@ -5,8 +5,9 @@
 //! goes in brackets, user, password, host, database and query values are
 //! percent-decoded (`+` is a literal plus everywhere), the query may set
 //! `user`, `password`, `dbname`, `host` and `port` over the URI's own parts,
-//! `options` is kept, other libpq keywords are accepted and ignored, and an
-//! unknown or repeated key is an error.
+//! `options` is kept, other keys (libpq's `sslmode`, `channel_binding`, …,
+//! and those of tools that share the string, like Prisma's `pgbouncer`) are
+//! accepted and ignored, and a repeated key is an error.
 
 use std::fmt;
 use std::str::FromStr;
@@ -78,22 +79,7 @@ pub enum ConnectionStringError {
     MissingParameterValue(String),
     #[error("the connection string gives the parameter {0:?} more than once")]
     RepeatedParameter(String),
-    #[error("unknown connection string parameter {0:?}")]
-    UnknownParameter(String),
 }
-
-/// libpq keywords that are accepted in the query and have no effect here.
-#[rustfmt::skip]
-const IGNORED_KEYWORDS: &[&str] = &[
-    "application_name", "channel_binding", "client_encoding", "connect_timeout",
-    "fallback_application_name", "gssdelegation", "gssencmode", "gsslib", "hostaddr", "keepalives",
-    "keepalives_count", "keepalives_idle", "keepalives_interval", "krbsrvname",
-    "load_balance_hosts", "max_protocol_version", "min_protocol_version", "passfile",
-    "replication", "require_auth", "requirepeer", "service", "ssl", "ssl_max_protocol_version",
-    "ssl_min_protocol_version", "sslcert", "sslcertmode", "sslcompression", "sslcrl", "sslcrldir",
-    "sslkey", "sslmode", "sslnegotiation", "sslpassword", "sslrootcert", "sslsni",
-    "target_session_attrs", "tcp_user_timeout",
-];
 
 impl FromStr for ConnectionString {
     type Err = ConnectionStringError;
@@ -262,11 +248,13 @@ fn parse_query(query: &str) -> Result<QueryParameters, ConnectionStringError> {
             "host" => &mut parameters.host,
             "port" => &mut parameters.port,
             "options" => &mut parameters.options,
-            known if IGNORED_KEYWORDS.contains(&known) => {
+            // libpq's other keywords (sslmode, channel_binding, …) and
+            // those of tools that share the string (Prisma's pgbouncer,
+            // schema, …) have no effect here.
+            _ => {
                 seen.push(key);
                 continue;
             }
-            _ => return Err(ConnectionStringError::UnknownParameter(key)),
         };
         if key == "host" && value.contains(',') {
             return Err(ConnectionStringError::MultipleHosts);
@@ -471,8 +459,11 @@ mod tests {
             E::RepeatedParameter("options".to_owned())
         );
         assert_eq!(
-            err("postgresql://u@h?frobnicate=1"),
-            E::UnknownParameter("frobnicate".to_owned())
+            parse("postgresql://u@h?pgbouncer=true&schema=app&options=branch%3Db")
+                .unwrap()
+                .options
+                .as_deref(),
+            Some("branch=b")
         );
         assert_eq!(
             err("postgresql://u@h?sslmode"),
