@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from fixtures.neon_fixtures import REPO_ROOT
 from fixtures.pg import PgBin
@@ -106,8 +107,10 @@ def test_docker_compose(
 
     project = f"neontest{os.getpid()}"
     proxy_port = port_distributor.get()
+    serverless_port = port_distributor.get()
     env = os.environ | {
         "NEON_PROXY_PORT": str(proxy_port),
+        "NEON_SERVERLESS_PORT": str(serverless_port),
         "NEON_PASSWORD": PASSWORD,
         "NEON_IMAGE_TAG": "latest",
     }
@@ -163,6 +166,16 @@ def test_docker_compose(
              "--format", '{{.Label "com.docker.compose.service"}} {{.Ports}}'], timeout=60).stdout
         services = {line.split()[0] for line in published.splitlines() if "->" in line}
         assert services == {"proxy"}, published
+        # SQL over HTTPS on the proxy's serverless port (its certificate is
+        # self-signed: not verified, as with sslmode=require); plain HTTP
+        # refused, as TLS is required.
+        sql_headers = {"Neon-Connection-String": f"postgresql://neon:{PASSWORD}@127.0.0.1/neondb"}
+        over_https = requests.post(f"https://127.0.0.1:{serverless_port}/sql", verify=False, timeout=120,
+                                   headers=sql_headers, json={"query": "SELECT $1::int + 1 AS n", "params": [41]})
+        assert over_https.status_code == 200 and over_https.json()["rows"] == [{"n": 42}], over_https.text
+        over_http = requests.post(f"http://127.0.0.1:{serverless_port}/sql", timeout=60, headers=sql_headers,
+                                  json={"query": "SELECT 1"})
+        assert over_http.status_code == 403, over_http.text
         # Without TLS the proxy refuses; cloud_admin is refused whatever its
         # password.
         refused_by_proxy("neon", "disable")
