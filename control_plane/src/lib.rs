@@ -24,6 +24,7 @@ pub mod local_env;
 pub mod lock;
 pub mod roles;
 pub mod state;
+pub mod status;
 pub mod storage_clients;
 pub mod tenants;
 pub mod wake_service;

@@ -58,6 +58,8 @@ enum Command {
     Start(StartAllArgs),
     /// Stop every daemon and endpoint
     Stop(StopArgs),
+    /// Every tenant's branches with their sizes and endpoints, in one table
+    Status,
     /// Manage tenants
     #[command(subcommand)]
     Tenant(TenantCmd),
@@ -471,6 +473,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     control_plane::roles::role_delete(&repo, &env, tenant_id, &name)
                 }
             }
+        }
+        Command::Status => {
+            print!("{}", control_plane::status::status_table(&repo, &env()?)?);
+            Ok(())
         }
         Command::Tenant(cmd) => {
             let env = env()?;

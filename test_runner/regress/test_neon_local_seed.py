@@ -163,6 +163,62 @@ def test_readme_transcript(cluster: Cluster):
     cluster.run("stop")
 
 
+def size_bytes(text: str) -> float:
+    """`status`'s sizes ("812 B", "7.6 MiB") in bytes."""
+    number, unit = text.split()
+    return float(number) * 1024 ** ["B", "KiB", "MiB", "GiB", "TiB", "PiB"].index(unit)
+
+
+def test_status(cluster: Cluster):
+    """`status`: every tenant's branches with their parents, sizes and
+    endpoints in one table, and a size line per tenant."""
+    cluster.run("start")
+    cluster.run("tenant", "create", "--set-default")
+    cluster.run("endpoint", "create", "main")
+    port = start_port_of(cluster.run("endpoint", "start", "main"))
+    cluster.psql(port, "CREATE TABLE t AS SELECT g FROM generate_series(1, 200000) g")
+    # At the end of main's WAL (neon_local waits for the pageserver to have it).
+    cluster.run("timeline", "branch", "--branch-name", "heikki")
+    other = re.search(rf"tenant ({ID})", cluster.run("tenant", "create"))[1]
+    default = next(line.split()[0] for line in cluster.run("tenant", "list").splitlines() if "(default)" in line)
+
+    lines = cluster.run("status").splitlines()
+    header = re.split(r"\s{2,}", lines[0])
+    assert header == ["TENANT", "BRANCH", "PARENT", "LAST LSN", "LOGICAL SIZE", "PHYSICAL SIZE", "ENDPOINTS"], lines
+    rows = [re.split(r"\s{2,}", line.strip()) for line in lines[1:4]]
+    tenant_ids = sorted([default, other])
+    by_branch = {}
+    for row in rows:
+        # The first row of a tenant starts with it; the others are indented.
+        if re.fullmatch(rf"{ID}( \(default\))?", row[0]):
+            tenant, row = row[0].split()[0], row[1:]
+        by_branch[(tenant, row[0])] = row
+    assert set(by_branch) == {(default, "main"), (default, "heikki"), (other, "main")}, lines
+    main, heikki, other_main = by_branch[(default, "main")], by_branch[(default, "heikki")], by_branch[(other, "main")]
+    assert main[1] == "-" and main[5] == "main (running)", main
+    assert re.fullmatch(rf"main@{LSN}", heikki[1]) and heikki[5] == "-", heikki
+    assert other_main[5] == "-", other_main
+    # 200,000 int rows are about 7 MB of heap: the logical size says so, on
+    # the branch too (its parent's data as of the branch point).
+    assert size_bytes(main[3]) > 7e6 and size_bytes(heikki[3]) > 7e6, lines
+    assert size_bytes(main[3]) > size_bytes(other_main[3]) + 6e6, lines
+    assert lines[1].startswith(tenant_ids[0]) and "(default)" in "".join(lines[1:4]), lines
+    totals = [line for line in lines if line.startswith("tenant ")]
+    assert totals == [
+        f"tenant {tenant_ids[0]}: {2 if tenant_ids[0] == default else 1} branch{'es' if tenant_ids[0] == default else ''}, "
+        + totals[0].split(", ", 1)[1],
+        f"tenant {tenant_ids[1]}: {2 if tenant_ids[1] == default else 1} branch{'es' if tenant_ids[1] == default else ''}, "
+        + totals[1].split(", ", 1)[1],
+    ], totals
+    cluster.run("stop")
+
+
+def start_port_of(output: str) -> int:
+    m = re.search(r"Starting postgres at 'postgresql://cloud_admin@127\.0\.0\.1:(\d+)/postgres'", output)
+    assert m, output
+    return int(m[1])
+
+
 def test_time_travel(cluster: Cluster):
     """A read-only endpoint at an LSN sees the branch as of that LSN and
     refuses writes, whatever the session sets."""
