@@ -266,6 +266,14 @@ enum TimelineCmd {
         #[arg(long, default_value_t = 15)]
         pg_version: u32,
     },
+    /// Delete a branch with its data and its stopped endpoints (refused
+    /// while it has children or a running endpoint)
+    Delete {
+        #[arg(long)]
+        tenant_id: Option<TenantId>,
+        #[arg(long)]
+        branch_name: String,
+    },
     /// List timelines as a tree
     List {
         #[arg(long)]
@@ -527,6 +535,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &branch_name,
                     pg_version,
                 ),
+                TimelineCmd::Delete {
+                    tenant_id,
+                    branch_name,
+                } => tenants::timeline_delete(&repo, &env, tenant_id, &branch_name),
                 TimelineCmd::List { tenant_id } => tenants::timeline_list(&repo, &env, tenant_id),
             }
         }

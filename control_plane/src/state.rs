@@ -162,6 +162,14 @@ impl State {
             .map(|b| b.name.as_str())
     }
 
+    /// Forgets branch `name`; whether there was one.
+    pub fn remove_branch(&mut self, tenant_id: TenantId, name: &str) -> bool {
+        let before = self.branches.len();
+        self.branches
+            .retain(|b| !(b.tenant_id == tenant_id && b.name == name));
+        self.branches.len() != before
+    }
+
     pub fn add_branch(&mut self, tenant_id: TenantId, name: &str, timeline_id: TimelineId) {
         self.branches.push(Branch {
             tenant_id,

@@ -102,6 +102,25 @@ impl PageserverClient {
         parse(response, "pageserver")
     }
 
+    /// Deletes a timeline (the pageserver refuses one with children).
+    pub fn delete_timeline(
+        &self,
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+    ) -> anyhow::Result<()> {
+        let response = send(
+            self.client
+                .delete(format!(
+                    "{}/v1/tenant/{tenant_id}/timeline/{timeline_id}",
+                    self.base
+                ))
+                .bearer_auth(&self.token),
+            "pageserver",
+            &self.base,
+        )?;
+        parse::<serde_json::Value>(response, "pageserver").map(drop)
+    }
+
     pub fn create_tenant(&self, tenant_id: Option<TenantId>) -> anyhow::Result<TenantId> {
         let info: TenantInfo = self.post("/v1/tenant", &TenantCreateRequest { tenant_id })?;
         Ok(info.tenant_id)
@@ -192,6 +211,24 @@ impl SafekeeperClient {
             return Ok(None);
         }
         parse(response, "safekeeper").map(Some)
+    }
+
+    /// Deletes the timeline and its WAL; nothing to do if it has none.
+    pub fn delete_timeline(
+        &self,
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+    ) -> anyhow::Result<()> {
+        let url = format!("{}/v1/tenant/{tenant_id}/timeline/{timeline_id}", self.base);
+        let response = send(
+            self.client.delete(url).bearer_auth(&self.token),
+            "safekeeper",
+            &self.base,
+        )?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        parse::<serde_json::Value>(response, "safekeeper").map(drop)
     }
 
     /// Creates the timeline unless it exists.

@@ -10,9 +10,10 @@ use anyhow::{bail, Context};
 use pageserver_api::models::{TimelineCreateRequest, TimelineInfo};
 use utils::{Lsn, TenantId, TimelineId};
 
+use crate::endpoint::Endpoint;
 use crate::local_env::LocalEnv;
 use crate::state::{check_name, State};
-use crate::storage_clients::{quorum_flush_lsn, PageserverClient};
+use crate::storage_clients::{quorum_flush_lsn, PageserverClient, SafekeeperClient};
 
 /// The name of a tenant's first timeline.
 pub const DEFAULT_BRANCH: &str = "main";
@@ -227,6 +228,77 @@ pub fn timeline_list(
         "{}",
         timeline_tree(&timelines, |id| state.branch_name(tenant_id, id))
     );
+    Ok(())
+}
+
+/// `timeline delete`: a branch, its data on the pageserver and the
+/// safekeepers, and its stopped (or suspended) endpoints. Refused, with
+/// nothing changed, while the branch has children or a running endpoint.
+/// Endpoint creation is locked meanwhile, so the control plane cannot
+/// start one on the branch halfway.
+pub fn timeline_delete(
+    repo: &Path,
+    env: &LocalEnv,
+    tenant_id: Option<TenantId>,
+    branch_name: &str,
+) -> anyhow::Result<()> {
+    let _creation = Endpoint::lock_creation(repo)?;
+    let mut state = State::load(repo)?;
+    let tenant_id = state.tenant(tenant_id)?;
+    let timeline_id = state.require_timeline(tenant_id, branch_name)?;
+    let pageserver = PageserverClient::new(env)?;
+    let children: Vec<String> = pageserver
+        .timelines(tenant_id)?
+        .iter()
+        .filter(|t| t.ancestor_timeline_id == Some(timeline_id))
+        .map(|t| {
+            state
+                .branch_name(tenant_id, t.timeline_id)
+                .map_or_else(|| t.timeline_id.to_string(), str::to_owned)
+        })
+        .collect();
+    if !children.is_empty() {
+        bail!(
+            "branch '{branch_name}' has children ({}): delete them first",
+            children.join(", ")
+        );
+    }
+    let endpoints: Vec<Endpoint> = Endpoint::list(repo)?
+        .into_iter()
+        .filter(|e| e.conf.tenant_id == tenant_id && e.conf.timeline_id == timeline_id)
+        .collect();
+    // Each endpoint's lock is held from the check to the deletion.
+    let mut locks = Vec::new();
+    for e in &endpoints {
+        locks.push(e.lock()?);
+        let status = e.status(env);
+        if status != "stopped" && status != "suspended" {
+            bail!(
+                "endpoint '{}' is {status} on branch '{branch_name}': stop it first (`neon_local endpoint stop {}`)",
+                e.conf.name,
+                e.conf.name
+            );
+        }
+    }
+    pageserver.delete_timeline(tenant_id, timeline_id)?;
+    for sk in &env.safekeepers {
+        let deleted = SafekeeperClient::new(env, &sk.listen_http_addr)
+            .and_then(|client| client.delete_timeline(tenant_id, timeline_id));
+        if let Err(e) = deleted {
+            eprintln!(
+                "warning: safekeeper {} keeps the timeline's WAL: {e:#}",
+                sk.id
+            );
+        }
+    }
+    for e in &endpoints {
+        std::fs::remove_dir_all(&e.dir).with_context(|| format!("removing {}", e.dir.display()))?;
+        println!("deleted endpoint '{}'", e.conf.name);
+    }
+    drop(locks);
+    state.remove_branch(tenant_id, branch_name);
+    state.save(repo)?;
+    println!("deleted branch '{branch_name}' (timeline {timeline_id})");
     Ok(())
 }
 

@@ -213,6 +213,63 @@ def test_status(cluster: Cluster):
     cluster.run("stop")
 
 
+def test_timeline_delete(cluster: Cluster):
+    """`timeline delete`: refused while the branch has children or a
+    running endpoint, naming them, with nothing changed; then the branch,
+    its stopped endpoints and its data on the pageserver and the
+    safekeeper are gone, and the name can be used again."""
+    cluster.run("start")
+    cluster.run("tenant", "create", "--set-default")
+    cluster.run("endpoint", "create", "main")
+    main_port = start_port_of(cluster.run("endpoint", "start", "main"))
+    cluster.psql(main_port, "CREATE TABLE t AS SELECT 1 AS x")
+    cluster.run("timeline", "branch", "--branch-name", "a")
+    cluster.run("timeline", "branch", "--branch-name", "b", "--ancestor-branch-name", "a")
+    cluster.run("endpoint", "create", "ea", "--branch-name", "a")
+    cluster.run("endpoint", "start", "ea")
+    cluster.run("endpoint", "create", "eb", "--branch-name", "b")  # never started
+
+    def timelines() -> str:
+        return cluster.run("timeline", "list")
+
+    before = timelines()
+    refused = cluster.fail("timeline", "delete", "--branch-name", "a")
+    assert "has children (b)" in refused, refused
+    assert timelines() == before
+    out = cluster.run("timeline", "delete", "--branch-name", "b")
+    assert out == "deleted endpoint 'eb'\ndeleted branch 'b' (timeline " + out.split("(timeline ")[1], out
+    b_timeline = out.split("(timeline ")[1].rstrip(")\n")
+    assert " b [" not in timelines() and "eb" not in cluster.endpoints()
+    refused = cluster.fail("timeline", "delete", "--branch-name", "a")
+    assert "endpoint 'ea' is running" in refused and "endpoint stop ea" in refused, refused
+    assert "ea" in cluster.endpoints() and " a [" in timelines()
+    cluster.run("endpoint", "stop", "ea")
+    tenant = next(line.split()[0] for line in cluster.run("tenant", "list").splitlines() if "(default)" in line)
+    nl = cluster.nl
+    session = nl.session()
+
+    def status(daemon: str, timeline: str) -> int:
+        url = f"http://{nl.http[daemon]}/v1/tenant/{tenant}/timeline/{timeline}"
+        return session.get(url, timeout=10).status_code
+
+    a_timeline = re.search(rf" a \[({ID})\]", timelines())[1]
+    # ea ran on a: the safekeeper has its WAL, until the deletion.
+    assert status("safekeeper 1", a_timeline) == 200 and status("pageserver 1", a_timeline) == 200
+    out = cluster.run("timeline", "delete", "--branch-name", "a")
+    assert out == f"deleted endpoint 'ea'\ndeleted branch 'a' (timeline {a_timeline})\n", out
+    assert [line for line in timelines().splitlines()] == [timelines().splitlines()[0]], timelines()
+    assert list(cluster.endpoints()) == ["main"]
+    # Gone from the pageserver and the safekeeper too.
+    for daemon in ("pageserver 1", "safekeeper 1"):
+        for timeline in (a_timeline, b_timeline):
+            assert status(daemon, timeline) == 404, (daemon, timeline)
+    assert "no branch named 'a'" in cluster.fail("timeline", "delete", "--branch-name", "a")
+    # The name is free again, and main never noticed.
+    cluster.run("timeline", "branch", "--branch-name", "a")
+    assert cluster.psql(main_port, "SELECT x FROM t") == "1"
+    cluster.run("stop")
+
+
 def start_port_of(output: str) -> int:
     m = re.search(r"Starting postgres at 'postgresql://cloud_admin@127\.0\.0\.1:(\d+)/postgres'", output)
     assert m, output
