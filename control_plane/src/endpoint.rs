@@ -515,6 +515,22 @@ impl Endpoint {
         }
     }
 
+    /// Points a stopped endpoint at another timeline (a branch reset): its
+    /// next start makes its data directory from that timeline. The caller
+    /// holds the endpoint's lock.
+    pub fn set_timeline(&mut self, timeline_id: TimelineId) -> anyhow::Result<()> {
+        let mut conf = self.conf.clone();
+        conf.timeline_id = timeline_id;
+        let text = toml::to_string_pretty(&conf).context("serializing the endpoint")?;
+        let path = self.dir.join(ENDPOINT_FILE);
+        let tmp = self.dir.join(format!(".{ENDPOINT_FILE}.new"));
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .with_context(|| format!("writing {}", path.display()))?;
+        self.conf = conf;
+        Ok(())
+    }
+
     fn set_suspended(&self, suspended: bool) -> anyhow::Result<()> {
         let path = self.dir.join(SUSPENDED_FILE);
         let result = if suspended {

@@ -274,6 +274,14 @@ enum TimelineCmd {
         #[arg(long)]
         branch_name: String,
     },
+    /// Start a branch again from its parent's end (its stopped endpoints
+    /// follow); refused with children or a running endpoint
+    Reset {
+        #[arg(long)]
+        tenant_id: Option<TenantId>,
+        #[arg(long)]
+        branch_name: String,
+    },
     /// List timelines as a tree
     List {
         #[arg(long)]
@@ -539,6 +547,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     tenant_id,
                     branch_name,
                 } => tenants::timeline_delete(&repo, &env, tenant_id, &branch_name),
+                TimelineCmd::Reset {
+                    tenant_id,
+                    branch_name,
+                } => tenants::timeline_reset(&repo, &env, tenant_id, &branch_name),
                 TimelineCmd::List { tenant_id } => tenants::timeline_list(&repo, &env, tenant_id),
             }
         }

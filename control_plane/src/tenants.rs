@@ -183,27 +183,12 @@ pub fn timeline_branch(
     check_new_branch(&state, tenant_id, branch_name)?;
     let ancestor = state.require_timeline(tenant_id, ancestor_branch_name)?;
     let pageserver = PageserverClient::new(env)?;
-    if ancestor_start_lsn.is_none() {
-        // "The end" of the ancestor is what its computes committed: the
-        // branch is cut only once the pageserver has all of it from the
-        // safekeepers, never at whatever it happens to have ingested.
-        if let Some(committed) = quorum_flush_lsn(env, tenant_id, ancestor)? {
-            wait_for_ingest(
-                &pageserver,
-                tenant_id,
-                ancestor,
-                ancestor_branch_name,
-                committed,
-            )?;
-        }
-    }
-    let timeline = pageserver.create_timeline(
+    let timeline = create_branch_timeline(
+        env,
+        &pageserver,
         tenant_id,
-        &TimelineCreateRequest {
-            ancestor_timeline_id: Some(ancestor),
-            ancestor_start_lsn,
-            ..Default::default()
-        },
+        (ancestor, ancestor_branch_name),
+        ancestor_start_lsn,
     )?;
     state.add_branch(tenant_id, branch_name, timeline.timeline_id);
     state.save(repo)?;
@@ -231,6 +216,158 @@ pub fn timeline_list(
     Ok(())
 }
 
+/// A new timeline branched from `ancestor` (its id and name) at `lsn`,
+/// or at its end: what its computes committed, once the pageserver has
+/// all of it from the safekeepers (never whatever it happens to have
+/// ingested).
+fn create_branch_timeline(
+    env: &LocalEnv,
+    pageserver: &PageserverClient,
+    tenant_id: TenantId,
+    (ancestor, ancestor_name): (TimelineId, &str),
+    lsn: Option<Lsn>,
+) -> anyhow::Result<TimelineInfo> {
+    if lsn.is_none() {
+        if let Some(committed) = quorum_flush_lsn(env, tenant_id, ancestor)? {
+            wait_for_ingest(pageserver, tenant_id, ancestor, ancestor_name, committed)?;
+        }
+    }
+    pageserver.create_timeline(
+        tenant_id,
+        &TimelineCreateRequest {
+            ancestor_timeline_id: Some(ancestor),
+            ancestor_start_lsn: lsn,
+            ..Default::default()
+        },
+    )
+}
+
+/// Deletes a timeline on the pageserver, then on the safekeepers (a
+/// safekeeper that does not answer keeps its WAL, with a warning).
+fn delete_timeline_everywhere(
+    env: &LocalEnv,
+    pageserver: &PageserverClient,
+    tenant_id: TenantId,
+    timeline_id: TimelineId,
+) -> anyhow::Result<()> {
+    pageserver.delete_timeline(tenant_id, timeline_id)?;
+    for sk in &env.safekeepers {
+        let deleted = SafekeeperClient::new(env, &sk.listen_http_addr)
+            .and_then(|client| client.delete_timeline(tenant_id, timeline_id));
+        if let Err(e) = deleted {
+            eprintln!(
+                "warning: safekeeper {} keeps the WAL of timeline {timeline_id}: {e:#}",
+                sk.id
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The names of the branches whose parent is `timeline_id`.
+fn children_of(
+    state: &State,
+    pageserver: &PageserverClient,
+    tenant_id: TenantId,
+    timeline_id: TimelineId,
+) -> anyhow::Result<Vec<String>> {
+    Ok(pageserver
+        .timelines(tenant_id)?
+        .iter()
+        .filter(|t| t.ancestor_timeline_id == Some(timeline_id))
+        .map(|t| {
+            state
+                .branch_name(tenant_id, t.timeline_id)
+                .map_or_else(|| t.timeline_id.to_string(), str::to_owned)
+        })
+        .collect())
+}
+
+/// The endpoints on a timeline, each locked (until the caller drops it),
+/// after checking that none runs.
+fn stopped_endpoints_on(
+    repo: &Path,
+    env: &LocalEnv,
+    (tenant_id, timeline_id): (TenantId, TimelineId),
+    branch_name: &str,
+) -> anyhow::Result<Vec<(Endpoint, crate::lock::FileLock)>> {
+    let mut out = Vec::new();
+    for e in Endpoint::list(repo)? {
+        if e.conf.tenant_id != tenant_id || e.conf.timeline_id != timeline_id {
+            continue;
+        }
+        let lock = e.lock()?;
+        let status = e.status(env);
+        if status != "stopped" && status != "suspended" {
+            bail!(
+                "endpoint '{}' is {status} on branch '{branch_name}': stop it first (`neon_local endpoint stop {}`)",
+                e.conf.name,
+                e.conf.name
+            );
+        }
+        out.push((e, lock));
+    }
+    Ok(out)
+}
+
+/// `timeline reset`: the branch starts again from its parent's end. Its
+/// name moves to a new timeline branched there, its stopped endpoints
+/// follow (their next start sees the parent's data), and the old
+/// timeline is deleted. Refused, with nothing changed, for a branch
+/// without parent, with children, with a running endpoint or a read-only
+/// one (which reads the old timeline at its LSN).
+pub fn timeline_reset(
+    repo: &Path,
+    env: &LocalEnv,
+    tenant_id: Option<TenantId>,
+    branch_name: &str,
+) -> anyhow::Result<()> {
+    let _creation = Endpoint::lock_creation(repo)?;
+    let mut state = State::load(repo)?;
+    let tenant_id = state.tenant(tenant_id)?;
+    let old = state.require_timeline(tenant_id, branch_name)?;
+    let pageserver = PageserverClient::new(env)?;
+    let Some(parent) = pageserver.timeline(tenant_id, old)?.ancestor_timeline_id else {
+        bail!("branch '{branch_name}' has no parent to reset to");
+    };
+    let parent_name = state
+        .branch_name(tenant_id, parent)
+        .map_or_else(|| parent.to_string(), str::to_owned);
+    let children = children_of(&state, &pageserver, tenant_id, old)?;
+    if !children.is_empty() {
+        bail!(
+            "branch '{branch_name}' has children ({}): delete them first",
+            children.join(", ")
+        );
+    }
+    let mut endpoints = stopped_endpoints_on(repo, env, (tenant_id, old), branch_name)?;
+    if let Some((e, _)) = endpoints
+        .iter()
+        .find(|(e, _)| e.conf.lsn.is_some() || e.conf.replica)
+    {
+        bail!(
+            "read-only endpoint '{}' reads branch '{branch_name}' as it is: destroy it first (`neon_local endpoint stop {} --destroy`)",
+            e.conf.name,
+            e.conf.name
+        );
+    }
+    let new = create_branch_timeline(env, &pageserver, tenant_id, (parent, &parent_name), None)?;
+    for (e, _lock) in &mut endpoints {
+        e.set_timeline(new.timeline_id)?;
+    }
+    state.remove_branch(tenant_id, branch_name);
+    state.add_branch(tenant_id, branch_name, new.timeline_id);
+    state.save(repo)?;
+    drop(endpoints);
+    delete_timeline_everywhere(env, &pageserver, tenant_id, old)?;
+    let lsn = new.ancestor_lsn.unwrap_or(new.last_record_lsn);
+    println!(
+        "reset branch '{branch_name}' to '{parent_name}' at {lsn} (timeline {} replaces {old})",
+        new.timeline_id
+    );
+    Ok(())
+}
+
 /// `timeline delete`: a branch, its data on the pageserver and the
 /// safekeepers, and its stopped (or suspended) endpoints. Refused, with
 /// nothing changed, while the branch has children or a running endpoint.
@@ -247,55 +384,21 @@ pub fn timeline_delete(
     let tenant_id = state.tenant(tenant_id)?;
     let timeline_id = state.require_timeline(tenant_id, branch_name)?;
     let pageserver = PageserverClient::new(env)?;
-    let children: Vec<String> = pageserver
-        .timelines(tenant_id)?
-        .iter()
-        .filter(|t| t.ancestor_timeline_id == Some(timeline_id))
-        .map(|t| {
-            state
-                .branch_name(tenant_id, t.timeline_id)
-                .map_or_else(|| t.timeline_id.to_string(), str::to_owned)
-        })
-        .collect();
+    let children = children_of(&state, &pageserver, tenant_id, timeline_id)?;
     if !children.is_empty() {
         bail!(
             "branch '{branch_name}' has children ({}): delete them first",
             children.join(", ")
         );
     }
-    let endpoints: Vec<Endpoint> = Endpoint::list(repo)?
-        .into_iter()
-        .filter(|e| e.conf.tenant_id == tenant_id && e.conf.timeline_id == timeline_id)
-        .collect();
     // Each endpoint's lock is held from the check to the deletion.
-    let mut locks = Vec::new();
-    for e in &endpoints {
-        locks.push(e.lock()?);
-        let status = e.status(env);
-        if status != "stopped" && status != "suspended" {
-            bail!(
-                "endpoint '{}' is {status} on branch '{branch_name}': stop it first (`neon_local endpoint stop {}`)",
-                e.conf.name,
-                e.conf.name
-            );
-        }
-    }
-    pageserver.delete_timeline(tenant_id, timeline_id)?;
-    for sk in &env.safekeepers {
-        let deleted = SafekeeperClient::new(env, &sk.listen_http_addr)
-            .and_then(|client| client.delete_timeline(tenant_id, timeline_id));
-        if let Err(e) = deleted {
-            eprintln!(
-                "warning: safekeeper {} keeps the timeline's WAL: {e:#}",
-                sk.id
-            );
-        }
-    }
-    for e in &endpoints {
+    let endpoints = stopped_endpoints_on(repo, env, (tenant_id, timeline_id), branch_name)?;
+    delete_timeline_everywhere(env, &pageserver, tenant_id, timeline_id)?;
+    for (e, _lock) in &endpoints {
         std::fs::remove_dir_all(&e.dir).with_context(|| format!("removing {}", e.dir.display()))?;
         println!("deleted endpoint '{}'", e.conf.name);
     }
-    drop(locks);
+    drop(endpoints);
     state.remove_branch(tenant_id, branch_name);
     state.save(repo)?;
     println!("deleted branch '{branch_name}' (timeline {timeline_id})");

@@ -270,6 +270,49 @@ def test_timeline_delete(cluster: Cluster):
     cluster.run("stop")
 
 
+def test_timeline_reset(cluster: Cluster):
+    """`timeline reset`: the branch starts again from its parent's end,
+    its stopped endpoint follows and sees the parent's newest data (not
+    its own writes); refused without a parent, with children or a running
+    endpoint, with nothing changed."""
+    cluster.run("start")
+    cluster.run("tenant", "create", "--set-default")
+    cluster.run("endpoint", "create", "main")
+    main_port = start_port_of(cluster.run("endpoint", "start", "main"))
+    cluster.psql(main_port, "CREATE TABLE t(x int); INSERT INTO t VALUES (1)")
+    cluster.run("timeline", "branch", "--branch-name", "dev")
+    cluster.run("endpoint", "create", "edev", "--branch-name", "dev")
+    dev_port = start_port_of(cluster.run("endpoint", "start", "edev"))
+    cluster.psql(dev_port, "INSERT INTO t VALUES (100)")   # only on dev
+    cluster.psql(main_port, "INSERT INTO t VALUES (2)")    # after the branch point
+    assert cluster.psql(dev_port, "SELECT array_agg(x ORDER BY x) FROM t") == "{1,100}"
+
+    assert "no parent" in cluster.fail("timeline", "reset", "--branch-name", "main")
+    before = cluster.run("timeline", "list")
+    refused = cluster.fail("timeline", "reset", "--branch-name", "dev")
+    assert "endpoint 'edev' is running" in refused, refused
+    cluster.run("timeline", "branch", "--branch-name", "feature", "--ancestor-branch-name", "dev")
+    cluster.run("endpoint", "stop", "edev")
+    assert "has children (feature)" in cluster.fail("timeline", "reset", "--branch-name", "dev")
+    cluster.run("timeline", "delete", "--branch-name", "feature")
+    assert cluster.run("timeline", "list") == before
+
+    out = cluster.run("timeline", "reset", "--branch-name", "dev")
+    m = re.fullmatch(rf"reset branch 'dev' to 'main' at {LSN} \(timeline ({ID}) replaces ({ID})\)\n", out)
+    assert m, out
+    new_timeline, old_timeline = m[1], m[2]
+    assert f"dev [{new_timeline}]" in cluster.run("timeline", "list")
+    eps = cluster.endpoints()
+    assert eps["edev"][1] == new_timeline, eps
+    dev_port = start_port_of(cluster.run("endpoint", "start", "edev"))
+    assert cluster.psql(dev_port, "SELECT array_agg(x ORDER BY x) FROM t") == "{1,2}"
+    # The old timeline is gone from the pageserver.
+    tenant = next(line.split()[0] for line in cluster.run("tenant", "list").splitlines() if "(default)" in line)
+    url = f"http://{cluster.nl.http['pageserver 1']}/v1/tenant/{tenant}/timeline/{old_timeline}"
+    assert cluster.nl.session().get(url, timeout=10).status_code == 404
+    cluster.run("stop")
+
+
 def start_port_of(output: str) -> int:
     m = re.search(r"Starting postgres at 'postgresql://cloud_admin@127\.0\.0\.1:(\d+)/postgres'", output)
     assert m, output
