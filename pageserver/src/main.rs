@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use daemon_utils::{apply_overrides, CommonArgs};
+use daemon_utils::{apply_overrides, CommonArgs, ConnectionLimitArgs};
 use pageserver::PageServerConf;
 use utils::NodeId;
 
@@ -43,17 +43,8 @@ struct Cli {
     /// file [default: none, nobody is asked]
     #[arg(long, value_name = "PATH")]
     auth_public_key: Option<PathBuf>,
-    /// Page service sessions at most; more are refused [default: 1000]
-    #[arg(long, value_name = "N")]
-    max_connections: Option<usize>,
-    /// Page service connections still starting up (startup packet and
-    /// authentication) at most; beyond, the oldest is closed [default: 100]
-    #[arg(long, value_name = "N")]
-    max_unauthenticated_connections: Option<usize>,
-    /// Seconds a connection has to send its startup packet and
-    /// authenticate [default: 30]
-    #[arg(long = "startup-timeout", value_name = "SECONDS")]
-    startup_timeout_seconds: Option<f64>,
+    #[command(flatten)]
+    limits: ConnectionLimitArgs,
     /// Seconds a session may be silent between queries, 0 for ever
     /// (pagestreams are not timed) [default: 600]
     #[arg(long = "idle-timeout", value_name = "SECONDS")]
@@ -74,10 +65,14 @@ fn main() -> ExitCode {
                 listen_pg_addr,
                 listen_http_addr,
                 pg_bin_dir,
+                idle_timeout_seconds
+            );
+            apply_overrides!(
+                conf,
+                cli.limits,
                 max_connections,
                 max_unauthenticated_connections,
-                startup_timeout_seconds,
-                idle_timeout_seconds
+                startup_timeout_seconds
             );
             if cli.broker_endpoint.is_some() {
                 conf.broker_endpoint = cli.broker_endpoint.clone();

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use daemon_utils::{apply_overrides, CommonArgs};
+use daemon_utils::{apply_overrides, CommonArgs, ConnectionLimitArgs};
 use proxy::ProxyConf;
 
 /// The proxy: the PostgreSQL-protocol entry point that wakes computes on
@@ -54,17 +54,8 @@ struct Cli {
     /// Seconds to wait for a compute to wake [default: 120]
     #[arg(long = "wake-timeout", value_name = "SECONDS")]
     wake_timeout_seconds: Option<f64>,
-    /// Client sessions at most; more are refused [default: 1000]
-    #[arg(long, value_name = "N")]
-    max_connections: Option<usize>,
-    /// Client connections still starting up (TLS, startup packet) at most;
-    /// beyond, the oldest is closed [default: 100]
-    #[arg(long, value_name = "N")]
-    max_unauthenticated_connections: Option<usize>,
-    /// Seconds a client has to finish TLS and send its startup packet
-    /// [default: 10]
-    #[arg(long = "startup-timeout", value_name = "SECONDS")]
-    startup_timeout_seconds: Option<f64>,
+    #[command(flatten)]
+    limits: ConnectionLimitArgs,
 }
 
 fn main() -> ExitCode {
@@ -80,6 +71,10 @@ fn main() -> ExitCode {
                 listen_http_addr,
                 control_plane_api,
                 wake_timeout_seconds,
+            );
+            apply_overrides!(
+                conf,
+                cli.limits,
                 max_connections,
                 max_unauthenticated_connections,
                 startup_timeout_seconds

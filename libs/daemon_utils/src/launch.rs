@@ -31,6 +31,27 @@ pub struct CommonArgs {
     pub config: Option<PathBuf>,
 }
 
+/// The connection limits of a daemon's libpq port (`pq_proto`'s
+/// listener), with the config keys of the same names; `#[command(flatten)]`
+/// it and apply it with `apply_overrides!(conf, cli.limits,
+/// max_connections, max_unauthenticated_connections,
+/// startup_timeout_seconds)`.
+#[derive(clap::Args, Debug)]
+pub struct ConnectionLimitArgs {
+    /// Sessions at most (counted from the startup packet on); more are
+    /// refused with 53300 [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Connections still starting up (TLS, startup packet, authentication)
+    /// at most; beyond, the oldest is closed [default: 100]
+    #[arg(long, value_name = "N")]
+    pub max_unauthenticated_connections: Option<usize>,
+    /// Seconds a connection has to finish TLS, send its startup packet and
+    /// authenticate [default: 30; the proxy's: 10]
+    #[arg(long = "startup-timeout", value_name = "SECONDS")]
+    pub startup_timeout_seconds: Option<f64>,
+}
+
 /// Logs to stderr, plain text with timestamps, filtered by `RUST_LOG`
 /// (default `info`; invalid directives are ignored). Does nothing if a
 /// subscriber is already installed.

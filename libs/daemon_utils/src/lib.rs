@@ -23,7 +23,9 @@ pub use http::{
     bind_listener, load_verifier, tenant_routes_policy, ApiError, AuthPolicy, HttpServer,
     RouteRequest, MAX_CONCURRENT_REQUESTS,
 };
-pub use launch::{init_tracing, launch, shutdown_on_signals, CommonArgs, ServiceInfo};
+pub use launch::{
+    init_tracing, launch, shutdown_on_signals, CommonArgs, ConnectionLimitArgs, ServiceInfo,
+};
 pub use openapi::{openapi_mismatches, ApiRoutes, OPENAPI_PATH};
 pub use tokio_util::sync::CancellationToken;
 
