@@ -264,14 +264,15 @@ fn delete_timeline_everywhere(
     Ok(())
 }
 
-/// The names of the branches whose parent is `timeline_id`.
-fn children_of(
+/// An error naming the branches whose parent is the timeline, if any
+/// (they would lose their ancestor).
+fn refuse_if_children(
     state: &State,
     pageserver: &PageserverClient,
-    tenant_id: TenantId,
-    timeline_id: TimelineId,
-) -> anyhow::Result<Vec<String>> {
-    Ok(pageserver
+    (tenant_id, timeline_id): (TenantId, TimelineId),
+    branch_name: &str,
+) -> anyhow::Result<()> {
+    let children: Vec<String> = pageserver
         .timelines(tenant_id)?
         .iter()
         .filter(|t| t.ancestor_timeline_id == Some(timeline_id))
@@ -280,7 +281,14 @@ fn children_of(
                 .branch_name(tenant_id, t.timeline_id)
                 .map_or_else(|| t.timeline_id.to_string(), str::to_owned)
         })
-        .collect())
+        .collect();
+    if !children.is_empty() {
+        bail!(
+            "branch '{branch_name}' has children ({}): delete them first",
+            children.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// The endpoints on a timeline, each locked (until the caller drops it),
@@ -333,13 +341,7 @@ pub fn timeline_reset(
     let parent_name = state
         .branch_name(tenant_id, parent)
         .map_or_else(|| parent.to_string(), str::to_owned);
-    let children = children_of(&state, &pageserver, tenant_id, old)?;
-    if !children.is_empty() {
-        bail!(
-            "branch '{branch_name}' has children ({}): delete them first",
-            children.join(", ")
-        );
-    }
+    refuse_if_children(&state, &pageserver, (tenant_id, old), branch_name)?;
     let mut endpoints = stopped_endpoints_on(repo, env, (tenant_id, old), branch_name)?;
     if let Some((e, _)) = endpoints
         .iter()
@@ -384,13 +386,7 @@ pub fn timeline_delete(
     let tenant_id = state.tenant(tenant_id)?;
     let timeline_id = state.require_timeline(tenant_id, branch_name)?;
     let pageserver = PageserverClient::new(env)?;
-    let children = children_of(&state, &pageserver, tenant_id, timeline_id)?;
-    if !children.is_empty() {
-        bail!(
-            "branch '{branch_name}' has children ({}): delete them first",
-            children.join(", ")
-        );
-    }
+    refuse_if_children(&state, &pageserver, (tenant_id, timeline_id), branch_name)?;
     // Each endpoint's lock is held from the check to the deletion.
     let endpoints = stopped_endpoints_on(repo, env, (tenant_id, timeline_id), branch_name)?;
     delete_timeline_everywhere(env, &pageserver, tenant_id, timeline_id)?;
